@@ -1,0 +1,49 @@
+"""rnn_jax: recurrent networks as pure JAX functions (Stanford cs231n, Lecture 10).
+
+Shape letters used in names throughout (``x_BTI`` is a batch-major input sequence):
+
+- ``B``: batch, ``T``: time steps, ``I``: input features, ``H``: hidden units,
+- ``O``: outputs of a cell's head, ``V``: vocabulary size, ``S``: source length (seq2seq).
+
+A cell is a pure function ``cell(params, carry, x) -> (carry, y)`` on one example; :func:`run` is the
+one ``lax.scan`` that applies it over time (and ``jax.vmap`` over batches). Nothing here is jitted:
+jit at the edges of your program (the train step, evaluation, sampling).
+"""
+
+from rnn_jax.cells import (
+    CELLS,
+    Cell,
+    GRUParams,
+    LSTMParams,
+    LSTMState,
+    VanillaParams,
+    gru_cell,
+    gru_init,
+    lstm_cell,
+    lstm_init,
+    vanilla_cell,
+    vanilla_init,
+)
+from rnn_jax.scan import bidirectional, broadcast_carry, run, run_stack, zeros_carry
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "CELLS",
+    "Cell",
+    "GRUParams",
+    "LSTMParams",
+    "LSTMState",
+    "VanillaParams",
+    "bidirectional",
+    "broadcast_carry",
+    "gru_cell",
+    "gru_init",
+    "lstm_cell",
+    "lstm_init",
+    "run",
+    "run_stack",
+    "vanilla_cell",
+    "vanilla_init",
+    "zeros_carry",
+]

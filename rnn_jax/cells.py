@@ -1,0 +1,283 @@
+"""Recurrent cells as pure functions: ``cell(params, carry, x) -> (carry, y)``.
+
+Every cell works on **one example** (``x_I``, ``h_H``); batches come from ``jax.vmap`` (the scan wrapper
+in :mod:`rnn_jax.scan` does it for you). Params are NamedTuples of arrays, so they are pytrees that
+``jax.grad``, ``optax`` and checkpointing handle as they are.
+
+Weights are stored input-major (``W_xh`` has shape ``[I, H]``) so that ``x @ W_xh`` is the lecture's
+``W_xh x``: the equations below are the lecture's, written for row vectors.
+
+A cell is a :class:`Cell`: a callable whose work is split where it pays. ``project`` is the part that
+depends on the input alone (``x W_x + b``); ``step`` is the recurrence; ``readout`` maps what the step
+emits to the output. Calling the cell runs all three for one time step. The scan wrapper instead
+applies ``project`` to the whole sequence as one large matmul before the loop and ``readout`` after
+it, so only the recurrent matmul stays inside the sequential loop. Both routes compute the same
+function; the tests check it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+Array = jax.Array
+Carry = Any
+Params = Any
+
+__all__ = [
+    "Cell",
+    "VanillaParams",
+    "LSTMParams",
+    "LSTMState",
+    "GRUParams",
+    "vanilla_init",
+    "lstm_init",
+    "gru_init",
+    "vanilla_cell",
+    "lstm_cell",
+    "gru_cell",
+    "CELLS",
+]
+
+
+@dataclasses.dataclass(frozen=True)
+class Cell:
+    """A recurrent cell, callable as ``cell(params, carry, x) -> (carry, y)`` on one example.
+
+    Attributes:
+      name: short name (``"vanilla"``, ``"lstm"``, ...).
+      project: ``(params, x_I) -> u``: the input-only part of the step (no carry in it).
+      step: ``(params, carry, u) -> (carry, z)``: the recurrence proper.
+      readout: ``(params, z) -> y``: the output head (identity for LSTM and GRU).
+      init_carry: ``(params) -> carry``: the zero carry of one example.
+      input_size: ``(params) -> int``: the feature size ``I`` that ``x`` must have.
+      doc: the cell's equations.
+    """
+
+    name: str
+    project: Callable[[Params, Array], Any]
+    step: Callable[[Params, Carry, Any], tuple[Carry, Any]]
+    readout: Callable[[Params, Any], Any]
+    init_carry: Callable[[Params], Carry]
+    input_size: Callable[[Params], int]
+    doc: str = ""
+
+    def __call__(self, params: Params, carry: Carry, x: Array) -> tuple[Carry, Any]:
+        carry, z = self.step(params, carry, self.project(params, x))
+        return carry, self.readout(params, z)
+
+
+def _identity_readout(params, z):
+    del params
+    return z
+
+
+def _split_keys(key, n):
+    return jax.random.split(key, n)
+
+
+def _input_weight(key, in_size, out_size, dtype):
+    # Scaled so that x @ W has unit variance per unit when x does (LeCun normal).
+    return jax.nn.initializers.lecun_normal()(key, (in_size, out_size), dtype)
+
+
+def _recurrent_weight(key, hidden_size, n_blocks, dtype):
+    # One orthogonal [H, H] block per gate: keeps the recurrent Jacobian well conditioned at init.
+    # The QR decomposition behind it has no bfloat16 kernel: draw in (at least) float32, then cast.
+    work_dtype = jnp.promote_types(dtype, jnp.float32)
+    keys = _split_keys(key, n_blocks)
+    blocks = [jax.nn.initializers.orthogonal()(k, (hidden_size, hidden_size), work_dtype) for k in keys]
+    return jnp.concatenate(blocks, axis=1).astype(dtype)
+
+
+def _check_sizes(**sizes):
+    for name, value in sizes.items():
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise ValueError(f"{name} must be a positive integer, got {value!r}")
+
+
+# ---------------------------------------------------------------------------------------------------
+# Vanilla RNN (the lecture's)
+# ---------------------------------------------------------------------------------------------------
+
+
+class VanillaParams(NamedTuple):
+    """Params of the lecture's vanilla RNN, shared by every time step."""
+
+    W_xh: Array  # [I, H]
+    W_hh: Array  # [H, H]
+    b_h: Array  # [H]
+    W_hy: Array  # [H, O]
+    b_y: Array  # [O]
+
+
+def vanilla_init(key, in_size: int, hidden_size: int, out_size: int, dtype=jnp.float32) -> VanillaParams:
+    """Orthogonal ``W_hh``, LeCun-normal ``W_xh`` and ``W_hy``, zero biases, all in ``dtype``."""
+    _check_sizes(in_size=in_size, hidden_size=hidden_size, out_size=out_size)
+    k_xh, k_hh, k_hy = _split_keys(key, 3)
+    return VanillaParams(
+        W_xh=_input_weight(k_xh, in_size, hidden_size, dtype),
+        W_hh=_recurrent_weight(k_hh, hidden_size, 1, dtype),
+        b_h=jnp.zeros((hidden_size,), dtype),
+        W_hy=_input_weight(k_hy, hidden_size, out_size, dtype),
+        b_y=jnp.zeros((out_size,), dtype),
+    )
+
+
+def _vanilla_project(p: VanillaParams, x_I):
+    return x_I @ p.W_xh + p.b_h
+
+
+def _vanilla_step(p: VanillaParams, h_H, u_H):
+    h_H = jnp.tanh(h_H @ p.W_hh + u_H)
+    return h_H, h_H
+
+
+def _vanilla_readout(p: VanillaParams, h_H):
+    return h_H @ p.W_hy + p.b_y
+
+
+vanilla_cell = Cell(
+    name="vanilla",
+    doc="""The lecture's vanilla RNN, one time step of one example.
+
+    h_t = tanh(W_hh h_{t-1} + W_xh x_t + b_h)
+    y_t = W_hy h_t + b_y
+
+``vanilla_cell(params, h_H, x_I) -> (h_H, y_O)``. The same params are used at every step.
+""",
+    project=_vanilla_project,
+    step=_vanilla_step,
+    readout=_vanilla_readout,
+    init_carry=lambda p: jnp.zeros(p.W_hh.shape[:1], p.W_hh.dtype),
+    input_size=lambda p: p.W_xh.shape[0],
+)
+
+
+# ---------------------------------------------------------------------------------------------------
+# LSTM
+# ---------------------------------------------------------------------------------------------------
+
+
+class LSTMState(NamedTuple):
+    """The LSTM carry: hidden state ``h`` and cell state ``c``."""
+
+    h: Array  # [H]
+    c: Array  # [H]
+
+
+class LSTMParams(NamedTuple):
+    """LSTM params with the four gates fused in one matmul, gate order ``i, f, g, o``."""
+
+    W_x: Array  # [I, 4H]
+    W_h: Array  # [H, 4H]
+    b: Array  # [4H]
+
+
+def lstm_init(key, in_size: int, hidden_size: int, dtype=jnp.float32) -> LSTMParams:
+    """Orthogonal recurrent blocks, LeCun-normal input weights, forget-gate bias 1, other biases 0."""
+    _check_sizes(in_size=in_size, hidden_size=hidden_size)
+    k_x, k_h = _split_keys(key, 2)
+    H = hidden_size
+    b = jnp.zeros((4 * H,), dtype).at[H : 2 * H].set(1.0)
+    return LSTMParams(W_x=_input_weight(k_x, in_size, 4 * H, dtype), W_h=_recurrent_weight(k_h, H, 4, dtype), b=b)
+
+
+def _lstm_project(p: LSTMParams, x_I):
+    return x_I @ p.W_x + p.b
+
+
+def _lstm_step(p: LSTMParams, state: LSTMState, u_G):
+    gates = u_G + state.h @ p.W_h
+    i, f, g, o = jnp.split(gates, 4, axis=-1)
+    c = jax.nn.sigmoid(f) * state.c + jax.nn.sigmoid(i) * jnp.tanh(g)
+    h = jax.nn.sigmoid(o) * jnp.tanh(c)
+    return LSTMState(h, c), h
+
+
+def _lstm_zero(p: LSTMParams):
+    z = jnp.zeros(p.W_h.shape[:1], p.W_h.dtype)
+    return LSTMState(z, z)
+
+
+lstm_cell = Cell(
+    name="lstm",
+    doc="""Long short-term memory, one time step of one example.
+
+    [i, f, g, o] = x_t W_x + h_{t-1} W_h + b        (one fused matmul per operand)
+    c_t = sigmoid(f) * c_{t-1} + sigmoid(i) * tanh(g)
+    h_t = sigmoid(o) * tanh(c_t)
+
+``lstm_cell(params, LSTMState(h, c), x_I) -> (LSTMState(h, c), h)``.
+""",
+    project=_lstm_project,
+    step=_lstm_step,
+    readout=_identity_readout,
+    init_carry=_lstm_zero,
+    input_size=lambda p: p.W_x.shape[0],
+)
+
+
+# ---------------------------------------------------------------------------------------------------
+# GRU
+# ---------------------------------------------------------------------------------------------------
+
+
+class GRUParams(NamedTuple):
+    """GRU params, gate order ``r, z, n``; ``b_hn`` sits inside the reset gate's product."""
+
+    W_x: Array  # [I, 3H]
+    W_h: Array  # [H, 3H]
+    b: Array  # [3H]
+    b_hn: Array  # [H]
+
+
+def gru_init(key, in_size: int, hidden_size: int, dtype=jnp.float32) -> GRUParams:
+    """Orthogonal recurrent blocks, LeCun-normal input weights, zero biases."""
+    _check_sizes(in_size=in_size, hidden_size=hidden_size)
+    k_x, k_h = _split_keys(key, 2)
+    H = hidden_size
+    return GRUParams(
+        W_x=_input_weight(k_x, in_size, 3 * H, dtype),
+        W_h=_recurrent_weight(k_h, H, 3, dtype),
+        b=jnp.zeros((3 * H,), dtype),
+        b_hn=jnp.zeros((H,), dtype),
+    )
+
+
+def _gru_project(p: GRUParams, x_I):
+    return x_I @ p.W_x + p.b
+
+
+def _gru_step(p: GRUParams, h_H, u_G):
+    ux_r, ux_z, ux_n = jnp.split(u_G, 3, axis=-1)
+    uh_r, uh_z, uh_n = jnp.split(h_H @ p.W_h, 3, axis=-1)
+    r = jax.nn.sigmoid(ux_r + uh_r)
+    z = jax.nn.sigmoid(ux_z + uh_z)
+    n = jnp.tanh(ux_n + r * (uh_n + p.b_hn))
+    h_H = (1 - z) * n + z * h_H
+    return h_H, h_H
+
+
+gru_cell = Cell(
+    name="gru",
+    doc="""Gated recurrent unit, one time step of one example (the cuDNN/flax form).
+
+    r = sigmoid(x W_xr + h W_hr + b_r)
+    z = sigmoid(x W_xz + h W_hz + b_z)
+    n = tanh(x W_xn + b_n + r * (h W_hn + b_hn))
+    h_t = (1 - z) * n + z * h_{t-1}
+
+``gru_cell(params, h_H, x_I) -> (h_H, h_H)``.
+""",
+    project=_gru_project,
+    step=_gru_step,
+    readout=_identity_readout,
+    init_carry=lambda p: jnp.zeros(p.W_h.shape[:1], p.W_h.dtype),
+    input_size=lambda p: p.W_x.shape[0],
+)
+
+CELLS: dict[str, Cell] = {"vanilla": vanilla_cell, "lstm": lstm_cell, "gru": gru_cell}

@@ -1,0 +1,42 @@
+"""The ``rnn-jax`` console entry point: thin, it only dispatches to the library's commands.
+
+Each command lives in its own module exposing ``cli_main(argv, prog) -> int`` and is imported only when
+it runs, so ``rnn-jax bench`` does not pay for the trainers' imports and vice versa.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from rnn_jax.errors import UserError
+
+COMMANDS: dict[str, tuple[str, str]] = {
+    "hello": ("rnn_jax.hello", "the lecture's vanilla RNN learning 'hello' (a one-minute demonstration)"),
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser = argparse.ArgumentParser(
+        prog="rnn-jax", description="Recurrent networks as pure JAX functions (cs231n Lecture 10)."
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name, (_, help_text) in COMMANDS.items():
+        sub.add_parser(name, help=help_text, add_help=False)
+    if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
+        parser.parse_args(argv)  # prints usage or the "invalid choice" error and exits
+    module = importlib.import_module(COMMANDS[argv[0]][0])
+    try:
+        return int(module.cli_main(argv[1:], prog=f"rnn-jax {argv[0]}") or 0)
+    except UserError as err:
+        print(f"rnn-jax {argv[0]}: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"rnn-jax {argv[0]}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,395 @@
+"""The one scan over time: :func:`run`, plus stacking and bidirectional runs built on it.
+
+``run(cell, params, carry, xs)`` applies ``cell(params, carry, x_t) -> (carry, y_t)`` at every step
+``t`` with the *same* params, and returns the final carry and every ``y_t``. It is the only
+``lax.scan`` over time in the library; everything recurrent (stacks, encoders, decoders with
+attention) goes through it.
+
+Shapes: ``xs`` is ``[..., T, I]`` (batch-major, the default) or ``[T, ..., I]`` (``time_major=True``),
+with any number of leading batch dimensions ``...`` (none at all for a single sequence). Cells are
+written for one example and ``run`` maps them over the batch dimensions with ``jax.vmap``.
+
+Variable lengths: with ``lengths`` (an integer array of the batch shape), steps ``t >= length`` leave
+the carry unchanged and their outputs are exactly zero, so the final carry is the carry after the
+last real step. With ``reverse=True`` the scan runs from ``T-1`` down to ``0``; the padded steps come
+first and leave the initial carry alone, so the reverse direction starts at each sequence's own last
+real step (padding stays at the end, as in a bidirectional encoder).
+
+Where it pays (a :class:`~rnn_jax.cells.Cell`), the input projection of all ``T`` steps is one large
+matmul before the loop and the output head one large matmul after it; only the recurrence itself is
+sequential.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from functools import partial
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+
+from rnn_jax.cells import Cell
+
+__all__ = ["run", "run_stack", "bidirectional", "zeros_carry", "broadcast_carry", "REMAT_OPTIONS"]
+
+REMAT_OPTIONS = (False, True, "none", "step", "sqrt")
+
+
+# ---------------------------------------------------------------------------------------------------
+# Validation at the boundary
+# ---------------------------------------------------------------------------------------------------
+
+
+def _shape_str(shape) -> str:
+    return "(" + ", ".join(str(d) for d in shape) + ")"
+
+
+def _sequence_layout(xs, time_major: bool) -> tuple[int, tuple[int, ...]]:
+    """Return ``(T, batch_shape)`` of ``xs``, checking that every leaf agrees."""
+    leaves = jax.tree.leaves(xs)
+    if not leaves:
+        raise ValueError("xs is empty: run needs at least one input array")
+    T = batch = None
+    for leaf in leaves:
+        shape = jnp.shape(leaf)
+        if len(shape) < 2:
+            raise ValueError(
+                f"each input must have a time axis and a feature axis, got shape {_shape_str(shape)}; "
+                "expected [..., T, I] (or [T, ..., I] with time_major=True)"
+            )
+        leaf_T, leaf_batch = (shape[0], shape[1:-1]) if time_major else (shape[-2], shape[:-2])
+        if T is None:
+            T, batch = leaf_T, leaf_batch
+        elif (leaf_T, leaf_batch) != (T, batch):
+            raise ValueError(
+                f"inputs disagree: one has T={T} and batch shape {_shape_str(batch)}, another T={leaf_T} "
+                f"and batch shape {_shape_str(leaf_batch)}"
+            )
+    if T < 1:
+        raise ValueError(f"the sequence must have at least one step, got T={T}")
+    return T, tuple(batch)
+
+
+def _check_inputs(cell, params, xs):
+    if not isinstance(cell, Cell):
+        return
+    expected = cell.input_size(params)
+    for leaf in jax.tree.leaves(xs):
+        if not jnp.issubdtype(jnp.result_type(leaf), jnp.inexact):
+            raise TypeError(
+                f"xs must be floating point feature vectors, got dtype {jnp.result_type(leaf)}; "
+                "embed or one-hot encode token ids first"
+            )
+        if jnp.shape(leaf)[-1] != expected:
+            raise ValueError(
+                f"input feature size mismatch: the {cell.name} params expect I={expected}, "
+                f"got inputs of shape {_shape_str(jnp.shape(leaf))} (I={jnp.shape(leaf)[-1]})"
+            )
+
+
+def _check_carry(cell, params, carry, batch: tuple[int, ...]):
+    if isinstance(cell, Cell):
+        single = jax.eval_shape(cell.init_carry, params)
+        expected = jax.tree.map(lambda s: jax.ShapeDtypeStruct(batch + s.shape, s.dtype), single)
+        got_def, want_def = jax.tree.structure(carry), jax.tree.structure(expected)
+        if got_def != want_def:
+            raise ValueError(f"carry has the wrong structure for the {cell.name} cell: expected {want_def}, got {got_def}")
+        for got, want in zip(jax.tree.leaves(carry), jax.tree.leaves(expected)):
+            if jnp.shape(got) != want.shape:
+                raise ValueError(
+                    f"carry shape mismatch for the {cell.name} cell: expected {_shape_str(want.shape)} "
+                    f"(batch shape {_shape_str(batch)} + {_shape_str(want.shape[len(batch):])}), "
+                    f"got {_shape_str(jnp.shape(got))}"
+                )
+    else:
+        for got in jax.tree.leaves(carry):
+            if tuple(jnp.shape(got)[: len(batch)]) != batch:
+                raise ValueError(
+                    f"carry leaves must start with the batch shape {_shape_str(batch)}, got {_shape_str(jnp.shape(got))}"
+                )
+
+
+def _check_lengths(lengths, T: int, batch: tuple[int, ...]):
+    dtype = jnp.result_type(lengths)
+    if not jnp.issubdtype(dtype, jnp.integer):
+        raise TypeError(f"lengths must be integers, got dtype {dtype}")
+    if tuple(jnp.shape(lengths)) != batch:
+        raise ValueError(
+            f"lengths must have the batch shape {_shape_str(batch)}, got {_shape_str(jnp.shape(lengths))}"
+        )
+    if not isinstance(lengths, jax.core.Tracer):  # values can only be checked outside jit
+        values = np.asarray(lengths)
+        if values.size and (values.min() < 0 or values.max() > T):
+            raise ValueError(f"lengths must lie in [0, T={T}], got values from {values.min()} to {values.max()}")
+
+
+# ---------------------------------------------------------------------------------------------------
+# The scan itself, for one example
+# ---------------------------------------------------------------------------------------------------
+
+
+def _where(keep, new, old):
+    return jax.tree.map(lambda n, o: jnp.where(keep, n, o), new, old)
+
+
+def _mask_time(mask_T, ys):
+    """Zero every output at the steps where ``mask_T`` is False."""
+    return jax.tree.map(lambda y: jnp.where(lax.expand_dims(mask_T, range(1, jnp.ndim(y))), y, 0), ys)
+
+
+def _scan_one(step, carry, us, length, T, *, reverse, unroll, remat, return_carries):
+    """Scan ``step(carry, u) -> (carry, z)`` over the leading axis of ``us`` for one example."""
+
+    def body(c, inputs):
+        t, u = inputs
+        new_c, z = step(c, u)
+        if length is not None:
+            new_c = _where(t < length, new_c, c)
+        return new_c, ((z, new_c) if return_carries else z)
+
+    ts = jnp.arange(T)
+    if remat in ("sqrt",):
+        return _scan_sqrt(body, carry, ts, us, T, reverse=reverse, unroll=unroll)
+    if remat in (True, "step"):
+        body = jax.checkpoint(body)
+    return lax.scan(body, carry, (ts, us), reverse=reverse, unroll=unroll)
+
+
+def _scan_sqrt(body, carry, ts, us, T, *, reverse, unroll):
+    """Nested scan with sqrt(T) checkpointing: store one carry per chunk, recompute inside a chunk.
+
+    Memory for the backward pass falls from O(T) step residuals to O(sqrt T) carries plus the residuals
+    of one chunk. Padding steps (``t >= T``) leave the carry alone; their outputs are cut off.
+    """
+    chunk = math.isqrt(T - 1) + 1 if T > 1 else 1
+    n_chunks = -(-T // chunk)
+    pad = n_chunks * chunk - T
+
+    def padded(a):
+        a = jnp.concatenate([a, jnp.zeros((pad,) + a.shape[1:], a.dtype)]) if pad else a
+        return a.reshape((n_chunks, chunk) + a.shape[1:])
+
+    ts_c, us_c = padded(ts), jax.tree.map(padded, us)
+    if pad:
+        ts_c = ts_c.at[-1, chunk - pad :].set(T)  # past the end: masked below
+
+    def masked_body(c, inputs):
+        t, _ = inputs
+        new_c, out = body(c, inputs)
+        return _where(t < T, new_c, c), out
+
+    @jax.checkpoint
+    def chunk_body(c, inputs):
+        return lax.scan(masked_body, c, inputs, reverse=reverse, unroll=unroll)
+
+    carry, outs = lax.scan(chunk_body, carry, (ts_c, us_c), reverse=reverse)
+    outs = jax.tree.map(lambda a: a.reshape((n_chunks * chunk,) + a.shape[2:])[:T], outs)
+    return carry, outs
+
+
+def _run_one(cell, params, carry, xs_T, length, *, T, reverse, unroll, remat, return_carries):
+    if isinstance(cell, Cell):
+        # Hoisted: the input projection of all T steps is one matmul outside the sequential loop.
+        us = jax.vmap(cell.project, (None, 0))(params, xs_T)
+        step = partial(cell.step, params)
+    else:
+        us, step = xs_T, partial(cell, params)
+    if carry is None:
+        carry = cell.init_carry(params)
+    carry, outs = _scan_one(
+        step, carry, us, length, T, reverse=reverse, unroll=unroll, remat=remat, return_carries=return_carries
+    )
+    zs, carries = outs if return_carries else (outs, None)
+    ys = jax.vmap(cell.readout, (None, 0))(params, zs) if isinstance(cell, Cell) else zs
+    if length is not None:
+        ys = _mask_time(jnp.arange(T) < length, ys)
+    return (carry, ys, carries) if return_carries else (carry, ys)
+
+
+def run(
+    cell: Cell | Callable,
+    params: Any,
+    carry: Any,
+    xs: Any,
+    *,
+    lengths=None,
+    time_major: bool = False,
+    reverse: bool = False,
+    unroll: int = 1,
+    remat: bool | str = False,
+    return_carries: bool = False,
+):
+    """Run ``cell`` over a sequence with ``lax.scan``: ``h_t, y_t = cell(params, h_{t-1}, x_t)``.
+
+    Args:
+      cell: a :class:`~rnn_jax.cells.Cell` (hoisted input projection and output head) or any pure
+        function ``cell(params, carry, x) -> (carry, y)`` written for one example.
+      params: the cell's params, shared by every step.
+      carry: the initial carry with the batch dimensions in front (``[..., H]``), or ``None`` for
+        zeros (a ``Cell`` only). A learnable initial state: see :func:`broadcast_carry`.
+      xs: ``[..., T, I]``, or ``[T, ..., I]`` with ``time_major=True``; a pytree of such arrays is
+        accepted (each leaf with the same ``T`` and batch shape).
+      lengths: optional integer array of the batch shape; steps ``t >= lengths`` leave the carry
+        unchanged and output zeros.
+      time_major: whether time is the first axis of ``xs`` (and of the outputs).
+      reverse: run from the last step to the first (outputs stay at their own positions).
+      unroll: steps per iteration of the compiled loop (a speed knob; results do not change).
+      remat: ``False``/``"none"``: store every step's residuals for BPTT; ``True``/``"step"``:
+        recompute each step in the backward pass (``jax.checkpoint``); ``"sqrt"``: nested scan that
+        stores one carry per chunk of ``ceil(sqrt(T))`` steps (memory ``O(sqrt T)``).
+      return_carries: also return the carry after every step.
+
+    Returns:
+      ``(final_carry, ys)``, or ``(final_carry, ys, carries)`` with ``return_carries``; ``ys`` and
+      ``carries`` have the time axis where ``xs`` has it.
+    """
+    if not callable(cell):
+        raise TypeError(f"cell must be a Cell or a function (params, carry, x) -> (carry, y), got {type(cell).__name__}")
+    if remat not in REMAT_OPTIONS:
+        raise ValueError(f"remat must be one of {REMAT_OPTIONS}, got {remat!r}")
+    if not isinstance(unroll, (int, np.integer)) or isinstance(unroll, bool) or unroll < 1:
+        raise ValueError(f"unroll must be a positive integer, got {unroll!r}")
+    T, batch = _sequence_layout(xs, time_major)
+    _check_inputs(cell, params, xs)
+    if carry is None:
+        if not isinstance(cell, Cell):
+            raise ValueError("carry=None (zeros) needs a Cell; pass an explicit initial carry for a plain function")
+    else:
+        _check_carry(cell, params, carry, batch)
+    if lengths is not None:
+        _check_lengths(lengths, T, batch)
+
+    fn = partial(
+        _run_one, cell, params, T=T, reverse=reverse, unroll=int(unroll), remat=remat, return_carries=return_carries
+    )
+    x_axis = 1 if time_major else 0
+    out_axes = (0, x_axis, x_axis) if return_carries else (0, x_axis)
+    for _ in batch:  # one vmap per batch dimension: the cell itself sees one example
+        fn = jax.vmap(
+            fn,
+            in_axes=(None if carry is None else 0, x_axis, None if lengths is None else 0),
+            out_axes=out_axes,
+        )
+    return fn(carry, xs, lengths)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Carries
+# ---------------------------------------------------------------------------------------------------
+
+
+def zeros_carry(cell: Cell, params, batch_shape: Sequence[int] = ()):
+    """The zero carry of ``cell`` for a batch of shape ``batch_shape``."""
+    batch_shape = tuple(batch_shape)
+    return jax.tree.map(lambda z: jnp.zeros(batch_shape + z.shape, z.dtype), cell.init_carry(params))
+
+
+def broadcast_carry(carry, batch_shape: Sequence[int]):
+    """Broadcast one example's carry (e.g. a learnable ``h0`` held in the params) over a batch.
+
+    Gradients flow back to ``carry`` summed over the batch, as they should for a shared initial state.
+    """
+    batch_shape = tuple(batch_shape)
+    return jax.tree.map(lambda c: jnp.broadcast_to(c, batch_shape + jnp.shape(c)), carry)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Stacks and bidirectional runs
+# ---------------------------------------------------------------------------------------------------
+
+
+def _dropout(key, rate: float, x):
+    keep = jax.random.bernoulli(key, 1.0 - rate, jnp.shape(x))
+    return jnp.where(keep, x / (1.0 - rate), 0).astype(x.dtype)
+
+
+def run_stack(
+    cells: Cell | Sequence[Cell],
+    params: Sequence[Any],
+    carries: Sequence[Any] | None,
+    xs,
+    *,
+    dropout_rate: float = 0.0,
+    key=None,
+    **run_kwargs,
+):
+    """Run a stack of layers: layer ``l`` reads the outputs of layer ``l-1``.
+
+    Args:
+      cells: one cell for every layer, or one per layer.
+      params: one params pytree per layer.
+      carries: ``None`` (zeros everywhere) or one initial carry per layer (each may be ``None``).
+      xs: the first layer's inputs, laid out as for :func:`run`.
+      dropout_rate: inverted dropout on the inputs of layers ``2..L`` (between layers), applied only
+        when ``key`` is given; pass no key at evaluation time.
+      key: PRNG key for dropout.
+      **run_kwargs: passed to :func:`run` for every layer (``lengths``, ``time_major``, ``unroll``...).
+
+    Returns:
+      ``(final_carries, ys)``: a list with each layer's final carry, and the last layer's outputs.
+    """
+    n_layers = len(params)
+    if n_layers < 1:
+        raise ValueError("run_stack needs at least one layer of params")
+    cells = [cells] * n_layers if isinstance(cells, Cell) or not isinstance(cells, Sequence) else list(cells)
+    if len(cells) != n_layers:
+        raise ValueError(f"got {len(cells)} cells for {n_layers} layers of params")
+    carries = [None] * n_layers if carries is None else list(carries)
+    if len(carries) != n_layers:
+        raise ValueError(f"got {len(carries)} initial carries for {n_layers} layers")
+    if not 0.0 <= dropout_rate < 1.0:
+        raise ValueError(f"dropout_rate must lie in [0, 1), got {dropout_rate}")
+    keys = jax.random.split(key, n_layers) if key is not None else [None] * n_layers
+    finals = []
+    ys = xs
+    for layer, (cell, p, c, k) in enumerate(zip(cells, params, carries, keys)):
+        if layer > 0 and k is not None and dropout_rate > 0:
+            ys = _dropout(k, dropout_rate, ys)
+        c, ys = run(cell, p, c, ys, **run_kwargs)
+        finals.append(c)
+    return finals, ys
+
+
+def bidirectional(
+    cell: Cell | Callable,
+    params: tuple[Any, Any],
+    carries: tuple[Any, Any] | None,
+    xs,
+    *,
+    lengths=None,
+    merge: str = "concat",
+    **run_kwargs,
+):
+    """Run one cell forward and another (own params) backward over ``xs`` and merge the outputs.
+
+    The backward direction respects ``lengths``: it starts at each sequence's last real step, so
+    padding stays at the end and never leaks into the backward state.
+
+    Args:
+      params: ``(params_forward, params_backward)``.
+      carries: ``None`` or ``(carry_forward, carry_backward)``.
+      merge: ``"concat"`` (feature axis), ``"sum"``, or ``"none"`` for the pair ``(ys_fw, ys_bw)``.
+
+    Returns:
+      ``((carry_fw, carry_bw), ys)``; ``carry_bw`` is the state after reading each sequence back to
+      its first step.
+    """
+    if merge not in ("concat", "sum", "none"):
+        raise ValueError(f"merge must be 'concat', 'sum' or 'none', got {merge!r}")
+    if "reverse" in run_kwargs:
+        raise TypeError("bidirectional runs both directions; do not pass reverse")
+    params_fw, params_bw = params
+    carry_fw, carry_bw = (None, None) if carries is None else carries
+    c_fw, ys_fw = run(cell, params_fw, carry_fw, xs, lengths=lengths, **run_kwargs)
+    c_bw, ys_bw = run(cell, params_bw, carry_bw, xs, lengths=lengths, reverse=True, **run_kwargs)
+    if merge == "concat":
+        ys = jax.tree.map(lambda a, b: jnp.concatenate([a, b], axis=-1), ys_fw, ys_bw)
+    elif merge == "sum":
+        ys = jax.tree.map(jnp.add, ys_fw, ys_bw)
+    else:
+        ys = (ys_fw, ys_bw)
+    return (c_fw, c_bw), ys

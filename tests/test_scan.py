@@ -1,0 +1,241 @@
+"""The scan wrapper against a Python loop; options that must not change results; masking; bad input."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+import rnn_jax as R
+
+B, T, I, H, O = 3, 7, 4, 5, 6
+
+
+def _params(name, key, dtype=jnp.float32):
+    if name == "vanilla":
+        return R.vanilla_init(key, I, H, O, dtype)
+    return {"lstm": R.lstm_init, "gru": R.gru_init}[name](key, I, H, dtype)
+
+
+def _python_loop(cell, params, carry, xs_BTI, reverse=False):
+    """The reference: call the cell once per step, batch by batch, in plain Python."""
+    ys = [None] * xs_BTI.shape[1]
+    finals = []
+    for b in range(xs_BTI.shape[0]):
+        c = jax.tree.map(lambda a: a[b], carry)
+        order = range(xs_BTI.shape[1])
+        for t in reversed(order) if reverse else order:
+            c, y = cell(params, c, xs_BTI[b, t])
+            ys[t] = (ys[t] or []) + [y]
+        finals.append(c)
+    return jax.tree.map(lambda *a: jnp.stack(a), *finals), jnp.stack([jnp.stack(y) for y in ys], axis=1)
+
+
+@pytest.mark.parametrize("reverse", [False, True])
+@pytest.mark.parametrize("name", ["vanilla", "lstm", "gru"])
+def test_run_equals_python_loop(name, reverse):
+    k = jax.random.split(jax.random.key(0), 3)
+    params = _params(name, k[0])
+    cell = R.CELLS[name]
+    xs = jax.random.normal(k[1], (B, T, I))
+    carry = jax.tree.map(lambda z: z + 0.1, R.zeros_carry(cell, params, (B,)))
+    final, ys = R.run(cell, params, carry, xs, reverse=reverse)
+    final_ref, ys_ref = _python_loop(cell, params, carry, xs, reverse=reverse)
+    np.testing.assert_allclose(ys, ys_ref, rtol=1e-5, atol=1e-6)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6), final, final_ref)
+
+
+def test_plain_function_cell_runs_unhoisted():
+    """Any pure function (params, carry, x) -> (carry, y) works; it must equal the hoisted Cell."""
+    params = _params("lstm", jax.random.key(1))
+    xs = jax.random.normal(jax.random.key(2), (B, T, I))
+    carry = R.zeros_carry(R.lstm_cell, params, (B,))
+    plain = lambda p, c, x: R.lstm_cell(p, c, x)  # noqa: E731
+    a = R.run(plain, params, carry, xs)
+    b = R.run(R.lstm_cell, params, carry, xs)
+    jax.tree.map(lambda u, v: np.testing.assert_allclose(u, v, rtol=1e-5, atol=1e-6), a, b)
+
+
+def test_time_major_and_batch_ranks_agree():
+    params = _params("gru", jax.random.key(3))
+    xs = jax.random.normal(jax.random.key(4), (2, B, T, I))  # two batch dims
+    h, ys = R.run(R.gru_cell, params, None, xs)
+    assert h.shape == (2, B, H) and ys.shape == (2, B, T, H)
+    h_tm, ys_tm = R.run(R.gru_cell, params, None, jnp.moveaxis(xs, 2, 0), time_major=True)
+    np.testing.assert_allclose(h_tm, h, rtol=1e-6)
+    np.testing.assert_allclose(jnp.moveaxis(ys_tm, 0, 2), ys, rtol=1e-6)
+    h1, ys1 = R.run(R.gru_cell, params, None, xs[1, 2])  # no batch dims at all
+    np.testing.assert_allclose(h1, h[1, 2], rtol=1e-6)
+    np.testing.assert_allclose(ys1, ys[1, 2], rtol=1e-6)
+
+
+def _loss(cell, params, carry, xs, **kw):
+    final, ys = R.run(cell, params, carry, xs, **kw)
+    return jnp.sum(ys**2) + sum(jnp.sum(c**2) for c in jax.tree.leaves(final))
+
+
+@pytest.mark.parametrize("name", ["vanilla", "lstm"])
+def test_unroll_remat_and_jit_do_not_change_results(name):
+    k = jax.random.split(jax.random.key(5), 2)
+    params = _params(name, k[0])
+    cell = R.CELLS[name]
+    xs = jax.random.normal(k[1], (B, T, I))
+    lengths = jnp.array([7, 2, 5])
+    base_val, base_grad = jax.value_and_grad(_loss, argnums=(1, 3))(cell, params, None, xs, lengths=lengths)
+    for unroll in (1, 2, 8):
+        for remat in (False, True, "sqrt"):
+            f = jax.jit(jax.value_and_grad(_loss, argnums=(1, 3)), static_argnums=0, static_argnames=("unroll", "remat"))
+            val, grad = f(cell, params, None, xs, lengths=lengths, unroll=unroll, remat=remat)
+            np.testing.assert_allclose(val, base_val, rtol=1e-5)
+            jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5), grad, base_grad)
+
+
+def test_sqrt_remat_gradients_equal_plain_in_float64(x64):
+    params = _params("vanilla", jax.random.key(6), jnp.float64)
+    xs = jax.random.normal(jax.random.key(7), (2, 50, I), jnp.float64)
+    grads = [
+        jax.grad(_loss, argnums=(1, 3))(R.vanilla_cell, params, None, xs, remat=remat, reverse=rev)
+        for rev in (False, True)
+        for remat in (False, "sqrt")
+    ]
+    for a, b in ((grads[0], grads[1]), (grads[2], grads[3])):
+        jax.tree.map(lambda u, v: np.testing.assert_allclose(u, v, rtol=1e-12), a, b)
+
+
+def test_return_carries_gives_every_step():
+    params = _params("lstm", jax.random.key(8))
+    xs = jax.random.normal(jax.random.key(9), (B, T, I))
+    final, ys, carries = R.run(R.lstm_cell, params, None, xs, return_carries=True)
+    assert carries.h.shape == (B, T, H) and carries.c.shape == (B, T, H)
+    np.testing.assert_allclose(carries.h, ys, rtol=1e-6)
+    np.testing.assert_allclose(carries.c[:, -1], final.c, rtol=1e-6)
+
+
+@st.composite
+def _masking_case(draw):
+    batch_shape = tuple(draw(st.lists(st.integers(1, 3), min_size=1, max_size=2)))
+    steps = draw(st.integers(1, 6))
+    lengths = draw(st.lists(st.integers(0, steps), min_size=int(np.prod(batch_shape)), max_size=int(np.prod(batch_shape))))
+    return batch_shape, steps, np.array(lengths, np.int32).reshape(batch_shape), draw(st.booleans()), draw(st.sampled_from(["vanilla", "lstm", "gru"]))
+
+
+@given(_masking_case())
+def test_masking_matches_each_sequence_run_alone(case):
+    """Past each length outputs are zero; the final carry is the carry of the unpadded sequence alone."""
+    batch_shape, steps, lengths, reverse, name = case
+    params = _params(name, jax.random.key(10))
+    cell = R.CELLS[name]
+    xs = jax.random.normal(jax.random.key(11), batch_shape + (steps, I))
+    final, ys = R.run(cell, params, None, xs, lengths=jnp.asarray(lengths), reverse=reverse)
+    for idx in np.ndindex(*batch_shape):
+        n = int(lengths[idx])
+        np.testing.assert_array_equal(ys[idx][n:], 0.0)
+        alone_final = R.zeros_carry(cell, params)
+        if n:
+            alone_final, alone_ys = R.run(cell, params, None, xs[idx][:n], reverse=reverse)
+            np.testing.assert_allclose(ys[idx][:n], alone_ys, rtol=1e-5, atol=1e-6)
+        jax.tree.map(lambda a, b: np.testing.assert_allclose(a[idx], b, rtol=1e-5, atol=1e-6), final, alone_final)
+
+
+def test_learnable_initial_carry_gets_the_batch_sum_of_gradients():
+    params = _params("vanilla", jax.random.key(12))
+    xs = jax.random.normal(jax.random.key(13), (B, T, I))
+    h0 = jnp.linspace(-0.5, 0.5, H)
+
+    def loss(h0):
+        return _loss(R.vanilla_cell, params, R.broadcast_carry(h0, (B,)), xs)
+
+    def loss_per_example(h0_BH):
+        return _loss(R.vanilla_cell, params, h0_BH, xs)
+
+    g = jax.grad(loss)(h0)
+    g_each = jax.grad(loss_per_example)(jnp.broadcast_to(h0, (B, H)))
+    np.testing.assert_allclose(g, g_each.sum(0), rtol=1e-5)
+
+
+def test_stack_equals_manual_composition_and_dropout_needs_a_key():
+    k = jax.random.split(jax.random.key(14), 4)
+    layers = [R.lstm_init(k[0], I, H), R.lstm_init(k[1], H, H), R.lstm_init(k[2], H, H)]
+    xs = jax.random.normal(k[3], (B, T, I))
+    finals, ys = R.run_stack(R.lstm_cell, layers, None, xs)
+    h = xs
+    for layer, p in enumerate(layers):
+        c, h = R.run(R.lstm_cell, p, None, h)
+        np.testing.assert_allclose(finals[layer].h, c.h, rtol=1e-6)
+    np.testing.assert_allclose(ys, h, rtol=1e-6)
+
+    _, no_key = R.run_stack(R.lstm_cell, layers, None, xs, dropout_rate=0.5)
+    np.testing.assert_allclose(no_key, ys, rtol=1e-6)  # no key: evaluation, no dropout
+    _, d1 = R.run_stack(R.lstm_cell, layers, None, xs, dropout_rate=0.5, key=jax.random.key(1))
+    _, d1b = R.run_stack(R.lstm_cell, layers, None, xs, dropout_rate=0.5, key=jax.random.key(1))
+    _, d2 = R.run_stack(R.lstm_cell, layers, None, xs, dropout_rate=0.5, key=jax.random.key(2))
+    np.testing.assert_array_equal(d1, d1b)
+    assert not np.allclose(d1, ys) and not np.allclose(d1, d2)
+
+
+def test_bidirectional_backward_direction_respects_lengths():
+    k = jax.random.split(jax.random.key(15), 3)
+    pf, pb = R.gru_init(k[0], I, H), R.gru_init(k[1], I, H)
+    xs = jax.random.normal(k[2], (B, T, I))
+    lengths = jnp.array([7, 3, 1])
+    (cf, cb), ys = R.bidirectional(R.gru_cell, (pf, pb), None, xs, lengths=lengths)
+    assert ys.shape == (B, T, 2 * H)
+    for b, n in enumerate(lengths.tolist()):
+        hb, ys_b = R.run(R.gru_cell, pb, None, xs[b, :n], reverse=True)
+        np.testing.assert_allclose(ys[b, :n, H:], ys_b, rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(cb[b], hb, rtol=1e-5, atol=1e-6)
+        np.testing.assert_array_equal(ys[b, n:], 0.0)
+
+
+# ------------------------------------------------------------------------------ bad input
+
+
+@pytest.fixture
+def lstm_params():
+    return _params("lstm", jax.random.key(16))
+
+
+def test_error_input_feature_size(lstm_params):
+    with pytest.raises(ValueError, match=r"params expect I=4, got inputs of shape \(3, 7, 6\)"):
+        R.run(R.lstm_cell, lstm_params, None, jnp.ones((B, T, 6)))
+
+
+def test_error_carry_shape(lstm_params):
+    bad = R.LSTMState(jnp.zeros((B, H + 1)), jnp.zeros((B, H + 1)))
+    with pytest.raises(ValueError, match=r"carry shape mismatch.*expected \(3, 5\).*got \(3, 6\)"):
+        R.run(R.lstm_cell, lstm_params, bad, jnp.ones((B, T, I)))
+    with pytest.raises(ValueError, match="carry has the wrong structure"):
+        R.run(R.lstm_cell, lstm_params, jnp.zeros((B, H)), jnp.ones((B, T, I)))
+
+
+@pytest.mark.parametrize(
+    "lengths, error, message",
+    [
+        ([7, 8, 1], ValueError, r"lengths must lie in \[0, T=7\], got values from 1 to 8"),
+        ([7, -1, 1], ValueError, r"lengths must lie in \[0, T=7\], got values from -1 to 7"),
+        ([7.0, 2.0, 1.0], TypeError, "lengths must be integers, got dtype float32"),
+        ([7, 2], ValueError, r"lengths must have the batch shape \(3\), got \(2\)"),
+    ],
+)
+def test_error_lengths(lstm_params, lengths, error, message):
+    with pytest.raises(error, match=message):
+        R.run(R.lstm_cell, lstm_params, None, jnp.ones((B, T, I)), lengths=jnp.array(lengths))
+
+
+def test_error_mismatched_batches_and_bad_options(lstm_params):
+    xs = jnp.ones((B, T, I))
+    with pytest.raises(ValueError, match=r"carry shape mismatch.*expected \(3, 5\).*got \(4, 5\)"):
+        R.run(R.lstm_cell, lstm_params, R.zeros_carry(R.lstm_cell, lstm_params, (4,)), xs)
+    with pytest.raises(ValueError, match="inputs disagree"):
+        R.run(lambda p, c, x: (c, x), None, jnp.zeros((B, 1)), (xs, jnp.ones((B + 1, T, I))))
+    with pytest.raises(TypeError, match="floating point feature vectors, got dtype int32"):
+        R.run(R.lstm_cell, lstm_params, None, jnp.ones((B, T, I), jnp.int32))
+    with pytest.raises(ValueError, match="time axis and a feature axis"):
+        R.run(R.lstm_cell, lstm_params, None, jnp.ones((I,)))
+    with pytest.raises(ValueError, match="remat must be one of"):
+        R.run(R.lstm_cell, lstm_params, None, xs, remat="everything")
+    with pytest.raises(ValueError, match="unroll must be a positive integer, got 0"):
+        R.run(R.lstm_cell, lstm_params, None, xs, unroll=0)
+    with pytest.raises(ValueError, match="needs a Cell"):
+        R.run(lambda p, c, x: (c, x), None, None, xs)
