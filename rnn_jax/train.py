@@ -1,0 +1,607 @@
+"""Training infrastructure shared by every trainer: state, optimiser, the jitted train step, the fit loop.
+
+The whole training step is :func:`make_train_step`: for a loss ``L(params, batch, key)``,
+
+    loss, grads = value_and_grad(L)(params)            # params cast to the compute dtype inside
+    updates, opt_state = optimizer.update(grads, opt_state, params)
+    params = params + updates
+
+and the step is skipped (the state returned unchanged, ``metrics["finite"] == False``) when the loss or
+the gradient norm is not finite, so the loop can stop with the last good state and checkpoint intact.
+
+Trainers that carry a recurrent state from one batch to the next (truncated BPTT) keep it in
+``TrainState.carry``; their loss then has the form ``L(params, carry, batch, key) -> (loss, (aux, carry))``
+and the new carry is stored with its gradient cut (``lax.stop_gradient``).
+
+Many devices: with a :class:`jax.sharding.Mesh` whose one axis is ``"data"``, the batch (and the TBPTT
+carry) are split over the devices along their leading axis; params and optimiser state are replicated.
+The loss is a mean over the global batch, so XLA inserts the gradient all-reduce itself and the step
+computes the same numbers as on one device.
+
+Mixed precision: ``compute_dtype=jnp.bfloat16`` casts the float32 master params (and the carry) to
+bfloat16 inside the loss; gradients flow back to the float32 params, the optimiser runs in float32, and
+the loss is returned in float32 (the loss function computes its log-softmax in float32).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jax import lax
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from rnn_jax.errors import UserError
+
+__all__ = [
+    "TrainState",
+    "TrainingDiverged",
+    "FitResult",
+    "WarmupCosineState",
+    "warmup_cosine",
+    "scale_by_warmup_cosine",
+    "set_total_steps",
+    "current_learning_rate",
+    "make_optimizer",
+    "init_state",
+    "make_train_step",
+    "make_mesh",
+    "shard_batch",
+    "cast_floating",
+    "fit",
+    "plot_metrics",
+]
+
+DATA_AXIS = "data"
+
+
+class TrainState(NamedTuple):
+    """Everything a training run needs to continue exactly: a pytree.
+
+    Attributes:
+      params: the model's float32 (master) params.
+      opt_state: the optimiser's state.
+      step: int32 scalar, the number of updates applied so far (also the data cursor of trainers whose
+        batches are a pure function of the step).
+      key: PRNG key (a typed key array) for dropout and other noise; split once per step.
+      carry: trainer-specific state carried from step to step (the TBPTT carry), or ``None``.
+    """
+
+    params: Any
+    opt_state: Any
+    step: jax.Array
+    key: jax.Array
+    carry: Any = None
+
+
+class TrainingDiverged(UserError):
+    """The loss or the gradient became NaN or infinite; training stopped before applying that step."""
+
+
+# ---------------------------------------------------------------------------------------------------
+# Optimiser: global-norm clipping + AdamW with linear warm-up and cosine decay
+# ---------------------------------------------------------------------------------------------------
+
+
+def warmup_cosine(step, total_steps, peak_lr: float, warmup_steps: int, final_fraction: float):
+    """The learning rate at ``step`` (0-based):
+
+    lr = peak * min(1, (step + 1) / warmup) * (f + (1 - f) * (1 + cos(pi * p)) / 2),
+    p  = clip((step - warmup) / (total - warmup), 0, 1)
+
+    a linear warm-up over ``warmup`` steps, then a cosine from ``peak`` down to ``f * peak`` at ``total``.
+    """
+    step = jnp.asarray(step, jnp.float32)
+    total = jnp.asarray(total_steps, jnp.float32)
+    warm = jnp.minimum(1.0, (step + 1.0) / max(warmup_steps, 1))
+    progress = jnp.clip((step - warmup_steps) / jnp.maximum(total - warmup_steps, 1.0), 0.0, 1.0)
+    return peak_lr * warm * (final_fraction + (1.0 - final_fraction) * 0.5 * (1.0 + jnp.cos(jnp.pi * progress)))
+
+
+class WarmupCosineState(NamedTuple):
+    """State of :func:`scale_by_warmup_cosine`: the update count and the step at which the cosine ends.
+
+    ``total_steps`` lives in the state (not in a closure) so that a time-budgeted run can set it once it
+    has measured its own speed (:func:`set_total_steps`) without recompiling the train step.
+    """
+
+    count: jax.Array
+    total_steps: jax.Array
+
+
+def scale_by_warmup_cosine(
+    peak_lr: float, warmup_steps: int, total_steps: int, final_fraction: float = 0.1
+) -> optax.GradientTransformation:
+    """Scale updates by ``-warmup_cosine(count, total_steps, ...)`` (a descent step)."""
+
+    def init(params):
+        del params
+        return WarmupCosineState(jnp.zeros((), jnp.int32), jnp.asarray(total_steps, jnp.int32))
+
+    def update(updates, state, params=None):
+        del params
+        lr = warmup_cosine(state.count, state.total_steps, peak_lr, warmup_steps, final_fraction)
+        updates = jax.tree.map(lambda u: (-lr * u).astype(u.dtype), updates)
+        return updates, WarmupCosineState(optax.safe_increment(state.count), state.total_steps)
+
+    return optax.GradientTransformation(init, update)
+
+
+def _is_schedule_state(x) -> bool:
+    return isinstance(x, WarmupCosineState)
+
+
+def set_total_steps(opt_state, total_steps: int):
+    """Return ``opt_state`` with the cosine's end moved to ``total_steps`` (no-op without a schedule)."""
+    total = jnp.asarray(int(total_steps), jnp.int32)
+    return jax.tree.map(
+        lambda s: s._replace(total_steps=total) if _is_schedule_state(s) else s, opt_state, is_leaf=_is_schedule_state
+    )
+
+
+def current_learning_rate(opt_state, peak_lr: float, warmup_steps: int, final_fraction: float = 0.1) -> float | None:
+    """The learning rate the next update will use, or ``None`` when ``opt_state`` has no schedule."""
+    states = [s for s in jax.tree.leaves(opt_state, is_leaf=_is_schedule_state) if _is_schedule_state(s)]
+    if not states:
+        return None
+    s = states[0]
+    return float(warmup_cosine(s.count, s.total_steps, peak_lr, warmup_steps, final_fraction))
+
+
+def _decay_mask(params):
+    # Weight decay on matrices only: biases and gains are not decayed.
+    return jax.tree.map(lambda p: jnp.ndim(p) >= 2, params)
+
+
+def _check_positive(**values):
+    for name, value in values.items():
+        if not (isinstance(value, (int, float, np.integer, np.floating)) and math.isfinite(value) and value > 0):
+            raise UserError(f"{name} must be a positive number, got {value!r}")
+
+
+def make_optimizer(
+    learning_rate: float,
+    *,
+    total_steps: int,
+    warmup_steps: int = 100,
+    weight_decay: float = 0.0,
+    clip_norm: float = 1.0,
+    b1: float = 0.9,
+    b2: float = 0.999,
+    eps: float = 1e-8,
+    final_fraction: float = 0.1,
+) -> optax.GradientTransformation:
+    """``clip_by_global_norm -> Adam -> decoupled weight decay -> warm-up + cosine learning rate``.
+
+    This is ``optax.chain(optax.clip_by_global_norm(c), optax.adamw(schedule))`` written out, so that the
+    schedule's end (``total_steps``) sits in the optimiser state where a time-budgeted run can set it.
+    Weight decay applies to matrices (``ndim >= 2``) only.
+    """
+    _check_positive(learning_rate=learning_rate, total_steps=total_steps, clip_norm=clip_norm)
+    if warmup_steps < 0 or weight_decay < 0 or not 0 <= final_fraction <= 1:
+        raise UserError(
+            f"need warmup_steps >= 0, weight_decay >= 0 and final_fraction in [0, 1], got {warmup_steps}, "
+            f"{weight_decay}, {final_fraction}"
+        )
+    parts = [optax.clip_by_global_norm(clip_norm), optax.scale_by_adam(b1=b1, b2=b2, eps=eps)]
+    if weight_decay > 0:
+        parts.append(optax.add_decayed_weights(weight_decay, mask=_decay_mask))
+    parts.append(scale_by_warmup_cosine(learning_rate, warmup_steps, total_steps, final_fraction))
+    return optax.chain(*parts)
+
+
+def init_state(params, optimizer: optax.GradientTransformation, key, carry=None) -> TrainState:
+    """A fresh :class:`TrainState` at step 0."""
+    return TrainState(params, optimizer.init(params), jnp.zeros((), jnp.int32), key, carry)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Devices and dtypes
+# ---------------------------------------------------------------------------------------------------
+
+
+def make_mesh(n_devices: int | None = None) -> Mesh:
+    """A one-axis mesh ``("data",)`` over the first ``n_devices`` devices (all of them by default).
+
+    On CPU, ``XLA_FLAGS=--xla_force_host_platform_device_count=4`` (set before JAX starts) makes 4 devices.
+    On several hosts, call ``jax.distributed.initialize()`` first: ``jax.devices()`` then lists every
+    host's devices and the same mesh spans them.
+    """
+    devices = jax.devices()
+    n = len(devices) if n_devices is None else n_devices
+    if not isinstance(n, int) or n < 1:
+        raise UserError(f"the number of devices must be a positive integer, got {n_devices!r}")
+    if n > len(devices):
+        raise UserError(
+            f"asked for {n} devices but only {len(devices)} are visible ({devices[0].platform}); on CPU set "
+            f"XLA_FLAGS=--xla_force_host_platform_device_count={n} before starting"
+        )
+    return Mesh(np.asarray(devices[:n]), (DATA_AXIS,))
+
+
+def _check_divisible(tree, mesh: Mesh, what: str):
+    n = mesh.shape[DATA_AXIS]
+    for leaf in jax.tree.leaves(tree):
+        size = jnp.shape(leaf)[0] if jnp.ndim(leaf) else None
+        if size is None or size % n:
+            raise UserError(
+                f"the {what} size {size} does not divide by the {n} devices of the mesh; "
+                f"use a {what} size that is a multiple of {n}"
+            )
+
+
+def _batch_sharding(mesh: Mesh) -> NamedSharding:
+    return NamedSharding(mesh, PartitionSpec(DATA_AXIS))
+
+
+def shard_batch(batch, mesh: Mesh | None):
+    """Place ``batch`` with its leading axis split over the mesh's ``"data"`` axis (no-op without a mesh).
+
+    Raises :class:`UserError` if a leaf's leading size does not divide by the number of devices.
+    """
+    if mesh is None:
+        return batch
+    _check_divisible(batch, mesh, "batch")
+    return jax.device_put(batch, _batch_sharding(mesh))
+
+
+def state_shardings(state: TrainState, mesh: Mesh):
+    """Shardings of a :class:`TrainState`: everything replicated except the carry, split like the batch."""
+    replicated = NamedSharding(mesh, PartitionSpec())
+    return TrainState(
+        params=jax.tree.map(lambda _: replicated, state.params),
+        opt_state=jax.tree.map(lambda _: replicated, state.opt_state),
+        step=replicated,
+        key=replicated,
+        carry=jax.tree.map(lambda _: _batch_sharding(mesh), state.carry),
+    )
+
+
+def place_state(state: TrainState, mesh: Mesh | None) -> TrainState:
+    """Put ``state`` on the mesh (params replicated, carry split over ``"data"``); no-op without a mesh."""
+    if mesh is None:
+        return state
+    if state.carry is not None:
+        _check_divisible(state.carry, mesh, "batch (carry)")
+    return jax.device_put(state, state_shardings(state, mesh))
+
+
+def cast_floating(tree, dtype):
+    """Cast every floating-point leaf of ``tree`` to ``dtype`` (integers, bools and keys untouched)."""
+    if dtype is None:
+        return tree
+
+    def cast(x):
+        return x.astype(dtype) if jnp.issubdtype(jnp.result_type(x), jnp.floating) else x
+
+    return jax.tree.map(cast, tree)
+
+
+# ---------------------------------------------------------------------------------------------------
+# The train step
+# ---------------------------------------------------------------------------------------------------
+
+
+def make_train_step(
+    loss_fn: Callable,
+    optimizer: optax.GradientTransformation,
+    *,
+    mesh: Mesh | None = None,
+    compute_dtype=None,
+    has_carry: bool = False,
+) -> Callable[[TrainState, Any], tuple[TrainState, dict]]:
+    """Build the jitted ``train_step(state, batch) -> (state, metrics)``.
+
+    Args:
+      loss_fn: ``loss_fn(params, batch, key) -> (loss, aux)`` with ``aux`` a dict of scalars; with
+        ``has_carry``: ``loss_fn(params, carry, batch, key) -> (loss, (aux, new_carry))``. The loss must
+        be a mean over the batch (so that a sharded batch gives the same loss and gradients).
+      optimizer: an optax transformation (see :func:`make_optimizer`).
+      mesh: a mesh with a ``"data"`` axis to split the batch over, or ``None`` for one device.
+      compute_dtype: e.g. ``jnp.bfloat16`` to run the loss on params (and carry) cast to it; the master
+        params, the stored carry and the optimiser stay in their own (float32) dtype.
+      has_carry: whether the loss reads and returns a carry kept in ``state.carry``.
+
+    Returns:
+      The step. ``metrics`` holds ``loss`` (float32), ``grad_norm`` (before clipping), ``finite`` (bool)
+      and the loss's ``aux``. When ``finite`` is False the returned state is the input state.
+    """
+
+    def step(state: TrainState, batch):
+        key, sub = jax.random.split(state.key)
+
+        def objective(params):
+            p = cast_floating(params, compute_dtype)
+            if has_carry:
+                loss, (aux, new_carry) = loss_fn(p, cast_floating(state.carry, compute_dtype), batch, sub)
+            else:
+                (loss, aux), new_carry = loss_fn(p, batch, sub), None
+            return loss.astype(jnp.float32), (aux, new_carry)
+
+        (loss, (aux, new_carry)), grads = jax.value_and_grad(objective, has_aux=True)(state.params)
+        grad_norm = optax.tree.norm(grads)
+        updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        if has_carry:  # truncated BPTT: the next batch starts from this carry, without a gradient path back
+            new_carry = jax.tree.map(lambda n, o: lax.stop_gradient(n).astype(o.dtype), new_carry, state.carry)
+        else:
+            new_carry = state.carry
+        finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+        new_state = TrainState(params, opt_state, state.step + 1, key, new_carry)
+        # A non-finite loss changes nothing: the caller still holds the last good state.
+        new_state = lax.cond(finite, lambda: new_state, lambda: state)
+        metrics = {"loss": loss, "grad_norm": grad_norm, "finite": finite, **dict(aux)}
+        return new_state, metrics
+
+    if mesh is None:
+        return jax.jit(step)
+
+    compiled: dict = {}
+
+    def sharded_step(state: TrainState, batch):
+        batch = shard_batch(batch, mesh)
+        treedef = jax.tree.structure(state)
+        if treedef not in compiled:
+            shardings = state_shardings(state, mesh)
+            compiled[treedef] = jax.jit(
+                step,
+                in_shardings=(shardings, _batch_sharding(mesh)),
+                out_shardings=(shardings, NamedSharding(mesh, PartitionSpec())),
+            )
+        return compiled[treedef](place_state(state, mesh), batch)
+
+    return sharded_step
+
+
+# ---------------------------------------------------------------------------------------------------
+# The fit loop
+# ---------------------------------------------------------------------------------------------------
+
+
+class FitResult(NamedTuple):
+    """What :func:`fit` returns.
+
+    Attributes:
+      state: the final state.
+      steps: the step reached (``int(state.step)``).
+      elapsed_s: wall-clock seconds spent in :func:`fit`.
+      items_per_s: training items (e.g. characters) per second of training time (no compile, no evaluation).
+      last_eval: the metrics of the final evaluation (empty without ``evaluate``).
+      best_eval: the best evaluation seen by this call (by ``best_metric``), or ``None``.
+    """
+
+    state: TrainState
+    steps: int
+    elapsed_s: float
+    items_per_s: float
+    last_eval: dict
+    best_eval: dict | None
+
+
+def _to_python(value):
+    if isinstance(value, (str, bool, int, float)) or value is None:
+        return value
+    arr = np.asarray(value)
+    if arr.ndim == 0:
+        return arr.item()
+    return arr.tolist()
+
+
+def _append_jsonl(path: Path | None, record: Mapping):
+    if path is None:
+        return
+    with open(path, "a", encoding="utf-8") as f:
+        f.write(json.dumps({k: _to_python(v) for k, v in record.items()}) + "\n")
+
+
+def _check_budget(steps, minutes):
+    if (steps is None) == (minutes is None):
+        raise UserError("give exactly one budget: a number of steps or a number of minutes")
+    if steps is not None and (not isinstance(steps, (int, np.integer)) or isinstance(steps, bool) or steps < 1):
+        raise UserError(f"the step budget must be a positive integer, got {steps!r}")
+    if minutes is not None and not (isinstance(minutes, (int, float)) and math.isfinite(minutes) and minutes > 0):
+        raise UserError(f"the time budget must be a positive number of minutes, got {minutes!r}")
+
+
+def fit(
+    state: TrainState,
+    train_step: Callable,
+    batches: Callable[[int], Any],
+    *,
+    steps: int | None = None,
+    minutes: float | None = None,
+    evaluate: Callable[[TrainState], dict] | None = None,
+    eval_every: int = 500,
+    checkpointer=None,
+    checkpoint_every: int = 500,
+    best_metric: str = "val_loss",
+    out_dir: str | os.PathLike | None = None,
+    items_per_step: int = 1,
+    item_name: str = "items",
+    log_every: int = 50,
+    progress: bool = True,
+    plot: bool = True,
+) -> FitResult:
+    """Train until ``steps`` (the total step count, resumed runs included) or for ``minutes`` of wall clock.
+
+    Args:
+      state: the state to start from (step 0, or a restored checkpoint).
+      train_step: ``(state, batch) -> (state, metrics)`` (see :func:`make_train_step`).
+      batches: ``batches(step) -> batch``, a pure function of the step number: the data cursor is the
+        step, so a resumed run sees exactly the batches an uninterrupted one would.
+      steps / minutes: the budget (exactly one). With ``minutes`` the cosine schedule's end is re-estimated
+        from the measured speed every ``log_every`` steps (see :func:`set_total_steps`) and the final
+        evaluation's duration is kept inside the budget.
+      evaluate: ``evaluate(state) -> dict`` run every ``eval_every`` steps and at the end; string values
+        (e.g. samples) are printed, all values are logged.
+      checkpointer: an object with ``save(state, name, info)`` (see :class:`rnn_jax.checkpoint.Checkpointer`);
+        ``latest`` is written every ``checkpoint_every`` steps and at the end, ``best`` whenever
+        ``best_metric`` improves.
+      out_dir: where ``metrics.jsonl`` (appended) and ``loss.png`` go; ``None`` writes nothing.
+      items_per_step: items per batch, for the speed shown (e.g. ``B * T`` characters).
+
+    Raises:
+      TrainingDiverged: the loss or a gradient became NaN/inf. Nothing is saved for that step: the last
+        checkpoint written stays the last good one.
+    """
+    from tqdm.auto import tqdm
+
+    _check_budget(steps, minutes)
+    for name, value in dict(eval_every=eval_every, checkpoint_every=checkpoint_every, log_every=log_every).items():
+        if not isinstance(value, int) or value < 1:
+            raise UserError(f"{name} must be a positive integer, got {value!r}")
+    out = Path(out_dir) if out_dir is not None else None
+    metrics_path = out / "metrics.jsonl" if out is not None else None
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+
+    start = time.perf_counter()
+    deadline = start + 60.0 * minutes if minutes is not None else None
+    step = first_step = int(state.step)
+    if steps is not None:
+        target = steps
+    else:
+        target = step + 10**9  # until the clock says stop; re-estimated below
+        state = state._replace(opt_state=set_total_steps(state.opt_state, target))
+    bar = tqdm(
+        total=target if steps is not None else None,
+        initial=step,
+        disable=not progress,
+        file=sys.stderr,
+        dynamic_ncols=True,
+        mininterval=0.5,
+        unit="step",
+    )
+    last_eval: dict = {}
+    best_eval: dict | None = None
+    eval_seconds = 0.0  # duration of the latest evaluation
+    loss_sum, loss_n = 0.0, 0
+    # Speed is measured on training time alone (no evaluation, no checkpoint), after the first (compiling) step.
+    train_seconds, timed_steps = 0.0, 0
+    interval_seconds, interval_steps = 0.0, 0
+
+    def run_eval(step):
+        nonlocal last_eval, best_eval, eval_seconds
+        t0 = time.perf_counter()
+        result = dict(evaluate(state))
+        eval_seconds = time.perf_counter() - t0
+        last_eval = {"step": step, **result}
+        for k, v in result.items():
+            if isinstance(v, str):
+                bar.write(f"[step {step}] {k}:\n{v}")
+        numbers = {k: v for k, v in result.items() if not isinstance(v, str)}
+        bar.write(f"[step {step}] " + "  ".join(f"{k} {v:.4f}" for k, v in numbers.items()))
+        _append_jsonl(metrics_path, {"kind": "eval", "step": step, "elapsed_s": time.perf_counter() - start, **result})
+        value = result.get(best_metric)
+        if value is not None and (best_eval is None or value < best_eval[best_metric]):
+            best_eval = last_eval
+            if checkpointer is not None:
+                checkpointer.save(state, "best", {"metrics": numbers})
+
+    try:
+        while step < target:
+            t0 = time.perf_counter()
+            if deadline is not None and t0 + eval_seconds >= deadline:
+                break
+            state, metrics = train_step(state, batches(step))
+            loss = float(metrics["loss"])  # one sync per step: cheap next to an RNN step, and NaN is seen at once
+            if not bool(metrics["finite"]):
+                grad_norm = float(metrics["grad_norm"])
+                _append_jsonl(metrics_path, {"kind": "diverged", "step": step + 1, "loss": loss})
+                saved = checkpointer.last_saved_step if checkpointer is not None else None
+                where = (
+                    f"the last good checkpoint (step {saved}) is intact in {checkpointer.directory}"
+                    if saved is not None
+                    else "no checkpoint had been written yet"
+                )
+                raise TrainingDiverged(
+                    f"training stopped at step {step + 1}: the loss is {loss} and the gradient norm {grad_norm} "
+                    f"(not finite; try a lower learning rate); {where}"
+                )
+            if step > first_step:
+                dt = time.perf_counter() - t0
+                train_seconds, timed_steps = train_seconds + dt, timed_steps + 1
+                interval_seconds, interval_steps = interval_seconds + dt, interval_steps + 1
+            step += 1
+            loss_sum, loss_n = loss_sum + loss, loss_n + 1
+            bar.update(1)
+            if step % log_every == 0 or step == target:
+                rate = interval_steps / interval_seconds if interval_seconds > 0 else float("nan")
+                if deadline is not None and timed_steps:
+                    # Steps that fit in the time left, paying for the evaluations still to come.
+                    per_step = train_seconds / timed_steps + (eval_seconds / eval_every if evaluate else 0.0)
+                    remaining = deadline - time.perf_counter() - eval_seconds
+                    target = step + max(int(remaining / per_step), 1)
+                    state = state._replace(opt_state=set_total_steps(state.opt_state, target))
+                    bar.total = target
+                record = {
+                    "kind": "train",
+                    "step": step,
+                    "loss": loss_sum / loss_n,
+                    "grad_norm": float(metrics["grad_norm"]),
+                    f"{item_name}_per_s": rate * items_per_step,
+                    "elapsed_s": time.perf_counter() - start,
+                }
+                _append_jsonl(metrics_path, record)
+                bar.set_postfix(loss=f"{record['loss']:.3f}", **{f"{item_name}/s": f"{rate * items_per_step:,.0f}"})
+                loss_sum, loss_n = 0.0, 0
+                interval_seconds, interval_steps = 0.0, 0
+            if evaluate is not None and step % eval_every == 0 and step < target:
+                run_eval(step)
+            if checkpointer is not None and step % checkpoint_every == 0 and step < target:
+                checkpointer.save(state, "latest")
+        if evaluate is not None and last_eval.get("step") != step:
+            run_eval(step)
+        if checkpointer is not None and checkpointer.last_saved_step != step:
+            checkpointer.save(state, "latest")
+    finally:
+        bar.close()
+
+    elapsed = time.perf_counter() - start
+    items_per_s = timed_steps * items_per_step / train_seconds if train_seconds > 0 else 0.0
+    if out is not None and plot and metrics_path.exists():
+        plot_metrics(metrics_path, out / "loss.png")
+    return FitResult(state, step, elapsed, items_per_s, last_eval, best_eval)
+
+
+def plot_metrics(metrics_path, png_path, *, title: str | None = None) -> Path:
+    """Plot training loss and validation loss against the step from a ``metrics.jsonl`` file."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    train, val = [], []
+    with open(metrics_path, encoding="utf-8") as f:
+        for line in f:
+            record = json.loads(line)
+            if record.get("kind") == "train":
+                train.append((record["step"], record["loss"]))
+            elif record.get("kind") == "eval" and "val_loss" in record:
+                val.append((record["step"], record["val_loss"]))
+    fig, ax = plt.subplots(figsize=(6, 3.5), dpi=80)
+    if train:
+        ax.plot(*zip(*train, strict=True), label="train loss", lw=1)
+    if val:
+        ax.plot(*zip(*val, strict=True), "o-", label="validation loss", lw=1.5, ms=3)
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss (nats per item)")
+    if title:
+        ax.set_title(title, fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    png_path = Path(png_path)
+    fig.savefig(png_path)
+    plt.close(fig)
+    return png_path

@@ -1,0 +1,258 @@
+"""The shared training machinery: schedule, train step (carry, NaN guard, bf16, mesh), the fit loop."""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from rnn_jax import checkpoint
+from rnn_jax import train as T
+from rnn_jax.errors import UserError
+
+B, I = 6, 3
+
+
+def _linear_loss(params, batch, key):
+    del key
+    x_BI, y_B = batch
+    pred_B = x_BI @ params["w"] + params["b"]
+    mse = jnp.mean((pred_B - y_B) ** 2)
+    return mse, {"mse": mse}
+
+
+def _data(seed=0, n=B):
+    k1, k2 = jax.random.split(jax.random.key(seed))
+    x = jax.random.normal(k1, (n, I))
+    y = x @ jnp.array([1.0, -2.0, 0.5]) + 0.3 + 0.01 * jax.random.normal(k2, (n,))
+    return x, y
+
+
+def _state(lr=0.05, total=200, warmup=5):
+    params = {"w": jnp.zeros((I,)), "b": jnp.zeros(())}
+    opt = T.make_optimizer(lr, total_steps=total, warmup_steps=warmup)
+    return T.init_state(params, opt, jax.random.key(1)), opt
+
+
+def test_warmup_cosine_schedule():
+    f = lambda s, total=110: float(T.warmup_cosine(s, total, 1.0, 10, 0.1))  # noqa: E731
+    assert f(0) == pytest.approx(0.1)  # (0 + 1) / 10 of the peak
+    assert f(9) == pytest.approx(1.0) and f(10) == pytest.approx(1.0)
+    assert f(60) == pytest.approx(0.55)  # half way down the cosine: f + (1 - f) / 2
+    assert f(110) == pytest.approx(0.1) and f(500) == pytest.approx(0.1)
+    values = [f(s) for s in range(10, 111)]
+    assert all(a >= b for a, b in zip(values, values[1:], strict=False))
+
+
+def test_schedule_end_lives_in_the_state():
+    state, _ = _state(lr=1.0, total=100, warmup=0)
+    assert T.current_learning_rate(state.opt_state, 1.0, 0) == pytest.approx(1.0)
+    moved = T.set_total_steps(state.opt_state, 4)
+    is_schedule = lambda s: isinstance(s, T.WarmupCosineState)  # noqa: E731
+    moved = jax.tree.map(lambda s: s._replace(count=jnp.int32(4)) if is_schedule(s) else s, moved, is_leaf=is_schedule)
+    assert T.current_learning_rate(moved, 1.0, 0, final_fraction=0.1) == pytest.approx(0.1)
+
+
+@pytest.mark.parametrize("bad", [dict(learning_rate=0.0), dict(learning_rate=float("nan")), dict(total_steps=0)])
+def test_make_optimizer_rejects_bad_values(bad):
+    kwargs = dict(learning_rate=1e-3, total_steps=10) | bad
+    with pytest.raises(UserError):
+        T.make_optimizer(**kwargs)
+
+
+def test_train_step_learns_and_reports_metrics():
+    state, opt = _state()
+    step = T.make_train_step(_linear_loss, opt)
+    batch = _data()
+    losses = []
+    for _ in range(60):
+        state, metrics = step(state, batch)
+        losses.append(float(metrics["loss"]))
+    assert set(metrics) >= {"loss", "grad_norm", "finite", "mse"}
+    assert int(state.step) == 60 and bool(metrics["finite"])
+    assert losses[-1] < 0.05 * losses[0]
+    assert state.params["w"].dtype == jnp.float32 and metrics["loss"].dtype == jnp.float32
+
+
+def test_nonfinite_loss_leaves_state_unchanged():
+    state, opt = _state()
+    step = T.make_train_step(_linear_loss, opt)
+    x, y = _data()
+    new, metrics = step(state, (x, y.at[0].set(jnp.nan)))
+    assert not bool(metrics["finite"])
+    jax.tree.map(np.testing.assert_array_equal, (new.params, new.opt_state), (state.params, state.opt_state))
+    assert int(new.step) == 0
+
+
+def _carry_loss(params, carry_B, batch, key):
+    """A toy recurrence across batches: h <- 0.5 h + x w; the loss reads h."""
+    del key
+    x_B, y_B = batch
+    h_B = 0.5 * carry_B + x_B * params["w"]
+    loss = jnp.mean((h_B - y_B) ** 2)
+    return loss, ({}, h_B)
+
+
+def test_carry_is_passed_on_without_gradient_and_kept_in_float32():
+    params = {"w": jnp.ones(())}
+    opt = T.make_optimizer(1e-9, total_steps=10, warmup_steps=0)  # params barely move: check the carry only
+    state = T.init_state(params, opt, jax.random.key(0), carry=jnp.zeros((B,)))
+    step = T.make_train_step(_carry_loss, opt, has_carry=True, compute_dtype=jnp.bfloat16)
+    x = jnp.arange(B, dtype=jnp.float32)
+    state, _ = step(state, (x, x))
+    state, m = step(state, (x, x))
+    assert state.carry.dtype == jnp.float32 and m["loss"].dtype == jnp.float32
+    np.testing.assert_allclose(state.carry, 1.5 * x, rtol=1e-2)
+    # The gradient of the second loss only sees this batch's term (the carry is a constant): dL/dw = mean(2 (h - y) x)
+    grad = jax.grad(lambda p: _carry_loss(p, x, (x, x), None)[0])(params)
+    np.testing.assert_allclose(m["grad_norm"], jnp.abs(grad["w"]), rtol=2e-2)
+
+
+def test_bfloat16_compute_matches_float32_loosely():
+    state, opt = _state()
+    batch = _data()
+    s32, m32 = T.make_train_step(_linear_loss, opt)(state, batch)
+    s16, m16 = T.make_train_step(_linear_loss, opt, compute_dtype=jnp.bfloat16)(state, batch)
+    assert s16.params["w"].dtype == jnp.float32  # master params stay float32
+    np.testing.assert_allclose(m16["loss"], m32["loss"], rtol=2e-2)
+    np.testing.assert_allclose(s16.params["w"], s32.params["w"], rtol=5e-2, atol=1e-3)
+
+
+MESH_SCRIPT = textwrap.dedent(
+    """
+    import jax, jax.numpy as jnp, numpy as np
+    from rnn_jax import train as T
+    from rnn_jax.errors import UserError
+    assert len(jax.devices()) == 4, jax.devices()
+
+    def loss_fn(params, carry_B, batch, key):
+        x_BI, y_B = batch
+        keep_BI = jax.random.bernoulli(key, 0.8, x_BI.shape)  # noise must not depend on the sharding
+        h_B = jnp.tanh(carry_B + (jnp.where(keep_BI, x_BI, 0.0) @ params["w"]) + params["b"])
+        loss = jnp.mean((h_B - y_B) ** 2)
+        return loss, ({"h_mean": jnp.mean(h_B)}, h_B)
+
+    B = 8
+    k = jax.random.split(jax.random.key(0), 3)
+    params = {"w": jax.random.normal(k[0], (3,)), "b": jnp.zeros(())}
+    batch = (jax.random.normal(k[1], (B, 3)), jax.random.normal(k[2], (B,)))
+    opt = T.make_optimizer(1e-2, total_steps=10, warmup_steps=0)
+    state = T.init_state(params, opt, jax.random.key(3), carry=jnp.zeros((B,)))
+    one = T.make_train_step(loss_fn, opt, has_carry=True)
+    mesh = T.make_mesh(4)
+    many = T.make_train_step(loss_fn, opt, has_carry=True, mesh=mesh)
+    s1, s4 = state, state
+    for _ in range(3):
+        s1, m1 = one(s1, batch)
+        s4, m4 = many(s4, batch)
+    np.testing.assert_allclose(m4["loss"], m1["loss"], rtol=1e-6)
+    np.testing.assert_allclose(m4["grad_norm"], m1["grad_norm"], rtol=1e-5)
+    for a, b in zip(jax.tree.leaves(s4.params), jax.tree.leaves(s1.params)):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(s4.carry, s1.carry, rtol=1e-6)
+    assert len(s4.carry.sharding.device_set) == 4 and s4.params["w"].sharding.is_fully_replicated
+    try:
+        many(state._replace(carry=jnp.zeros((6,))), (batch[0][:6], batch[1][:6]))
+    except UserError as err:
+        print("ERROR:", err)
+    try:
+        T.make_mesh(5)
+    except UserError as err:
+        print("ERROR:", err)
+    print("OK")
+    """
+)
+
+
+def test_sharded_step_equals_single_device_step(tmp_path):
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4", JAX_PLATFORMS="cpu")
+    out = subprocess.run([sys.executable, "-c", MESH_SCRIPT], env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-3000:]
+    lines = out.stdout.strip().splitlines()
+    assert lines[-1] == "OK"
+    assert "batch size 6 does not divide by the 4 devices" in lines[0]
+    assert "asked for 5 devices but only 4" in lines[1]
+
+
+def test_shard_batch_is_a_no_op_without_mesh():
+    x = jnp.ones((5, 2))
+    assert T.shard_batch(x, None) is x
+
+
+class _Crash(Exception):
+    pass
+
+
+def _fit(out, steps, state=None, crash_at=None):
+    fresh, opt = _state(total=steps)
+    step = T.make_train_step(_linear_loss, opt)
+    x, y = _data(n=24)
+
+    def batches(i):
+        if i == crash_at:
+            raise _Crash
+        return x[(i % 4) * 6 : (i % 4) * 6 + 6], y[(i % 4) * 6 : (i % 4) * 6 + 6]
+
+    ck = checkpoint.Checkpointer(out, {"config": {"model": "linear"}})
+    evaluate = lambda s: {"val_loss": float(_linear_loss(s.params, (x, y), None)[0])}  # noqa: E731
+    result = T.fit(state if state is not None else fresh, step, batches, steps=steps, out_dir=out, evaluate=evaluate,
+                   eval_every=10, checkpointer=ck, checkpoint_every=10, log_every=5, progress=False)  # fmt: skip
+    return result, fresh
+
+
+def test_fit_logs_checkpoints_and_resumes_exactly(tmp_path):
+    full, fresh = _fit(tmp_path / "full", 30)
+    assert full.steps == 30 and full.last_eval["step"] == 30
+    assert full.best_eval["val_loss"] <= full.last_eval["val_loss"] + 1e-12
+    records = [json.loads(line) for line in (tmp_path / "full" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records if r["kind"] == "eval"] == [10, 20, 30]
+    assert (tmp_path / "full" / "loss.png").stat().st_size > 1000
+    assert checkpoint.latest(tmp_path / "full") and checkpoint.best(tmp_path / "full")
+
+    # A run that dies at step 25 (after its checkpoint at 20), restored and continued to 30: same params, bit for bit.
+    with pytest.raises(_Crash):
+        _fit(tmp_path / "part", 30, crash_at=25)
+    restored, meta = checkpoint.restore(tmp_path / "part", fresh, expect={"config": {"model": "linear"}})
+    assert meta["step"] == 20 and meta["cursor"] == 20 and int(restored.step) == 20
+    resumed, _ = _fit(tmp_path / "part", 30, state=restored)
+    assert resumed.steps == 30
+    for a, b in zip(jax.tree.leaves(resumed.state.params), jax.tree.leaves(full.state.params), strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_fit_stops_on_nan_and_keeps_the_last_good_checkpoint(tmp_path):
+    state, opt = _state(total=30)
+    step = T.make_train_step(_linear_loss, opt)
+    x, y = _data()
+    batches = lambda i: (x, y.at[0].set(jnp.inf) if i == 17 else y)  # noqa: E731
+    ck = checkpoint.Checkpointer(tmp_path)
+    with pytest.raises(T.TrainingDiverged, match=r"step 18.*not finite.*last good checkpoint \(step 15\)"):
+        T.fit(state, step, batches, steps=30, checkpointer=ck, checkpoint_every=5, progress=False, out_dir=tmp_path)
+    restored, meta = checkpoint.restore(tmp_path, state)
+    assert meta["step"] == 15 and int(restored.step) == 15
+    assert np.all(np.isfinite(restored.params["w"]))
+    assert json.loads((tmp_path / "metrics.jsonl").read_text().splitlines()[-1])["kind"] == "diverged"
+
+
+def test_fit_time_budget_stops_and_sets_the_schedule_end(tmp_path):
+    state, opt = _state(total=10**6)
+    step = T.make_train_step(_linear_loss, opt)
+    batch = _data()
+    step(state, batch)  # compile outside the budget
+    result = T.fit(state, step, lambda i: batch, minutes=0.02, log_every=5, progress=False)
+    assert 0 < result.steps and result.elapsed_s < 10
+    total = [s for s in jax.tree.leaves(result.state.opt_state, is_leaf=lambda s: isinstance(s, T.WarmupCosineState))
+             if isinstance(s, T.WarmupCosineState)][0].total_steps  # fmt: skip
+    assert int(total) < 10**6  # re-estimated from the measured speed
+
+
+@pytest.mark.parametrize("budget", [dict(), dict(steps=5, minutes=1.0), dict(steps=0), dict(minutes=-1.0)])
+def test_fit_rejects_bad_budgets(budget):
+    state, opt = _state()
+    with pytest.raises(UserError, match="budget"):
+        T.fit(state, T.make_train_step(_linear_loss, opt), lambda i: _data(), progress=False, **budget)
