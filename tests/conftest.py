@@ -11,7 +11,7 @@ from hypothesis import HealthCheck, settings  # noqa: E402
 jax.config.update("jax_numpy_rank_promotion", "raise")
 
 # Property tests compile a few shapes each; keep them bounded and free of deadline flakiness on CI.
-settings.register_profile("ci", max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+settings.register_profile("ci", max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 settings.load_profile("ci")
 
 
