@@ -1,0 +1,608 @@
+"""The topologies of Lecture 10, as functions over any cell.
+
+===================  ==========================================  ======================================
+lecture's name       function                                    e.g.
+===================  ==========================================  ======================================
+one to one           :func:`one_to_one`                          a feed-forward net: one step
+one to many          :func:`one_to_many`                         image captioning (vector -> sequence)
+many to one          :func:`many_to_one`                         sentiment / sequence classification
+many to many         :func:`many_to_many`                        per-frame labels (synchronised)
+many to many (seq2seq) :func:`encoder_decoder_apply`             translation: encoder, then decoder
+sequential processing  :func:`glimpse_apply`                     reading an image by glimpses
+===================  ==========================================  ======================================
+
+Shape letters: ``B`` batch, ``T`` time (decoder steps), ``S`` source steps, ``I`` input features,
+``H`` hidden units, ``O`` a cell's outputs, ``E`` embedding size, ``M`` encoder features (memory), ``V``
+vocabulary, ``N`` parts of a fixed input (patches), ``F`` features of a part, ``C`` classes.
+
+Like :func:`rnn_jax.run`, the generic functions take ``(cell, params, carry, xs)`` and any number of
+leading batch dimensions. The seq2seq and glimpse models have params as pytrees with ``*_init``
+functions; the model's structure (cell kind, attention, bidirectional encoder) is read from the *types*
+of its params, so ``*_apply(params, ...)`` needs no config and params work with ``jax.grad`` and optax
+as they are.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+
+from rnn_jax.cells import (
+    Cell,
+    GRUParams,
+    LSTMParams,
+    LSTMState,
+    VanillaParams,
+    gru_cell,
+    gru_init,
+    lstm_cell,
+    lstm_init,
+    vanilla_cell,
+    vanilla_init,
+)
+from rnn_jax.errors import UserError
+from rnn_jax.scan import bidirectional, run, zeros_carry
+
+Array = jax.Array
+
+__all__ = [
+    "Dense",
+    "dense_init",
+    "dense",
+    "hidden_of",
+    "carry_from_hidden",
+    "one_to_one",
+    "one_to_many",
+    "many_to_one",
+    "many_to_many",
+    "Bidirectional",
+    "BahdanauParams",
+    "LuongParams",
+    "Seq2SeqParams",
+    "DecoderContext",
+    "DecoderState",
+    "Seq2SeqOutput",
+    "ATTENTIONS",
+    "encoder_decoder_init",
+    "encode",
+    "attend",
+    "decoder_start",
+    "decoder_step_fn",
+    "encoder_decoder_apply",
+    "GlimpseParams",
+    "GlimpseOutput",
+    "image_patches",
+    "glimpse_init",
+    "glimpse_apply",
+]
+
+ATTENTIONS = (None, "bahdanau", "luong")
+
+
+# ---------------------------------------------------------------------------------------------------
+# Small pieces: a dense layer, the hidden part of a carry
+# ---------------------------------------------------------------------------------------------------
+
+
+class Dense(NamedTuple):
+    """An affine map ``x W + b``."""
+
+    W: Array  # [in, out]
+    b: Array  # [out]
+
+
+def dense_init(key, in_size: int, out_size: int, dtype=jnp.float32) -> Dense:
+    """LeCun-normal ``W``, zero ``b``."""
+    return Dense(jax.nn.initializers.lecun_normal()(key, (in_size, out_size), dtype), jnp.zeros((out_size,), dtype))
+
+
+def dense(p: Dense, x):
+    """``x W + b`` for one example ``x [in]``."""
+    return x @ p.W + p.b
+
+
+def hidden_of(carry) -> Array:
+    """The hidden state ``h`` of a carry: ``carry.h`` for an LSTM, the carry itself for vanilla and GRU."""
+    return carry.h if isinstance(carry, LSTMState) else carry
+
+
+def carry_from_hidden(cell: Cell, params, h_H):
+    """The carry of ``cell`` whose hidden state is ``h_H`` (an LSTM's cell state starts at zero)."""
+    zero = cell.init_carry(params)
+    if isinstance(zero, LSTMState):
+        return LSTMState(h_H.astype(zero.h.dtype), jnp.zeros_like(h_H, zero.c.dtype))
+    if jax.tree.structure(zero).num_leaves != 1:
+        raise TypeError(f"carry_from_hidden knows LSTMState and single-array carries, got {jax.tree.structure(zero)}")
+    return h_H.astype(zero.dtype)
+
+
+_CELL_OF_PARAMS = {VanillaParams: vanilla_cell, LSTMParams: lstm_cell, GRUParams: gru_cell}
+
+
+def _cell_of(params) -> Cell:
+    try:
+        return _CELL_OF_PARAMS[type(params)]
+    except KeyError:
+        raise TypeError(f"expected VanillaParams, LSTMParams or GRUParams, got {type(params).__name__}") from None
+
+
+def _cell_init(kind: str, key, in_size: int, hidden_size: int, dtype):
+    if kind == "vanilla":  # the head maps h to an output of the same size: the features the model uses
+        return vanilla_init(key, in_size, hidden_size, hidden_size, dtype)
+    if kind == "lstm":
+        return lstm_init(key, in_size, hidden_size, dtype)
+    if kind == "gru":
+        return gru_init(key, in_size, hidden_size, dtype)
+    raise UserError(f"cell must be one of 'vanilla', 'lstm', 'gru', got {kind!r}")
+
+
+def _out_size(params) -> int:
+    """The size of the cell's output ``y`` (= H for every built-in cell as initialised here)."""
+    return params.W_hy.shape[1] if isinstance(params, VanillaParams) else params.W_h.shape[0]
+
+
+# ---------------------------------------------------------------------------------------------------
+# One to one, one to many, many to one, many to many
+# ---------------------------------------------------------------------------------------------------
+
+
+def one_to_one(cell, params, carry, x):
+    """One to one: a single step, ``(carry, y) = cell(params, carry, x)``, for ``x [..., I]``.
+
+    ``carry=None`` is the zero carry (a plain feed-forward net through the cell).
+    """
+    carry, ys = run(cell, params, carry, jax.tree.map(lambda a: a[..., None, :], x))
+    return carry, jax.tree.map(lambda a: a[..., 0, :], ys)
+
+
+def one_to_many(
+    cell, params, carry, x_I, *, steps: int, feedback: Callable[[Any], Any] | None = None
+) -> tuple[Any, Any]:
+    """One to many: read ``x_1 = x_I``, then feed each output back as the next input, for ``steps`` steps.
+
+    ``h_t, y_t = cell(params, h_{t-1}, x_t)``, ``x_{t+1} = feedback(y_t)`` (identity by default, which needs
+    ``O = I``). The fixed input sets the initial state: e.g. ``carry = carry_from_hidden(cell, params,
+    tanh(dense(W_img, features)))`` as in image captioning. For tokens (sampling, beam search), use a token
+    step with :mod:`rnn_jax.decode`.
+
+    Args:
+      carry: the initial carry with the batch dims in front, or ``None`` for zeros (a ``Cell``).
+      x_I: the first input, ``[..., I]``.
+
+    Returns:
+      ``(final_carry, ys [..., T, O])``.
+    """
+    if not isinstance(steps, (int, np.integer)) or steps < 1:
+        raise UserError(f"one_to_many needs steps >= 1, got {steps!r}")
+    feedback = feedback if feedback is not None else (lambda y: y)
+    batch = jnp.shape(x_I)[:-1]
+    if carry is None:
+        carry = zeros_carry(cell, params, batch)
+
+    def fed_back(p, state, _):
+        c, x = state
+        c, y = cell(p, c, x)
+        return (c, feedback(y)), y
+
+    dummy = jnp.zeros(batch + (steps, 0), jnp.float32)  # no per-step input: the loop feeds itself
+    (carry, _), ys = run(fed_back, params, (carry, x_I), dummy)
+    return carry, ys
+
+
+def many_to_one(cell, params, carry, xs, *, lengths=None, pool: str = "last") -> tuple[Any, Array]:
+    """Many to one: summarise a sequence by its output at the last real step, or by the mean output.
+
+    ``pool="last"``: ``y_{L-1}`` with ``L`` each sequence's length (``T`` without ``lengths``); ``"mean"``:
+    ``(1/L) sum_{t<L} y_t``. For LSTM and GRU ``y_t = h_t``, so ``"last"`` is the final hidden state; for the
+    vanilla cell it is the head's output at that step (the lecture's classifier). Length 0 gives zeros.
+
+    Returns:
+      ``(final_carry, summary [..., O])``.
+    """
+    if pool not in ("last", "mean"):
+        raise UserError(f"pool must be 'last' or 'mean', got {pool!r}")
+    carry, ys = run(cell, params, carry, xs, lengths=lengths)
+    T = jnp.shape(ys)[-2]
+    if lengths is None:
+        lengths = jnp.full(jnp.shape(ys)[:-2], T, jnp.int32)
+    lengths = jnp.asarray(lengths)
+    if pool == "mean":  # run zeroed the outputs past each length
+        return carry, jnp.sum(ys, axis=-2) / jnp.maximum(lengths, 1)[..., None].astype(ys.dtype)
+    last = jnp.maximum(lengths - 1, 0)[..., None, None]
+    summary = jnp.take_along_axis(ys, last, axis=-2)[..., 0, :]
+    return carry, jnp.where((lengths > 0)[..., None], summary, 0)
+
+
+def many_to_many(cell, params, carry, xs, *, lengths=None, **run_kwargs):
+    """Many to many, synchronised: one output per input step (``run`` itself): ``(final_carry, ys)``."""
+    return run(cell, params, carry, xs, lengths=lengths, **run_kwargs)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Encoder-decoder (seq2seq) with optional attention
+# ---------------------------------------------------------------------------------------------------
+
+
+class Bidirectional(NamedTuple):
+    """Params of a bidirectional encoder: one cell reads forward, another backward."""
+
+    fw: Any
+    bw: Any
+
+
+class BahdanauParams(NamedTuple):
+    """Additive attention: ``score_s = v . tanh(q W_q + m_s W_m)`` with the previous decoder state ``q``."""
+
+    W_q: Array  # [H, A]
+    W_m: Array  # [M, A]
+    v: Array  # [A]
+
+
+class LuongParams(NamedTuple):
+    """Multiplicative ("general") attention ``score_s = q W m_s`` with the current state ``q``, and the
+    attentional state ``h~ = tanh([c; q] W_c + b_c)`` that makes the output and is fed to the next step."""
+
+    W: Array  # [H, M]
+    combine: Dense  # [M + H, H]
+
+
+class Seq2SeqParams(NamedTuple):
+    """Params of :func:`encoder_decoder_apply`; the structure is read from the leaf types.
+
+    ``encoder`` is a cell's params or :class:`Bidirectional`; ``attention`` is ``None``,
+    :class:`BahdanauParams` or :class:`LuongParams`.
+    """
+
+    src_embed: Array  # [V_src, E]
+    tgt_embed: Array  # [V_tgt, E]
+    encoder: Any
+    bridge: Dense  # [M_summary, H]: encoder summary -> initial decoder hidden state
+    decoder: Any
+    attention: Any
+    out: Dense  # [H (+ M for Bahdanau), V_tgt]
+
+
+class DecoderContext(NamedTuple):
+    """What every decoder step reads, fixed for one source sequence: the params and the encoder memory."""
+
+    params: Seq2SeqParams
+    memory_SM: Array  # encoder outputs, zero past src_len
+    src_len: Array  # int32 scalar
+
+
+class DecoderState(NamedTuple):
+    """The decoder carry: the cell's carry and the attentional state fed to the next step (Luong; else
+    a zero-size array)."""
+
+    cell: Any
+    feed: Array
+
+
+class Seq2SeqOutput(NamedTuple):
+    """Teacher-forced outputs: ``logits [..., T, V]``, ``attention [..., T, S]`` (zeros without attention),
+    and the decoder tokens actually read (``inputs [..., T]``: the target or the model's own)."""
+
+    logits: Array
+    attention: Array
+    inputs: Array
+
+
+def encoder_decoder_init(
+    key,
+    *,
+    src_vocab: int,
+    tgt_vocab: int,
+    embed_size: int,
+    hidden_size: int,
+    cell: str = "lstm",
+    bidirectional: bool = False,
+    attention: str | None = None,
+    attention_size: int | None = None,
+    encoder_hidden_size: int | None = None,
+    dtype=jnp.float32,
+) -> Seq2SeqParams:
+    """Params of an encoder-decoder: embeddings, encoder (optionally bidirectional), bridge, decoder,
+    attention (``None``, ``"bahdanau"`` or ``"luong"``) and output layer.
+
+    ``M`` (memory features) is ``encoder_hidden_size`` (default ``hidden_size``), doubled when bidirectional.
+    """
+    for name, v in dict(
+        src_vocab=src_vocab, tgt_vocab=tgt_vocab, embed_size=embed_size, hidden_size=hidden_size
+    ).items():
+        if not isinstance(v, (int, np.integer)) or v < 1:
+            raise UserError(f"{name} must be a positive integer, got {v!r}")
+    if attention not in ATTENTIONS:
+        raise UserError(f"attention must be one of {ATTENTIONS}, got {attention!r}")
+    H, E = hidden_size, embed_size
+    He = encoder_hidden_size or H
+    M = 2 * He if bidirectional else He
+    A = attention_size or H
+    k = iter(jax.random.split(key, 12))
+    embed = jax.nn.initializers.normal(1.0)
+    if bidirectional:
+        encoder = Bidirectional(_cell_init(cell, next(k), E, He, dtype), _cell_init(cell, next(k), E, He, dtype))
+    else:
+        encoder = _cell_init(cell, next(k), E, He, dtype)
+    dec_in = E + (M if attention == "bahdanau" else H if attention == "luong" else 0)
+    if attention == "bahdanau":
+        W_q, W_m = dense_init(next(k), H, A, dtype).W, dense_init(next(k), M, A, dtype).W
+        att = BahdanauParams(W_q=W_q, W_m=W_m, v=embed(next(k), (A,), dtype))
+    elif attention == "luong":
+        att = LuongParams(W=dense_init(next(k), H, M, dtype).W, combine=dense_init(next(k), M + H, H, dtype))
+    else:
+        att = None
+    return Seq2SeqParams(
+        src_embed=embed(next(k), (src_vocab, E), dtype),
+        tgt_embed=embed(next(k), (tgt_vocab, E), dtype),
+        encoder=encoder,
+        bridge=dense_init(next(k), M, H, dtype),
+        decoder=_cell_init(cell, next(k), dec_in, H, dtype),
+        attention=att,
+        out=dense_init(next(k), H + (M if attention == "bahdanau" else 0), tgt_vocab, dtype),
+    )
+
+
+def encode(params: Seq2SeqParams, src_S, src_len) -> tuple[Array, Array]:
+    """Run the encoder over one source sequence: ``(memory [S, M], summary [M])``.
+
+    ``memory`` holds the encoder outputs (zero past ``src_len``); ``summary`` is the final hidden state
+    (forward and backward concatenated for a bidirectional encoder), taken at the last real step.
+    """
+    x_SE = params.src_embed[src_S]
+    if isinstance(params.encoder, Bidirectional):
+        cell = _cell_of(params.encoder.fw)
+        (c_fw, c_bw), memory = bidirectional(cell, tuple(params.encoder), None, x_SE, lengths=src_len)
+        return memory, jnp.concatenate([hidden_of(c_fw), hidden_of(c_bw)], axis=-1)
+    cell = _cell_of(params.encoder)
+    c, memory = run(cell, params.encoder, None, x_SE, lengths=src_len)
+    return memory, hidden_of(c)
+
+
+def attend(att, query_H, memory_SM, src_len) -> tuple[Array, Array]:
+    """Attention of one query over the memory, masked by ``src_len``: ``(context [M], weights [S])``.
+
+    ``weights = softmax(scores)`` over ``s < src_len`` only: padded positions get exactly 0 and the real
+    ones sum to 1. Bahdanau: ``score_s = v . tanh(q W_q + m_s W_m)``; Luong: ``score_s = q W . m_s``.
+    """
+    if isinstance(att, BahdanauParams):
+        scores_S = jnp.tanh(memory_SM @ att.W_m + (query_H @ att.W_q)[None, :]) @ att.v
+    elif isinstance(att, LuongParams):
+        scores_S = memory_SM @ (query_H @ att.W)
+    else:
+        raise TypeError(f"expected BahdanauParams or LuongParams, got {type(att).__name__}")
+    real_S = jnp.arange(memory_SM.shape[0]) < src_len
+    scores_S = jnp.where(real_S, scores_S.astype(jnp.float32), -jnp.inf)
+    weights_S = jnp.where(real_S, jax.nn.softmax(scores_S), 0.0)  # exp(-inf) is 0 already; where keeps NaN out
+    return (weights_S.astype(memory_SM.dtype) @ memory_SM), weights_S
+
+
+def _decoder_step(ctx: DecoderContext, state: DecoderState, token):
+    """One decoder step on one example: ``(state, logits [V], attention weights [S])``."""
+    p = ctx.params
+    cell = _cell_of(p.decoder)
+    e_E = p.tgt_embed[token]
+    S = ctx.memory_SM.shape[0]
+    if isinstance(p.attention, BahdanauParams):
+        # Bahdanau: attend with the previous state, read [embedding; context], predict from [state; context].
+        ctx_M, w_S = attend(p.attention, hidden_of(state.cell), ctx.memory_SM, ctx.src_len)
+        c, s_H = cell(p.decoder, state.cell, jnp.concatenate([e_E, ctx_M]))
+        return DecoderState(c, state.feed), dense(p.out, jnp.concatenate([s_H, ctx_M])), w_S
+    if isinstance(p.attention, LuongParams):
+        # Luong: read [embedding; previous attentional state], attend with the new state, combine.
+        c, s_H = cell(p.decoder, state.cell, jnp.concatenate([e_E, state.feed]))
+        ctx_M, w_S = attend(p.attention, s_H, ctx.memory_SM, ctx.src_len)
+        h_att = jnp.tanh(dense(p.attention.combine, jnp.concatenate([ctx_M, s_H])))
+        return DecoderState(c, h_att), dense(p.out, h_att), w_S
+    c, s_H = cell(p.decoder, state.cell, e_E)
+    return DecoderState(c, state.feed), dense(p.out, s_H), jnp.zeros((S,), jnp.float32)
+
+
+def decoder_step_fn(ctx: DecoderContext, state: DecoderState, token) -> tuple[DecoderState, Array]:
+    """The decoder as a token step for :mod:`rnn_jax.decode`: ``(ctx, state, token) -> (state, logits_V)``.
+
+    ``ctx`` (from :func:`decoder_start`) plays the part of the params: it is shared by the beams.
+    """
+    state, logits, _ = _decoder_step(ctx, state, token)
+    return state, logits
+
+
+def _initial_state(params: Seq2SeqParams, src_S, src_len) -> tuple[DecoderContext, DecoderState]:
+    """Encode one source; the decoder starts from ``h_0 = tanh(bridge(summary))`` (an LSTM's ``c_0 = 0``)."""
+    src_len = jnp.asarray(src_len, jnp.int32)
+    memory, summary = encode(params, src_S, src_len)
+    h0 = jnp.tanh(dense(params.bridge, summary))
+    feed = jnp.zeros((h0.shape[-1] if isinstance(params.attention, LuongParams) else 0,), h0.dtype)
+    state = DecoderState(carry_from_hidden(_cell_of(params.decoder), params.decoder, h0), feed)
+    return DecoderContext(params, memory, src_len), state
+
+
+def decoder_start(params: Seq2SeqParams, src_S, src_len, start_token) -> tuple[DecoderContext, DecoderState, Array]:
+    """Encode one source and feed the start token: ``(ctx, state, logits_V)``, ready for decoding::
+
+        ctx, state, logits = decoder_start(params, src_S, src_len, BOS)
+        out = decode.beam_search(decoder_step_fn, ctx, state, logits, beam_width=5, max_len=30, end_token=EOS)
+
+    The decoder starts from ``h_0 = tanh(bridge(summary))`` (an LSTM's cell state from zero).
+    """
+    ctx, state = _initial_state(params, src_S, src_len)
+    state, logits = decoder_step_fn(ctx, state, jnp.asarray(start_token, jnp.int32))
+    return ctx, state, logits
+
+
+def _check_batch(name, a, batch):
+    if tuple(jnp.shape(a)) != tuple(batch):
+        raise ValueError(f"{name} must have the batch shape {tuple(batch)}, got {tuple(jnp.shape(a))}")
+
+
+def encoder_decoder_apply(
+    params: Seq2SeqParams,
+    src,
+    src_len,
+    tgt_in,
+    *,
+    tgt_len=None,
+    teacher_forcing: float = 1.0,
+    key=None,
+    scheduled: str = "argmax",
+) -> Seq2SeqOutput:
+    """Encoder-decoder with teacher forcing: the decoder reads ``tgt_in`` (start token first) and predicts
+    the next token at every step.
+
+    With ``teacher_forcing = r < 1`` (scheduled sampling) each step ``t >= 1`` flips its own coin, drawn
+    from ``key`` inside the scan: with probability ``r`` it reads ``tgt_in[t]``, otherwise the model's own
+    prediction from step ``t-1`` (``scheduled="argmax"``, or ``"sample"`` from its softmax). No gradient
+    flows through that choice. ``r`` may be a traced value (a schedule inside a jitted train step).
+
+    Args:
+      params: from :func:`encoder_decoder_init`.
+      src: ``[..., S]`` source token ids; ``src_len``: ``[...]`` lengths (``>= 1``).
+      tgt_in: ``[..., T]`` decoder inputs (``[BOS, y_1, ..., y_{T-1}]``).
+      tgt_len: optional ``[...]`` lengths: steps past them output zeros (logits and attention).
+      teacher_forcing: the probability of reading the target at each step.
+      key: PRNG key, needed when ``teacher_forcing`` is not the constant 1.
+
+    Returns:
+      :class:`Seq2SeqOutput` ``(logits [..., T, V], attention [..., T, S], inputs [..., T])``.
+    """
+    src, tgt_in, src_len = jnp.asarray(src), jnp.asarray(tgt_in), jnp.asarray(src_len)
+    batch = src.shape[:-1]
+    if src.ndim < 1 or tgt_in.ndim != src.ndim or tgt_in.shape[-1] < 1:
+        raise ValueError(f"src [..., S] and tgt_in [..., T] need the same batch dims, got {src.shape}, {tgt_in.shape}")
+    _check_batch("tgt_in[..., 0]", tgt_in[..., 0], batch)
+    _check_batch("src_len", src_len, batch)
+    if not isinstance(src_len, jax.core.Tracer) and src_len.size and int(src_len.min()) < 1:
+        raise UserError(f"every source needs at least one token, got a source length of {int(src_len.min())}")
+    if tgt_len is not None:
+        tgt_len = jnp.asarray(tgt_len)
+        _check_batch("tgt_len", tgt_len, batch)
+    if scheduled not in ("argmax", "sample"):
+        raise UserError(f"scheduled must be 'argmax' or 'sample', got {scheduled!r}")
+    forced = not isinstance(teacher_forcing, jax.core.Tracer) and float(teacher_forcing) == 1.0
+    if not forced and key is None:
+        raise UserError(f"teacher_forcing={teacher_forcing} < 1 flips a coin per step: pass a PRNG key")
+    if not isinstance(teacher_forcing, jax.core.Tracer) and not 0.0 <= float(teacher_forcing) <= 1.0:
+        raise UserError(f"teacher_forcing must lie in [0, 1], got {teacher_forcing}")
+    T = tgt_in.shape[-1]
+
+    def one(src_S, n_src, tgt_T, n_tgt, k):
+        ctx, state = _initial_state(params, src_S, n_src)
+        if forced:
+            coins_T, draw_keys = jnp.ones((T,), bool), None
+        else:
+            k_coin, k_draw = jax.random.split(k)
+            coins_T = jax.random.bernoulli(k_coin, teacher_forcing, (T,)).at[0].set(True)
+            draw_keys = jax.random.split(k_draw, T)
+
+        def step(c, carry, x):
+            dec, prev_logits = carry
+            t, target = x[0], x[1]
+            own = (
+                jnp.argmax(prev_logits)
+                if scheduled == "argmax" or draw_keys is None
+                else jax.random.categorical(draw_keys[t], prev_logits)
+            )
+            token = jnp.where(coins_T[t], target, lax.stop_gradient(own).astype(target.dtype))
+            dec, logits, w_S = _decoder_step(c, dec, token)
+            return (dec, logits.astype(jnp.float32)), (logits, w_S, token[None])
+
+        V = params.out.b.shape[0]
+        xs = jnp.stack([jnp.arange(T, dtype=tgt_T.dtype), tgt_T], axis=-1)
+        _, (logits, w, toks) = run(step, ctx, (state, jnp.zeros((V,), jnp.float32)), xs, lengths=n_tgt)
+        return logits, w, toks[:, 0]
+
+    fn = one
+    for _ in batch:
+        fn = jax.vmap(fn, in_axes=(0, 0, 0, None if tgt_len is None else 0, None if forced else 0))
+    keys = None
+    if not forced:
+        keys = jax.random.split(key, int(np.prod(batch, dtype=int))).reshape(batch) if batch else key
+    logits, w, toks = fn(src, src_len.astype(jnp.int32), tgt_in.astype(jnp.int32), tgt_len, keys)
+    return Seq2SeqOutput(logits=logits, attention=w, inputs=toks)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Sequential processing of a fixed input: glimpses
+# ---------------------------------------------------------------------------------------------------
+
+
+class GlimpseParams(NamedTuple):
+    """A recurrent glimpse model over a fixed input of ``N`` parts with ``F`` features each."""
+
+    cell: Any  # reads [glimpse F; where it looked N]
+    where: Dense  # [H, N]: the next location's logits from the hidden state
+    head: Dense  # [H, C]: the decision, from the final hidden state
+
+
+class GlimpseOutput(NamedTuple):
+    """``logits [..., C]`` of the decision and ``looks [..., T, N]``: where each step looked (rows sum to 1)."""
+
+    logits: Array
+    looks: Array
+
+
+def image_patches(image_HW, patch: int) -> Array:
+    """Cut ``[..., Hi, Wi]`` images into ``N = (Hi/p)(Wi/p)`` row-major ``p x p`` patches: ``[..., N, p*p]``."""
+    image_HW = jnp.asarray(image_HW)
+    *batch, Hi, Wi = image_HW.shape
+    if Hi % patch or Wi % patch:
+        raise UserError(f"image of {Hi}x{Wi} pixels does not split into {patch}x{patch} patches")
+    x = image_HW.reshape(*batch, Hi // patch, patch, Wi // patch, patch)
+    x = jnp.moveaxis(x, -3, -2)  # [..., rows, cols, p, p]
+    return x.reshape(*batch, (Hi // patch) * (Wi // patch), patch * patch)
+
+
+def glimpse_init(
+    key, *, n_parts: int, part_size: int, hidden_size: int, n_classes: int, cell: str = "gru", dtype=jnp.float32
+) -> GlimpseParams:
+    """Params of :func:`glimpse_apply`."""
+    k1, k2, k3 = jax.random.split(key, 3)
+    return GlimpseParams(
+        cell=_cell_init(cell, k1, part_size + n_parts, hidden_size, dtype),
+        where=dense_init(k2, hidden_size, n_parts, dtype),
+        head=dense_init(k3, hidden_size, n_classes, dtype),
+    )
+
+
+def glimpse_apply(params: GlimpseParams, parts, *, steps: int, hard: bool = False) -> GlimpseOutput:
+    """Read a fixed input by ``steps`` glimpses, choosing each time where to look next; decide at the end.
+
+    For one example with parts ``x [N, F]``::
+
+        a_t = softmax(h_{t-1} W_where + b)        # where to look (from what was seen so far)
+        g_t = a_t x                               # the glimpse: the attended part
+        h_t = cell(h_{t-1}, [g_t; a_t])           # remember what was seen, and where
+        logits = h_T W_head + b                   # decide at the end
+
+    ``hard=True`` looks at exactly one part, ``one_hot(argmax a_t)``, with the soft weights' gradient
+    (straight-through). ``parts`` is ``[..., N, F]`` (e.g. :func:`image_patches`).
+    """
+    if not isinstance(steps, (int, np.integer)) or steps < 1:
+        raise UserError(f"glimpse_apply needs steps >= 1, got {steps!r}")
+    parts = jnp.asarray(parts)
+    cell = _cell_of(params.cell)
+    N = params.where.W.shape[1]
+    if parts.ndim < 2 or parts.shape[-2] != N:
+        raise ValueError(f"parts must be [..., N={N}, F], got shape {parts.shape}")
+
+    def one(x_NF):
+        def step(p, c, _):
+            a_N = jax.nn.softmax(dense(p.where, hidden_of(c)).astype(jnp.float32))
+            if hard:
+                a_N = jax.nn.one_hot(jnp.argmax(a_N), N, dtype=a_N.dtype) + a_N - lax.stop_gradient(a_N)
+            a_N = a_N.astype(x_NF.dtype)
+            c, _ = cell(p.cell, c, jnp.concatenate([a_N @ x_NF, a_N]))
+            return c, a_N
+
+        c, looks = run(step, params, cell.init_carry(params.cell), jnp.zeros((steps, 0), x_NF.dtype))
+        return dense(params.head, hidden_of(c)), looks
+
+    fn = one
+    for _ in parts.shape[:-2]:
+        fn = jax.vmap(fn)
+    logits, looks = fn(parts)
+    return GlimpseOutput(logits, looks)
