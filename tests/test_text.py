@@ -1,0 +1,127 @@
+"""Character data: vocabulary, corpora (loopback download only), split, TBPTT streams, random windows."""
+
+import functools
+import hashlib
+import http.server
+import threading
+
+import numpy as np
+import pytest
+
+from rnn_jax.data import text as D
+from rnn_jax.errors import UserError
+
+
+def test_vocab_round_trip_and_unknown_characters():
+    vocab = D.Vocab.from_text("hello, wörld\n")
+    assert vocab.chars == "\n ,dehlorwö" and vocab.size == 11
+    ids = vocab.encode("world, hello\n")
+    assert ids.dtype == np.int32 and vocab.decode(ids) == "world, hello\n"
+    with pytest.raises(UserError, match=r"\['X', 'z'\] are not in the vocabulary"):
+        vocab.encode("hello Xz")
+
+
+def test_load_text_errors_are_one_line(tmp_path):
+    (tmp_path / "latin1.txt").write_bytes("caf\u00e9".encode("latin-1"))
+    (tmp_path / "empty.txt").write_text("")
+    cases = {
+        tmp_path / "latin1.txt": "not UTF-8 text: byte 0xe9 at offset 3",
+        tmp_path / "empty.txt": "is empty",
+        tmp_path / "missing.txt": "no such file",
+        tmp_path: "is a directory",
+    }
+    for path, message in cases.items():
+        with pytest.raises(UserError, match=message) as err:
+            D.load_text(path)
+        assert "\n" not in str(err.value)
+
+
+def test_split_and_size_checks():
+    ids = np.arange(100, dtype=np.int32)
+    split = D.split_text(ids)
+    assert len(split.train) == 90 and split.val[0] == 90
+    D.check_sizes(split, batch=3, seq_len=29)  # 3 * 30 = 90 characters: exactly one batch
+    with pytest.raises(UserError, match="too short: 100 characters, of which 90 for training; .* needs 93"):
+        D.check_sizes(split, batch=3, seq_len=30)
+    with pytest.raises(UserError, match="batch must be a positive integer, got 0"):
+        D.check_sizes(split, batch=0, seq_len=5)
+
+
+def test_streams_continue_across_batches_and_reset_on_wrap():
+    ids = np.arange(3 * 23, dtype=np.int32)  # 3 streams of 23: (23 - 1) // 5 = 4 windows each
+    batches = D.StreamBatches(ids, batch=3, seq_len=5)
+    assert batches.windows == 4
+    b0, b1 = batches(0), batches(1)
+    assert b0.inputs_BT.shape == (3, 5) and b0.reset_B.tolist() == [True] * 3 and not b1.reset_B.any()
+    np.testing.assert_array_equal(b0.inputs_BT[:, 0], [0, 23, 46])  # row b reads stream b
+    np.testing.assert_array_equal(b1.inputs_BT[:, 0], b0.inputs_BT[:, -1] + 1)  # and continues it
+    np.testing.assert_array_equal(b0.targets_BT, b0.inputs_BT + 1)
+    wrapped = batches(4)
+    assert wrapped.reset_B.all()
+    np.testing.assert_array_equal(wrapped.inputs_BT, b0.inputs_BT)  # a pure function of the cursor
+    np.testing.assert_array_equal(batches(7).inputs_BT, batches(3).inputs_BT)
+
+
+def test_random_windows_are_deterministic_per_cursor():
+    ids = np.arange(500, dtype=np.int32)
+    windows = D.RandomWindows(ids, batch=3, seq_len=7, seed=5)
+    a, b = windows(11), windows(11)
+    np.testing.assert_array_equal(a.inputs_BT, b.inputs_BT)
+    np.testing.assert_array_equal(a.targets_BT, a.inputs_BT + 1)
+    assert a.reset_B.all() and not np.array_equal(windows(12).inputs_BT, a.inputs_BT)
+
+
+def test_eval_windows_predict_every_character_once():
+    ids = np.arange(1, 102, dtype=np.int32)  # 101 characters: 100 predictions
+    x, y = D.eval_windows(ids, streams=4, window=5)
+    assert x.shape == (5, 4, 5)  # 5 windows of 4 streams
+    per_stream = np.concatenate(list(y), axis=1)  # [streams, 25]
+    np.testing.assert_array_equal(per_stream.reshape(-1), ids[1:])
+    np.testing.assert_array_equal(np.concatenate(list(x), axis=1).reshape(-1), ids[:-1])
+
+
+def test_default_corpus_is_deterministic_python_source():
+    text, source = D.load_corpus()
+    assert source.startswith("python-stdlib") and len(text) > 100_000
+    assert "class ArgumentParser" in text and text == D.stdlib_corpus()
+
+
+@pytest.fixture
+def loopback(tmp_path):
+    """A local HTTP server for the download path (never the internet)."""
+    root = tmp_path / "www"
+    root.mkdir()
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(root))
+    handler.log_message = lambda *a: None
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield root, f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
+
+
+def test_download_verifies_and_caches(loopback, tmp_path, monkeypatch):
+    root, url = loopback
+    body = "First Citizen:\nBefore we proceed any further, hear me speak.\n" * 50
+    (root / "input.txt").write_text(body)
+    sha = hashlib.sha256(body.encode()).hexdigest()
+    monkeypatch.setitem(D.CORPORA, "tinyshakespeare", (f"{url}/input.txt", sha))
+    monkeypatch.setenv("RNN_JAX_CACHE", str(tmp_path / "cache"))
+    text, source = D.load_corpus("tinyshakespeare")
+    assert text == body and source == "tinyshakespeare"
+    assert (tmp_path / "cache" / "tinyshakespeare.txt").read_text() == body
+    (root / "input.txt").unlink()  # the second time comes from the cache
+    assert D.load_corpus("tinyshakespeare")[0] == body
+
+    (root / "bad.txt").write_text("tampered")
+    with pytest.raises(UserError, match="has SHA-256 .* expected"):
+        D.download(f"{url}/bad.txt", sha, tmp_path / "other.txt")
+    assert not (tmp_path / "other.txt").exists()
+    with pytest.raises(UserError, match="could not download"):
+        D.download(f"{url}/missing.txt", sha, tmp_path / "other.txt")
+
+
+def test_unknown_corpus_names_the_known_ones():
+    with pytest.raises(UserError, match="unknown corpus 'shakespeare'; known corpora: python-stdlib, tinyshakespeare"):
+        D.load_corpus("shakespeare")
