@@ -79,6 +79,7 @@ def _atomic_write(path: Path, data: bytes) -> None:
 def save(path: str | os.PathLike, state: Any, meta: Mapping | None = None) -> Path:
     """Atomically write ``state`` (any pytree of arrays, keys included) and a JSON-able ``meta`` to ``path``."""
     path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
     leaves, treedef = jax.tree.flatten(state)
     arrays, key_dtypes = {}, {}
     for i, leaf in enumerate(leaves):

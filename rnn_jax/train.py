@@ -490,6 +490,16 @@ def fit(
     train_seconds, timed_steps = 0.0, 0
     interval_seconds, interval_steps = 0.0, 0
 
+    def diverged(step, what):
+        _append_jsonl(metrics_path, {"kind": "diverged", "step": step, "what": what})
+        saved = checkpointer.last_saved_step if checkpointer is not None else None
+        where = (
+            f"the last good checkpoint (step {saved}) is intact in {checkpointer.directory}"
+            if saved is not None
+            else "no checkpoint had been written yet"
+        )
+        raise TrainingDiverged(f"training stopped at step {step}: {what} (not finite; try a lower --lr); {where}")
+
     def run_eval(step):
         nonlocal last_eval, best_eval, eval_seconds
         t0 = time.perf_counter()
@@ -498,11 +508,13 @@ def fit(
         last_eval = {"step": step, **result}
         for k, v in result.items():
             if isinstance(v, str):
-                bar.write(f"[step {step}] {k}:\n{v}")
+                bar.write(f"[step {step}] {k}:\n{v}", file=sys.stderr)
         numbers = {k: v for k, v in result.items() if not isinstance(v, str)}
-        bar.write(f"[step {step}] " + "  ".join(f"{k} {v:.4f}" for k, v in numbers.items()))
+        bar.write(f"[step {step}] " + "  ".join(f"{k} {v:.4f}" for k, v in numbers.items()), file=sys.stderr)
         _append_jsonl(metrics_path, {"kind": "eval", "step": step, "elapsed_s": time.perf_counter() - start, **result})
         value = result.get(best_metric)
+        if value is not None and not math.isfinite(value):
+            diverged(step, f"the evaluation's {best_metric} is {value}")
         if value is not None and (best_eval is None or value < best_eval[best_metric]):
             best_eval = last_eval
             if checkpointer is not None:
@@ -517,17 +529,7 @@ def fit(
             loss = float(metrics["loss"])  # one sync per step: cheap next to an RNN step, and NaN is seen at once
             if not bool(metrics["finite"]):
                 grad_norm = float(metrics["grad_norm"])
-                _append_jsonl(metrics_path, {"kind": "diverged", "step": step + 1, "loss": loss})
-                saved = checkpointer.last_saved_step if checkpointer is not None else None
-                where = (
-                    f"the last good checkpoint (step {saved}) is intact in {checkpointer.directory}"
-                    if saved is not None
-                    else "no checkpoint had been written yet"
-                )
-                raise TrainingDiverged(
-                    f"training stopped at step {step + 1}: the loss is {loss} and the gradient norm {grad_norm} "
-                    f"(not finite; try a lower learning rate); {where}"
-                )
+                diverged(step + 1, f"the loss is {loss} and the gradient norm {grad_norm}")
             if step > first_step:
                 dt = time.perf_counter() - t0
                 train_seconds, timed_steps = train_seconds + dt, timed_steps + 1
