@@ -439,9 +439,9 @@ def fit(
       train_step: ``(state, batch) -> (state, metrics)`` (see :func:`make_train_step`).
       batches: ``batches(step) -> batch``, a pure function of the step number: the data cursor is the
         step, so a resumed run sees exactly the batches an uninterrupted one would.
-      steps / minutes: the budget (exactly one). With ``minutes`` the cosine schedule's end is re-estimated
-        from the measured speed every ``log_every`` steps (see :func:`set_total_steps`) and the final
-        evaluation's duration is kept inside the budget.
+      steps / minutes: the budget (exactly one). With ``minutes`` the cosine schedule's end is estimated
+        from the measured speed after 5 steps and again every ``log_every`` steps (see
+        :func:`set_total_steps`), and the final evaluation's duration is kept inside the budget.
       evaluate: ``evaluate(state) -> dict`` run every ``eval_every`` steps and at the end; string values
         (e.g. samples) are printed, all values are logged.
       checkpointer: an object with ``save(state, name, info)`` (see :class:`rnn_jax.checkpoint.Checkpointer`);
@@ -472,7 +472,8 @@ def fit(
         target = steps
     else:
         target = step + 10**9  # until the clock says stop; re-estimated below
-        state = state._replace(opt_state=set_total_steps(state.opt_state, target))
+        if step == 0:  # a resumed run keeps its schedule's end until the first estimate
+            state = state._replace(opt_state=set_total_steps(state.opt_state, target))
     bar = tqdm(
         total=target if steps is not None else None,
         initial=step,
@@ -537,15 +538,15 @@ def fit(
             step += 1
             loss_sum, loss_n = loss_sum + loss, loss_n + 1
             bar.update(1)
+            if deadline is not None and timed_steps and (timed_steps == 5 or step % log_every == 0):
+                # Steps that fit in the time left, paying for the evaluations still to come.
+                per_step = train_seconds / timed_steps + (eval_seconds / eval_every if evaluate else 0.0)
+                remaining = deadline - time.perf_counter() - eval_seconds
+                target = step + max(int(remaining / per_step), 1)
+                state = state._replace(opt_state=set_total_steps(state.opt_state, target))
+                bar.total = target
             if step % log_every == 0 or step == target:
                 rate = interval_steps / interval_seconds if interval_seconds > 0 else float("nan")
-                if deadline is not None and timed_steps:
-                    # Steps that fit in the time left, paying for the evaluations still to come.
-                    per_step = train_seconds / timed_steps + (eval_seconds / eval_every if evaluate else 0.0)
-                    remaining = deadline - time.perf_counter() - eval_seconds
-                    target = step + max(int(remaining / per_step), 1)
-                    state = state._replace(opt_state=set_total_steps(state.opt_state, target))
-                    bar.total = target
                 record = {
                     "kind": "train",
                     "step": step,
