@@ -1,0 +1,773 @@
+"""Benchmark harness: time one recurrent layer, forward and forward+backward, against its peers.
+
+``rnn-jax bench`` (or :func:`measure_layers`) times each implementation on the same inputs in one
+process: the library's default path, its variants (input projection inside the step, explicit
+``unroll``, ``remat``, a hand-written ``custom_vjp`` with the weight gradient as one matmul, a Python
+loop under ``jit``), flax ``nn.RNN`` with its cells, and torch ``nn.RNN``/``nn.LSTM``/``nn.GRU`` when
+torch is installed. Every measurement is the median over interleaved rounds of repeats, after
+compilation (timed apart) and warm-up. The loss is ``mean(h**2)`` over every output, as in
+``shared/bench/rnn_anchor.py``; ``fwd_bwd`` differentiates it with respect to the params only.
+
+``rnn-jax bench compile`` times compilation against ``T`` (the scan's does not grow, a Python loop's
+does); ``rnn-jax bench linear`` times the linear cells of :mod:`rnn_jax.linear` sequentially and with
+``lax.associative_scan``.
+
+Threads: XLA's CPU thread pool has one thread per CPU in the process's affinity mask, fixed when the
+backend starts; torch is set to the same count. ``--threads N`` pins the process to its first ``N``
+allowed CPUs before either starts, so both use the same cores.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import statistics
+import sys
+import time
+from collections.abc import Callable, Sequence
+from functools import partial
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+from rnn_jax import linear
+from rnn_jax.cells import CELLS, Cell, gru_init, lstm_init, vanilla_init
+from rnn_jax.errors import UserError
+from rnn_jax.scan import auto_unroll, run
+
+__all__ = [
+    "Shape",
+    "parse_config",
+    "JAX_IMPLS",
+    "measure_layers",
+    "measure_compile",
+    "measure_linear",
+    "print_table",
+    "write_json",
+    "plot",
+    "cli_main",
+]
+
+GATES = {"vanilla": 1, "lstm": 4, "gru": 3}
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
+MODES = ("fwd", "fwd_bwd")
+
+
+class Shape(NamedTuple):
+    """One layer's sizes: batch ``B``, steps ``T``, input features ``I``, hidden units ``H``."""
+
+    B: int
+    T: int
+    I: int
+    H: int
+
+
+def parse_config(text: str) -> Shape:
+    """``"32,128,256,256"`` -> ``Shape(B=32, T=128, I=256, H=256)``."""
+    parts = text.replace("x", ",").split(",")
+    try:
+        sizes = [int(p) for p in parts]
+    except ValueError:
+        sizes = []
+    if len(sizes) != 4 or min(sizes) < 1:
+        raise UserError(f"--config expects four positive integers B,T,I,H, got {text!r}")
+    return Shape(*sizes)
+
+
+def _split_list(text: str, allowed: Sequence[str], what: str) -> list[str]:
+    items = [t for t in (s.strip() for s in text.split(",")) if t]
+    bad = [t for t in items if t not in allowed]
+    if bad:
+        raise UserError(f"unknown {what} {bad}; expected some of {list(allowed)}")
+    return items
+
+
+# ---------------------------------------------------------------------------------------------------
+# The machine and the clock
+# ---------------------------------------------------------------------------------------------------
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return "cpu"
+
+
+def jax_device() -> str:
+    d = jax.devices()[0]
+    return f"cpu: {_cpu_model()}" if d.platform == "cpu" else f"{d.platform}: {d.device_kind}"
+
+
+def n_threads() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def pin_threads(n: int) -> None:
+    """Pin this process to its first ``n`` allowed CPUs (call before JAX or torch starts computing)."""
+    if not hasattr(os, "sched_setaffinity"):
+        raise UserError("--threads needs sched_setaffinity (Linux)")
+    cpus = sorted(os.sched_getaffinity(0))
+    if not 1 <= n <= len(cpus):
+        raise UserError(f"--threads must lie in [1, {len(cpus)}] (the CPUs this process may use), got {n}")
+    os.sched_setaffinity(0, cpus[:n])
+
+
+@dataclasses.dataclass
+class _Timed:
+    """One thing to time: ``call()`` runs it to completion; times accumulate over rounds."""
+
+    meta: dict
+    call: Callable[[], Any]
+    wall: list = dataclasses.field(default_factory=list)
+    cpu: list = dataclasses.field(default_factory=list)
+
+
+def _time_rounds(items: list[_Timed], *, warmup: int, reps: int, rounds: int) -> None:
+    """Warm every item up, then time ``reps`` calls of each, item after item, ``rounds`` times.
+
+    Interleaving spreads any change of machine load over all items alike, so their ratios stay fair.
+    CPU time (all threads of the process) is kept too: it is less sensitive to other processes.
+    """
+    for item in items:
+        for _ in range(warmup):
+            item.call()
+    for _ in range(rounds):
+        for item in items:
+            for _ in range(reps):
+                w0, c0 = time.perf_counter(), time.process_time()
+                item.call()
+                item.wall.append(time.perf_counter() - w0)
+                item.cpu.append(time.process_time() - c0)
+
+
+def _compile_jax(fn, args) -> tuple[Callable, float, float | None]:
+    """Trace, lower and compile ``fn``; return ``(compiled, seconds, peak MB or None)``."""
+    t0 = time.perf_counter()
+    compiled = jax.jit(fn).lower(*args).compile()
+    seconds = time.perf_counter() - t0
+    try:
+        mem = compiled.memory_analysis()
+        peak = (mem.temp_size_in_bytes + mem.argument_size_in_bytes + mem.output_size_in_bytes) / 2**20
+    except Exception:  # not every backend reports it
+        peak = None
+    return compiled, seconds, peak
+
+
+def _matmul_flops(cell: str, s: Shape, mode: str) -> float:
+    """Matmul FLOPs of one layer: ``x W_x`` and ``h W_h`` forward; ``dW_x``, ``dW_h``, ``dh`` backward."""
+    GH = GATES[cell] * s.H
+    fwd = 2.0 * s.B * s.T * GH * (s.I + s.H)
+    return fwd if mode == "fwd" else fwd + 2.0 * s.B * s.T * GH * (s.I + 2 * s.H)
+
+
+def _runner(compiled, *args) -> Callable[[], Any]:
+    return lambda: jax.block_until_ready(compiled(*args))
+
+
+def _record(meta: dict, item: _Timed, flops: float | None) -> dict:
+    ms = statistics.median(item.wall) * 1e3
+    rec = dict(meta)
+    rec.update(
+        ms=round(ms, 4),
+        us_per_step=round(ms * 1e3 / meta["T"], 3),
+        cpu_ms=round(statistics.median(item.cpu) * 1e3, 4),
+        gflops=None if flops is None else round(flops / ms / 1e6, 3),
+        reps=len(item.wall),
+    )
+    return rec
+
+
+# ---------------------------------------------------------------------------------------------------
+# JAX implementations: each builds (loss(params, xs), params) for one cell and shape
+# ---------------------------------------------------------------------------------------------------
+
+
+def _identity(params, z):
+    del params
+    return z
+
+
+def bench_cell(name: str) -> Cell:
+    """The library cell timed as ``name``; the vanilla RNN without its output head, like torch's nn.RNN."""
+    cell = CELLS[name]
+    return dataclasses.replace(cell, readout=_identity) if name == "vanilla" else cell
+
+
+def _params(name: str, key, s: Shape, dtype):
+    if name == "vanilla":
+        return vanilla_init(key, s.I, s.H, 1, dtype)
+    return {"lstm": lstm_init, "gru": gru_init}[name](key, s.I, s.H, dtype)
+
+
+def _mean_square(ys) -> jax.Array:
+    return jnp.mean(jnp.square(ys.astype(jnp.float32)))
+
+
+def _run_impl(name, s, dtype, key, **run_kwargs):
+    cell = bench_cell(name)
+
+    def loss(params, xs):
+        return _mean_square(run(cell, params, None, xs, **run_kwargs)[1])
+
+    return loss, _params(name, key, s, dtype)
+
+
+def _inside_impl(name, s, dtype, key, **run_kwargs):
+    """Input projection inside the step: a plain function, which ``run`` cannot hoist."""
+    cell = bench_cell(name)
+
+    def plain(params, carry, x):
+        return cell(params, carry, x)
+
+    def loss(params, xs):
+        carry = jax.tree.map(lambda z: jnp.zeros((s.B,) + z.shape, z.dtype), cell.init_carry(params))
+        return _mean_square(run(plain, params, carry, xs, **run_kwargs)[1])
+
+    return loss, _params(name, key, s, dtype)
+
+
+def _python_loop_impl(name, s, dtype, key):
+    """A Python ``for`` loop over time under ``jit``: the program (and its compile time) grows with T."""
+    cell = bench_cell(name)
+
+    def loss(params, xs):
+        carry = jax.tree.map(lambda z: jnp.zeros((s.B,) + z.shape, z.dtype), cell.init_carry(params))
+        step = jax.vmap(cell, (None, 0, 0))
+        ys = []
+        for t in range(xs.shape[1]):
+            carry, y = step(params, carry, xs[:, t])
+            ys.append(y)
+        return _mean_square(jnp.stack(ys, axis=1))
+
+    return loss, _params(name, key, s, dtype)
+
+
+# The custom_vjp variant: the weight gradient as one matmul after the backward loop (vanilla, LSTM).
+
+
+def _vanilla_post(h, a):
+    h = jnp.tanh(a)
+    return h, h
+
+
+def _lstm_post(carry, a):
+    h, c = carry
+    i, f, g, o = jnp.split(a, 4, axis=-1)
+    c = jax.nn.sigmoid(f) * c + jax.nn.sigmoid(i) * jnp.tanh(g)
+    h = jax.nn.sigmoid(o) * jnp.tanh(c)
+    return (h, c), h
+
+
+def _read_h(carry):
+    return carry[0] if isinstance(carry, tuple) else carry
+
+
+@partial(jax.custom_vjp, nondiff_argnums=(0, 4))
+def _cvjp_scan(post, W, c0, us, unroll):
+    """``a_t = u_t + h_{t-1} W``, ``c_t, h_t = post(c_{t-1}, a_t)`` over a time-major ``[T, B, G]``."""
+
+    def body(c, u):
+        return post(c, u + _read_h(c) @ W)
+
+    return lax.scan(body, c0, us, unroll=unroll)
+
+
+def _cvjp_fwd(post, W, c0, us, unroll):
+    def body(c, u):
+        a = u + _read_h(c) @ W
+        c2, h = post(c, a)
+        return c2, (h, c, a)
+
+    cT, (hs, cprev, a) = lax.scan(body, c0, us, unroll=unroll)
+    return (cT, hs), (W, cprev, a)
+
+
+def _cvjp_bwd(post, unroll, res, ct):
+    W, cprev, a = res
+    dcT, dhs = ct
+
+    def body(dc, x):
+        c, a_t, dh = x
+        dc_prev, da = jax.vjp(post, c, a_t)[1]((dc, dh))
+        dh_prev = da @ W.T
+        dc_prev = (dc_prev[0] + dh_prev, dc_prev[1]) if isinstance(dc_prev, tuple) else dc_prev + dh_prev
+        return dc_prev, da
+
+    dc0, da = lax.scan(body, dcT, (cprev, a, dhs), reverse=True, unroll=unroll)
+    dW = jnp.einsum("tbh,tbg->hg", _read_h(cprev), da)  # all steps' weight gradient: one matmul
+    return dW, dc0, da
+
+
+_cvjp_scan.defvjp(_cvjp_fwd, _cvjp_bwd)
+
+
+def _custom_vjp_impl(name, s, dtype, key, unroll=None):
+    if name not in ("vanilla", "lstm"):
+        return None
+    params = _params(name, key, s, dtype)
+    post = _vanilla_post if name == "vanilla" else _lstm_post
+    u = auto_unroll(s.T, s.B * s.H * (2 if name == "lstm" else 1)) if unroll is None else unroll
+
+    def loss(p, xs):
+        W_x, W_h, b = (p.W_xh, p.W_hh, p.b_h) if name == "vanilla" else (p.W_x, p.W_h, p.b)
+        us = jnp.swapaxes(xs, 0, 1) @ W_x + b  # time-major [T, B, G], one matmul
+        z = jnp.zeros((s.B, s.H), dtype)
+        return _mean_square(_cvjp_scan(post, W_h, z if name == "vanilla" else (z, z), us, u)[1])
+
+    return loss, params
+
+
+def _flax_impl(name, s, dtype, key, cell_name):
+    import flax.linen as nn
+
+    wanted = {"vanilla": ("SimpleCell",), "lstm": ("LSTMCell", "OptimizedLSTMCell"), "gru": ("GRUCell",)}
+    if cell_name not in wanted[name]:
+        return None
+    model = nn.RNN(getattr(nn, cell_name)(features=s.H, param_dtype=dtype, dtype=dtype))
+    params = model.init(key, jnp.zeros((s.B, s.T, s.I), dtype))
+
+    def loss(params, xs):
+        return _mean_square(model.apply(params, xs))
+
+    return loss, params
+
+
+JAX_IMPLS: dict[str, Callable] = {
+    "rnn_jax": _run_impl,
+    "rnn_jax remat=step": partial(_run_impl, remat="step"),
+    "rnn_jax remat=sqrt": partial(_run_impl, remat="sqrt"),
+    "scan inside": _inside_impl,
+    "custom_vjp": _custom_vjp_impl,
+    "python loop": _python_loop_impl,
+    "flax LSTMCell": partial(_flax_impl, cell_name="LSTMCell"),
+    "flax OptimizedLSTMCell": partial(_flax_impl, cell_name="OptimizedLSTMCell"),
+    "flax SimpleCell": partial(_flax_impl, cell_name="SimpleCell"),
+    "flax GRUCell": partial(_flax_impl, cell_name="GRUCell"),
+}
+"""Implementations by name: ``builder(cell, shape, dtype, key) -> (loss(params, xs), params)`` or ``None``
+where the implementation has no such cell. ``rnn_jax unroll=U`` is added for every ``--unrolls`` value."""
+
+DEFAULT_IMPLS = ("rnn_jax", "scan inside", "custom_vjp", "rnn_jax remat=step")
+FLAX_IMPLS = ("flax LSTMCell", "flax OptimizedLSTMCell", "flax SimpleCell", "flax GRUCell")
+
+
+def _jax_impl(impl: str):
+    if impl.startswith("rnn_jax unroll="):
+        return partial(_run_impl, unroll=int(impl.split("=")[1]))
+    return JAX_IMPLS[impl]
+
+
+# ---------------------------------------------------------------------------------------------------
+# torch (optional)
+# ---------------------------------------------------------------------------------------------------
+
+
+def _torch():
+    try:
+        import torch
+    except ImportError:
+        return None
+    return torch
+
+
+def _torch_items(cell: str, s: Shape, dtype_name: str, modes, threads: int) -> list[_Timed]:
+    torch = _torch()
+    dev = "cuda" if torch.cuda.is_available() else "cpu"
+    if dev == "cpu":
+        torch.set_num_threads(threads)
+    tdtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype_name]
+    cls = {"vanilla": torch.nn.RNN, "lstm": torch.nn.LSTM, "gru": torch.nn.GRU}[cell]
+    torch.manual_seed(0)
+    module = cls(s.I, s.H).to(dev, tdtype)
+    x = torch.randn(s.T, s.B, s.I, device=dev, dtype=tdtype)  # torch's native time-major layout
+    sync = torch.cuda.synchronize if dev == "cuda" else (lambda: None)
+    device = f"cuda: {torch.cuda.get_device_name()}" if dev == "cuda" else f"cpu: {_cpu_model()}"
+    backend = "cudnn" if dev == "cuda" and torch.backends.cudnn.enabled else "aten"
+
+    def fwd():
+        with torch.no_grad():
+            out, _ = module(x)
+            out.float().pow(2).mean().item()
+        sync()
+
+    def fwd_bwd():
+        module.zero_grad(set_to_none=True)
+        out, _ = module(x)
+        out.float().pow(2).mean().backward()
+        sync()
+
+    items = []
+    for mode in modes:
+        meta = dict(impl=f"torch nn.{cls.__name__}", lib="torch", backend=backend, device=device, compile_s=0.0)
+        meta.update(peak_mb=None, threads=torch.get_num_threads() if dev == "cpu" else None)
+        items.append(_Timed(meta=dict(meta, mode=mode), call=fwd if mode == "fwd" else fwd_bwd))
+    return items
+
+
+# ---------------------------------------------------------------------------------------------------
+# Suites
+# ---------------------------------------------------------------------------------------------------
+
+
+def _jax_items(impls, cell, s: Shape, dtype_name: str, modes, key, max_loop_T: int) -> list[_Timed]:
+    dtype = DTYPES[dtype_name]
+    xs = jax.random.normal(jax.random.fold_in(key, 1), (s.B, s.T, s.I), dtype)
+    items = []
+    for impl in impls:
+        if impl == "python loop" and s.T > max_loop_T:
+            continue
+        built = _jax_impl(impl)(cell, s, dtype, key)
+        if built is None:
+            continue
+        loss, params = built
+        for mode in modes:
+            fn = loss if mode == "fwd" else jax.grad(loss)
+            compiled, compile_s, peak = _compile_jax(fn, (params, xs))
+            meta = dict(impl=impl, lib="flax" if impl.startswith("flax") else "jax", mode=mode, device=jax_device())
+            meta.update(compile_s=round(compile_s, 3), peak_mb=None if peak is None else round(peak, 2))
+            meta.update(threads=n_threads())
+            items.append(_Timed(meta=meta, call=_runner(compiled, params, xs)))
+    return items
+
+
+def measure_layers(
+    shapes: Sequence[Shape],
+    *,
+    cells: Sequence[str] = ("lstm", "vanilla"),
+    impls: Sequence[str] = DEFAULT_IMPLS,
+    peers: Sequence[str] = (),
+    modes: Sequence[str] = MODES,
+    unrolls: Sequence[int] = (),
+    dtype: str = "float32",
+    warmup: int = 2,
+    reps: int = 5,
+    rounds: int = 3,
+    max_loop_T: int = 256,
+    seed: int = 0,
+    log: Callable[[str], None] | None = None,
+) -> list[dict]:
+    """Time every implementation on every shape and cell; one record (a dict) per measurement.
+
+    Items of one shape and cell are compiled first, then timed in interleaved rounds. Records carry
+    ``impl, lib, cell, mode, B, T, I, H, dtype, ms`` (median wall), ``cpu_ms``, ``us_per_step``,
+    ``gflops`` (matmul FLOPs per second), ``compile_s``, ``peak_mb`` (XLA's buffers, where reported),
+    ``device`` and ``threads``.
+    """
+    impls = list(impls) + [f"rnn_jax unroll={u}" for u in unrolls]
+    if "flax" in peers:
+        impls += [i for i in FLAX_IMPLS if i not in impls]
+    if "torch" in peers and _torch() is None:
+        raise UserError("--peers torch needs PyTorch: pip install 'rnn-jax[bench]' (the CPU build is enough)")
+    key = jax.random.key(seed)
+    records = []
+    for s in shapes:
+        for cell in cells:
+            if log:
+                log(f"B={s.B} T={s.T} I={s.I} H={s.H} {cell}: compiling")
+            items = _jax_items(impls, cell, s, dtype, modes, key, max_loop_T)
+            if "torch" in peers:
+                items += _torch_items(cell, s, dtype, modes, n_threads())
+            _time_rounds(items, warmup=warmup, reps=reps, rounds=rounds)
+            for item in items:
+                meta = dict(item.meta, cell=cell, B=s.B, T=s.T, I=s.I, H=s.H, dtype=dtype)
+                records.append(_record(meta, item, _matmul_flops(cell, s, meta["mode"])))
+                if log:
+                    r = records[-1]
+                    log(f"  {r['impl']:<26} {r['mode']:<8} {r['ms']:10.3f} ms")
+    return records
+
+
+def measure_compile(
+    Ts: Sequence[int],
+    *,
+    cell: str = "lstm",
+    B: int = 1,
+    I: int = 32,
+    H: int = 32,
+    max_loop_T: int = 512,
+    dtype: str = "float32",
+    seed: int = 0,
+) -> list[dict]:
+    """Compile time of ``jit(grad(loss))`` against ``T``: the scan (flat) and a Python loop (grows)."""
+    key = jax.random.key(seed)
+    records = []
+    for T in Ts:
+        s = Shape(B, T, I, H)
+        xs = jax.random.normal(key, (B, T, I), DTYPES[dtype])
+        for impl, builder in (("rnn_jax", _run_impl), ("python loop", _python_loop_impl)):
+            if impl == "python loop" and T > max_loop_T:
+                continue
+            loss, params = builder(cell, s, DTYPES[dtype], key)
+            _, seconds, peak = _compile_jax(jax.grad(loss), (params, xs))
+            records.append(
+                dict(impl=impl, lib="jax", cell=cell, mode="compile", B=B, T=T, I=I, H=H, dtype=dtype, ms=None)
+                | dict(compile_s=round(seconds, 3), peak_mb=None if peak is None else round(peak, 2))
+                | dict(device=jax_device(), threads=n_threads())
+            )
+    return records
+
+
+def measure_linear(
+    Ts: Sequence[int],
+    *,
+    cells: Sequence[str] = ("mingru",),
+    B: int = 8,
+    I: int = 64,
+    H: int = 64,
+    modes: Sequence[str] = MODES,
+    dtype: str = "float32",
+    warmup: int = 2,
+    reps: int = 5,
+    rounds: int = 3,
+    seed: int = 0,
+) -> list[dict]:
+    """A linear cell by the sequential scan (``rnn_jax.run``) and by ``lax.associative_scan``."""
+    key = jax.random.key(seed)
+    inits = {"mingru": linear.mingru_init, "diag": linear.diag_init}
+    records = []
+    for T in Ts:
+        for name in cells:
+            params = inits[name](key, I, H, DTYPES[dtype])
+            xs = jax.random.normal(jax.random.fold_in(key, 1), (B, T, I), DTYPES[dtype])
+            items = []
+            for method in linear.METHODS:
+
+                def loss(p, x, method=method, name=name):
+                    return _mean_square(linear.run_linear(linear.LINEAR_CELLS[name], p, None, x, method=method)[1])
+
+                for mode in modes:
+                    fn = loss if mode == "fwd" else jax.grad(loss)
+                    compiled, compile_s, peak = _compile_jax(fn, (params, xs))
+                    meta = dict(impl=f"run_linear {method}", lib="jax", cell=name, mode=mode, B=B, T=T, I=I, H=H)
+                    meta.update(
+                        dtype=dtype, compile_s=round(compile_s, 3), peak_mb=None if peak is None else round(peak, 2)
+                    )
+                    meta.update(device=jax_device(), threads=n_threads())
+                    items.append(_Timed(meta=meta, call=_runner(compiled, params, xs)))
+            _time_rounds(items, warmup=warmup, reps=reps, rounds=rounds)
+            records += [_record(item.meta, item, None) for item in items]
+    return records
+
+
+# ---------------------------------------------------------------------------------------------------
+# Output: table, JSON lines, figure
+# ---------------------------------------------------------------------------------------------------
+
+_PEERS = {"vs torch": "torch nn.", "vs flax": "flax OptimizedLSTMCell"}
+
+
+def _peer_ratio(rec: dict, records: list[dict], prefix: str) -> float | None:
+    """``peer_ms / ms`` for the same cell, mode and shape (above 1: faster than the peer)."""
+    same = ("cell", "mode", "B", "T", "I", "H", "dtype")
+    peer = [r for r in records if r["impl"].startswith(prefix) and all(r[k] == rec[k] for k in same)]
+    if not peer or rec["ms"] is None or rec["impl"].startswith(prefix):
+        return None
+    return peer[0]["ms"] / rec["ms"]
+
+
+def print_table(records: list[dict], file=sys.stdout) -> None:
+    """One line per record; ``vs torch``/``vs flax`` are the peer's time over this one (>1: faster)."""
+    cols = ["cell", "mode", "B", "T", "I", "H", "impl", "ms", "us/step", "cpu_ms", "GFLOP/s", "compile_s", "peak_MB"]
+    cols += list(_PEERS)
+    rows = []
+    for r in records:
+        ratios = [_peer_ratio(r, records, prefix) for prefix in _PEERS.values()]
+        row = [r["cell"], r["mode"], r["B"], r["T"], r["I"], r["H"], r["impl"]]
+        row += [
+            r.get("ms"),
+            r.get("us_per_step"),
+            r.get("cpu_ms"),
+            r.get("gflops"),
+            r.get("compile_s"),
+            r.get("peak_mb"),
+        ]
+        row += [None if x is None else f"{x:.2f}x" for x in ratios]
+        rows.append(["-" if v is None else (f"{v:.3f}" if isinstance(v, float) else str(v)) for v in row])
+    widths = [max(len(c), *(len(row[i]) for row in rows)) if rows else len(c) for i, c in enumerate(cols)]
+    print("  ".join(c.ljust(w) for c, w in zip(cols, widths)), file=file)
+    for row in rows:
+        print("  ".join(v.ljust(w) for v, w in zip(row, widths)), file=file)
+
+
+def write_json(records: list[dict], path: str) -> None:
+    """Append one JSON object per record (JSON lines)."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "a") as f:
+        for r in records:
+            f.write(json.dumps(r) + "\n")
+
+
+def plot(records: list[dict], path: str) -> None:
+    """PNG: fwd+bwd time against T (one line per impl and cell), and against ``unroll``."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax_t, ax_u) = plt.subplots(1, 2, figsize=(11, 4))
+    timed = [r for r in records if r.get("ms") is not None and r["mode"] == "fwd_bwd"]
+    for key in sorted({(r["impl"], r["cell"]) for r in timed}):
+        pts = sorted((r["T"], r["ms"]) for r in timed if (r["impl"], r["cell"]) == key)
+        if len({t for t, _ in pts}) > 1:
+            ax_t.plot(*zip(*pts), marker="o", label=f"{key[1]}: {key[0]}")
+    ax_t.set(xscale="log", yscale="log", xlabel="T (steps)", ylabel="ms (fwd+bwd)", title="time vs sequence length")
+    for key in sorted({(r["cell"], r["B"], r["T"], r["I"], r["H"]) for r in timed}):
+        pts = sorted(
+            (int(r["impl"].split("=")[1]), r["ms"])
+            for r in timed
+            if r["impl"].startswith("rnn_jax unroll=") and (r["cell"], r["B"], r["T"], r["I"], r["H"]) == key
+        )
+        if len(pts) > 1:
+            ax_u.plot(*zip(*pts), marker="o", label="{} B={} T={} I={} H={}".format(*key))
+    ax_u.set(xscale="log", xlabel="unroll", ylabel="ms (fwd+bwd)", title="time vs unroll")
+    for ax in (ax_t, ax_u):
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+
+
+# ---------------------------------------------------------------------------------------------------
+# CLI
+# ---------------------------------------------------------------------------------------------------
+
+
+def _ints(text: str, what: str) -> list[int]:
+    try:
+        values = [int(t) for t in text.split(",") if t.strip()]
+    except ValueError:
+        values = []
+    if not values or min(values) < 1:
+        raise UserError(f"{what} expects comma-separated positive integers, got {text!r}")
+    return values
+
+
+def _parser(prog: str) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=prog, description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="suite", metavar="SUITE")
+
+    def common(p):
+        p.add_argument("--dtype", default="float32", choices=sorted(DTYPES))
+        p.add_argument("--json", metavar="FILE", help="append one JSON object per measurement to FILE")
+        p.add_argument("--threads", type=int, help="pin to this many CPUs; torch uses as many threads")
+        p.add_argument("--seed", type=int, default=0)
+
+    layers = sub.add_parser("layers", help="time one layer per cell and implementation (the default suite)")
+    layers.add_argument(
+        "--config", action="append", metavar="B,T,I,H", help="sizes (repeatable); default 32,128,256,256"
+    )
+    layers.add_argument("--cells", default="lstm,vanilla", help="comma-separated: vanilla, lstm, gru")
+    layers.add_argument("--impls", default=",".join(DEFAULT_IMPLS), help=f"comma-separated, of {list(JAX_IMPLS)}")
+    layers.add_argument("--peers", default="", help="comma-separated: torch, flax")
+    layers.add_argument("--modes", default="fwd,fwd_bwd", help="comma-separated: fwd, fwd_bwd")
+    layers.add_argument("--unrolls", default="", help="also time rnn_jax with these unroll values, e.g. 1,2,4,8")
+    layers.add_argument("--warmup", type=int, default=2)
+    layers.add_argument("--reps", type=int, default=5, help="timed calls per implementation per round")
+    layers.add_argument("--rounds", type=int, default=3, help="interleaved rounds over all implementations")
+    layers.add_argument("--max-loop-T", type=int, default=256, help="skip the Python loop above this T")
+    layers.add_argument("--png", metavar="FILE", help="figure: time vs T and time vs unroll")
+    common(layers)
+
+    comp = sub.add_parser("compile", help="compile time against T: scan vs Python loop")
+    comp.add_argument("--T", default="64,256,1024,4096", help="comma-separated sequence lengths")
+    comp.add_argument("--cell", default="lstm", choices=sorted(GATES))
+    comp.add_argument("--config", default="1,0,32,32", metavar="B,_,I,H", help="B and I, H (T comes from --T)")
+    comp.add_argument("--max-loop-T", type=int, default=512)
+    common(comp)
+
+    lin = sub.add_parser("linear", help="linear cells: sequential scan vs lax.associative_scan")
+    lin.add_argument("--T", default="256,1024,4096", help="comma-separated sequence lengths")
+    lin.add_argument("--cells", default="mingru,diag", help="comma-separated: mingru, diag")
+    lin.add_argument("--config", default="8,0,64,64", metavar="B,_,I,H", help="B and I, H (T comes from --T)")
+    lin.add_argument("--modes", default="fwd,fwd_bwd")
+    lin.add_argument("--reps", type=int, default=5)
+    lin.add_argument("--rounds", type=int, default=3)
+    common(lin)
+    return parser
+
+
+def _impls(text: str) -> list[str]:
+    items = [t.strip() for t in text.split(",") if t.strip()]
+    bad = [t for t in items if t not in JAX_IMPLS and not (t.startswith("rnn_jax unroll=") and t[15:].isdigit())]
+    if bad:
+        raise UserError(f"unknown impls {bad}; expected some of {list(JAX_IMPLS)} or 'rnn_jax unroll=U'")
+    return items
+
+
+def _sizes_without_T(text: str) -> tuple[int, int, int]:
+    parts = text.split(",")
+    if len(parts) != 4:
+        raise UserError(f"--config expects B,T,I,H (T is ignored here), got {text!r}")
+    B, _, I, H = (int(p) if p.strip() else 0 for p in parts)
+    if min(B, I, H) < 1:
+        raise UserError(f"--config needs positive B, I and H, got {text!r}")
+    return B, I, H
+
+
+def cli_main(argv: list[str], prog: str = "rnn-jax bench") -> int:
+    argv = list(argv)
+    if not argv or (argv[0].startswith("-") and argv[0] not in ("-h", "--help")):
+        argv = ["layers"] + argv  # the default suite
+    args = _parser(prog).parse_args(argv)
+    if args.threads is not None:
+        pin_threads(args.threads)
+    if args.suite == "layers":
+        shapes = [parse_config(c) for c in (args.config or ["32,128,256,256"])]
+        records = measure_layers(
+            shapes,
+            cells=_split_list(args.cells, list(GATES), "cells"),
+            impls=_impls(args.impls),
+            peers=_split_list(args.peers, ["torch", "flax"], "peers"),
+            modes=_split_list(args.modes, list(MODES), "modes"),
+            unrolls=_ints(args.unrolls, "--unrolls") if args.unrolls else (),
+            dtype=args.dtype,
+            warmup=args.warmup,
+            reps=args.reps,
+            rounds=args.rounds,
+            max_loop_T=args.max_loop_T,
+            seed=args.seed,
+            log=lambda line: print(line, file=sys.stderr, flush=True),
+        )
+    elif args.suite == "compile":
+        B, I, H = _sizes_without_T(args.config)
+        records = measure_compile(
+            _ints(args.T, "--T"),
+            cell=args.cell,
+            B=B,
+            I=I,
+            H=H,
+            max_loop_T=args.max_loop_T,
+            dtype=args.dtype,
+            seed=args.seed,
+        )
+    else:
+        B, I, H = _sizes_without_T(args.config)
+        records = measure_linear(
+            _ints(args.T, "--T"),
+            cells=_split_list(args.cells, list(linear.LINEAR_CELLS), "cells"),
+            B=B,
+            I=I,
+            H=H,
+            modes=_split_list(args.modes, list(MODES), "modes"),
+            dtype=args.dtype,
+            reps=args.reps,
+            rounds=args.rounds,
+            seed=args.seed,
+        )
+    print(f"# device: {jax_device()}; threads: {n_threads()}; jax {jax.__version__}; dtype {args.dtype}")
+    print_table(records)
+    if args.json:
+        write_json(records, args.json)
+    if getattr(args, "png", None):
+        plot(records, args.png)
+    return 0
