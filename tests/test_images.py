@@ -118,3 +118,17 @@ def test_video_frames_rejects_bad_arguments(kwargs):
     args = {"n_frames": 3, "noise": 0.1, "occlusion": 2} | kwargs
     with pytest.raises(ValueError, match=next(iter(kwargs))):
         D.video_frames(np.zeros((1, 8, 8)), **args)
+
+
+def test_sliding_patches():
+    x = np.arange(2 * 64, dtype=np.float32).reshape(2, 8, 8)
+    patches, corners = D.sliding_patches(x, 3)
+    assert patches.shape == (2, 36, 9) and corners.shape == (36, 2)
+    for n in (0, 7, 35):
+        r, c = corners[n]
+        np.testing.assert_array_equal(patches[1, n], x[1, r : r + 3, c : c + 3].ravel())
+    np.testing.assert_array_equal(corners[[0, 5, 6, 35]], [[0, 0], [0, 5], [1, 0], [5, 5]])
+    whole, _ = D.sliding_patches(x, 8)
+    np.testing.assert_array_equal(whole[:, 0], x.reshape(2, 64))
+    with pytest.raises(ValueError, match="patch size"):
+        D.sliding_patches(x, 9)

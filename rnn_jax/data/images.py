@@ -34,6 +34,7 @@ __all__ = [
     "as_rows",
     "as_pixels",
     "quantize",
+    "sliding_patches",
     "caption_tokens",
     "decode_caption",
     "video_frames",
@@ -130,6 +131,22 @@ def quantize(images, levels: int) -> np.ndarray:
     if levels < 2:
         raise ValueError(f"levels must be at least 2, got {levels}")
     return np.rint(np.clip(np.asarray(images), 0.0, 1.0) * (levels - 1)).astype(np.int32)
+
+
+def sliding_patches(images, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Every ``size x size`` patch of each image, at stride 1: the places a glimpse may look.
+
+    Returns:
+      ``(patches [..., N, size * size], corners [N, 2])`` with ``N = (8 - size + 1) ** 2`` patches in
+      row-major order of their top-left corners ``(row, col)``.
+    """
+    images = _check_images(images)
+    if not 1 <= size <= SIDE:
+        raise ValueError(f"the patch size must lie in 1..{SIDE}, got {size}")
+    n = SIDE - size + 1
+    corners = np.array([(r, c) for r in range(n) for c in range(n)], np.int32)
+    patches = [images[..., r : r + size, c : c + size].reshape(images.shape[:-2] + (size * size,)) for r, c in corners]
+    return np.stack(patches, axis=-2), corners
 
 
 def caption_tokens(labels) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
