@@ -18,6 +18,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 import optax
+from jax import lax
 
 Array = jax.Array
 
@@ -51,7 +52,7 @@ def length_mask(lengths, T: int) -> Array:
     lengths = jnp.asarray(lengths)
     if not jnp.issubdtype(lengths.dtype, jnp.integer):
         raise TypeError(f"lengths must be integers, got dtype {lengths.dtype}")
-    return jnp.arange(T) < lengths[..., None]
+    return lax.broadcast_in_dim(jnp.arange(T), lengths.shape + (T,), (lengths.ndim,)) < lengths[..., None]
 
 
 def _resolve_mask(shape_T, mask, lengths) -> Array:
@@ -99,9 +100,12 @@ def sequence_cross_entropy(logits, targets, *, mask=None, lengths=None) -> Seque
     Returns:
       :class:`SequenceLoss` ``(sum_over_steps, per_token_mean, n_tokens)``.
     """
-    losses = token_cross_entropy(logits, targets)
-    weights = _resolve_mask(losses.shape, mask, lengths)
-    # jnp.where, not a product: a NaN/inf at a padded step must not leak into the loss or its gradient.
+    _check_targets(logits, targets)
+    weights = _resolve_mask(jnp.shape(targets), mask, lengths)
+    # Padded steps are replaced before the softmax, not just weighted by 0 after it: a NaN or inf there
+    # must leak neither into the loss nor into its gradient (0 * NaN is NaN).
+    real = (weights > 0)[..., None]
+    losses = token_cross_entropy(jnp.where(real, jnp.asarray(logits, jnp.float32), 0.0), targets)
     total = jnp.sum(jnp.where(weights > 0, losses * weights, 0.0))
     n_tokens = jnp.sum(weights)
     n_sequences = max(1, losses.size // losses.shape[-1]) if losses.ndim > 1 else 1

@@ -475,8 +475,8 @@ def encoder_decoder_apply(
         raise ValueError(f"src [..., S] and tgt_in [..., T] need the same batch dims, got {src.shape}, {tgt_in.shape}")
     _check_batch("tgt_in[..., 0]", tgt_in[..., 0], batch)
     _check_batch("src_len", src_len, batch)
-    if not isinstance(src_len, jax.core.Tracer) and src_len.size and int(src_len.min()) < 1:
-        raise UserError(f"every source needs at least one token, got a source length of {int(src_len.min())}")
+    if not isinstance(src_len, jax.core.Tracer) and src_len.size and np.asarray(src_len).min() < 1:
+        raise UserError(f"every source needs at least one token, got a source length of {np.asarray(src_len).min()}")
     if tgt_len is not None:
         tgt_len = jnp.asarray(tgt_len)
         _check_batch("tgt_len", tgt_len, batch)

@@ -5,13 +5,20 @@ import itertools
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 import rnn_jax as R
 from rnn_jax import decode as D
+from rnn_jax import losses as Ls
 from rnn_jax.errors import UserError
 
 V, L = 4, 5  # vocabulary, steps of the table model
+
+# Jitted once per module, so that tests sharing a configuration share a compile (step_fn is static).
+greedy = jax.jit(D.greedy, static_argnums=0, static_argnames=("max_len", "end_token"))
+sample = jax.jit(D.sample, static_argnums=0, static_argnames=("max_len", "top_k", "end_token"))  # temperature, p traced
+beam = jax.jit(D.beam_search, static_argnums=0, static_argnames=("beam_width", "max_len", "end_token"))
 
 
 # A hand-built model whose next logits depend on the step and the token just fed: carry = step count.
@@ -66,7 +73,7 @@ def _greedy_loop(table, logits0, max_len, end):
 @pytest.mark.parametrize("end", [None, 0])
 def test_greedy_equals_python_loop(end):
     table, logits0 = _table(1)
-    out = D.greedy(table_step, table, jnp.int32(0), logits0, max_len=L, end_token=end)
+    out = greedy(table_step, table, jnp.int32(0), logits0, max_len=L, end_token=end)
     want = _greedy_loop(table, logits0, L, end)
     n = len(want)
     assert out.tokens.dtype == jnp.int32 and out.tokens.shape == (L,)
@@ -84,7 +91,7 @@ def test_end_token_freezes_each_sequence_under_vmap_and_jit():
     fn = jax.jit(jax.vmap(lambda l, k: D.sample(table_step, table, jnp.int32(0), l, k, max_len=L, end_token=0)))
     out = fn(logits_BV, keys)
     for b in range(3):
-        one = D.sample(table_step, table, jnp.int32(0), logits_BV[b], keys[b], max_len=L, end_token=0)
+        one = sample(table_step, table, jnp.int32(0), logits_BV[b], keys[b], max_len=L, end_token=0)
         assert out.tokens[b].tolist() == one.tokens.tolist() and int(out.length[b]) == int(one.length)
         np.testing.assert_allclose(out.log_prob[b], one.log_prob, rtol=1e-6)
         seq = one.tokens[: int(one.length)].tolist()
@@ -94,20 +101,21 @@ def test_end_token_freezes_each_sequence_under_vmap_and_jit():
 
 def test_sampling_filters_that_reduce_to_greedy():
     table, logits0 = _table(3)
-    greedy = D.greedy(table_step, table, jnp.int32(0), logits0, max_len=L).tokens.tolist()
+    want = greedy(table_step, table, jnp.int32(0), logits0, max_len=L).tokens.tolist()
     for seed in range(3):
         k = jax.random.key(seed)
-        for kw in ({"top_k": 1}, {"top_p": 1e-6}, {"temperature": 0.0}, {"temperature": 2.0, "top_k": 1}):
-            got = D.sample(table_step, table, jnp.int32(0), logits0, k, max_len=L, **kw).tokens.tolist()
-            assert got == greedy, kw
-    # A traced temperature of 0 is greedy too.
-    traced = jax.jit(lambda t: D.sample(table_step, table, jnp.int32(0), logits0, k, max_len=L, temperature=t).tokens)
-    assert traced(0.0).tolist() == greedy
+        # Temperature and p are traced here: a traced 0 must be greedy, as is the Python 0 that greedy() uses.
+        for kw in ({"top_k": 1}, {"top_p": 1e-6}, {"temperature": 0.0, "top_p": 1.0}, {"temperature": 2.0, "top_k": 1}):
+            got = sample(table_step, table, jnp.int32(0), logits0, k, max_len=L, **kw).tokens.tolist()
+            assert got == want, kw
 
 
 def test_fixed_key_reproducible_and_keys_differ():
     table, logits0 = _table(4, scale=0.5)  # flat enough that different keys give different samples
-    draw = jax.jit(lambda k: D.sample(table_step, table, jnp.int32(0), logits0, k, max_len=L, temperature=1.5).tokens)
+
+    def draw(k):
+        return sample(table_step, table, jnp.int32(0), logits0, k, max_len=L, temperature=1.5, top_p=0.95).tokens
+
     a, b = draw(jax.random.key(11)), draw(jax.random.key(11))
     assert a.tolist() == b.tolist()
     others = {tuple(draw(jax.random.key(s)).tolist()) for s in range(12, 20)}
@@ -119,21 +127,25 @@ def test_first_token_frequencies_match_the_filtered_distribution():
     logits = jnp.array([2.0, 1.0, 0.5, -1.0])
     keys = jax.random.split(jax.random.key(5), 4000)
 
-    def freq(**kw):
-        first = jax.vmap(lambda k: D.sample(table_step, _table(0)[0], jnp.int32(0), logits, k, max_len=1, **kw))
-        return np.bincount(np.asarray(first(keys).tokens[:, 0]), minlength=4) / len(keys)
+    def freq(top_k=None, top_p=None):
+        def first(k):
+            return sample(
+                table_step, _table(0)[0], jnp.int32(0), logits, k, max_len=1, temperature=0.7, top_k=top_k, top_p=top_p
+            )
+
+        return np.bincount(np.asarray(jax.vmap(first)(keys).tokens[:, 0]), minlength=4) / len(keys)
 
     def softmax(z):
         e = np.exp(z - z.max())
         return e / e.sum()
 
     z = np.asarray(logits) / 0.7
-    np.testing.assert_allclose(freq(temperature=0.7), softmax(z), atol=0.03)
+    np.testing.assert_allclose(freq(top_p=1.0), softmax(z), atol=0.03)  # temperature alone
     p2 = softmax(z[:2])
-    np.testing.assert_allclose(freq(temperature=0.7, top_k=2), np.r_[p2, 0, 0], atol=0.03)
+    np.testing.assert_allclose(freq(top_k=2), np.r_[p2, 0, 0], atol=0.03)
     # Nucleus 0.8 of softmax(z) = [0.74, 0.18, 0.09, 0.01]: tokens 0 and 1 (0.74 < 0.8 needs the second).
     assert softmax(z)[0] < 0.8 < softmax(z)[:2].sum()
-    np.testing.assert_allclose(freq(temperature=0.7, top_p=0.8), np.r_[p2, 0, 0], atol=0.03)
+    np.testing.assert_allclose(freq(top_p=0.8), np.r_[p2, 0, 0], atol=0.03)
 
 
 def test_prime_equals_python_loop_and_composes_with_an_lstm_carry():
@@ -155,11 +167,44 @@ def test_prime_equals_python_loop_and_composes_with_an_lstm_carry():
     np.testing.assert_allclose(logits, want, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(carry.c, c.c, rtol=1e-5, atol=1e-6)
     # Beam width 1 equals greedy for this pytree carry too, with and without a length penalty.
-    g = D.greedy(step, params, carry, logits, max_len=6, end_token=2)
+    g = greedy(step, params, carry, logits, max_len=6, end_token=2)
     for alpha in (0.0, 0.7):
-        b = D.beam_search(step, params, carry, logits, beam_width=1, max_len=6, end_token=2, length_penalty=alpha)
+        b = beam(step, params, carry, logits, beam_width=1, max_len=6, end_token=2, length_penalty=alpha)
         assert b.tokens[0].tolist() == g.tokens.tolist() and int(b.lengths[0]) == int(g.length)
         np.testing.assert_allclose(b.log_probs[0], g.log_prob, rtol=1e-5)
+
+
+def test_the_lecture_hello_example():
+    """Lecture 10's char-level example: a vanilla RNN on "hello" (vocabulary h, e, l, o) learns the next
+    character and, primed with "h", samples "hello" back."""
+    vocab = "helo"
+    ids = jnp.asarray(D.check_prime("hello", vocab))
+    params = R.vanilla_init(jax.random.key(0), len(vocab), 8, len(vocab))
+    optimizer = optax.adam(0.05)
+
+    def loss(p):  # the lecture's loss: the sum over steps of the per-step cross-entropy
+        _, logits = R.run(R.vanilla_cell, p, None, jax.nn.one_hot(ids[:-1], len(vocab)))
+        return Ls.sequence_cross_entropy(logits, ids[1:]).sum_over_steps, logits
+
+    @jax.jit
+    def train(p):
+        def update(state, _):
+            p, opt = state
+            (value, _), g = jax.value_and_grad(loss, has_aux=True)(p)
+            updates, opt = optimizer.update(g, opt, p)
+            return (optax.apply_updates(p, updates), opt), value
+
+        (p, _), losses = jax.lax.scan(update, (p, optimizer.init(p)), length=300)
+        return p, losses
+
+    params, losses = train(params)
+    final, logits = loss(params)
+    assert float(final) < 0.05 * float(losses[0])
+    assert jnp.argmax(logits, -1).tolist() == ids[1:].tolist()  # "hell" -> "ello": the l's are told apart
+    step = D.one_hot_step(R.vanilla_cell, len(vocab))
+    carry, first = D.prime(step, params, jnp.zeros((8,)), D.check_prime("h", vocab))
+    out = greedy(step, params, carry, first, max_len=4)
+    assert "h" + "".join(vocab[i] for i in out.tokens.tolist()) == "hello"
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -170,8 +215,8 @@ def test_prime_equals_python_loop_and_composes_with_an_lstm_carry():
 @pytest.mark.parametrize("end", [None, 0])
 def test_beam_width_one_equals_greedy(end):
     table, logits0 = _table(9)
-    g = D.greedy(table_step, table, jnp.int32(0), logits0, max_len=L, end_token=end)
-    b = D.beam_search(table_step, table, jnp.int32(0), logits0, beam_width=1, max_len=L, end_token=end)
+    g = greedy(table_step, table, jnp.int32(0), logits0, max_len=L, end_token=end)
+    b = beam(table_step, table, jnp.int32(0), logits0, beam_width=1, max_len=L, end_token=end)
     assert b.tokens.shape == (1, L)
     assert b.tokens[0].tolist() == g.tokens.tolist() and int(b.lengths[0]) == int(g.length)
     np.testing.assert_allclose(b.log_probs[0], g.log_prob, rtol=1e-6)
@@ -183,9 +228,7 @@ def test_full_width_beam_equals_exhaustive_search_on_two_steps(alpha):
     for seed in range(4):
         table, logits0 = _table(20 + seed, scale=1.5)
         best_score, best_seq = _brute_force(table, logits0, 2, end=0, alpha=alpha)
-        b = D.beam_search(
-            table_step, table, jnp.int32(0), logits0, beam_width=V, max_len=2, end_token=0, length_penalty=alpha
-        )
+        b = beam(table_step, table, jnp.int32(0), logits0, beam_width=V, max_len=2, end_token=0, length_penalty=alpha)
         n = int(b.lengths[0])
         assert tuple(b.tokens[0, :n].tolist()) == best_seq
         np.testing.assert_allclose(b.scores[0], best_score, rtol=1e-5)
@@ -199,8 +242,8 @@ def test_beam_finds_the_exhaustive_best_where_greedy_is_trapped():
     row = {0: sure, 1: flat, 2: sure}  # after token 1 the model is unsure; after 2 it ends at once
     table = jnp.stack([jnp.stack([row[v] for v in range(n_vocab)])] * max_len)
     best_score, best_seq = _brute_force(table, logits0, max_len, end)
-    g = D.greedy(table_step, table, jnp.int32(0), logits0, max_len=max_len, end_token=end)
-    b = D.beam_search(table_step, table, jnp.int32(0), logits0, beam_width=n_vocab, max_len=max_len, end_token=end)
+    g = greedy(table_step, table, jnp.int32(0), logits0, max_len=max_len, end_token=end)
+    b = beam(table_step, table, jnp.int32(0), logits0, beam_width=n_vocab, max_len=max_len, end_token=end)
     assert best_seq == (2, 0)
     assert tuple(b.tokens[0, : int(b.lengths[0])].tolist()) == best_seq
     np.testing.assert_allclose(b.log_probs[0], best_score, rtol=1e-5)
@@ -212,9 +255,7 @@ def test_beam_results_are_consistent_and_not_worse_than_greedy():
     for seed in range(3):
         table, logits0 = _table(30 + seed)
         alpha = 0.6
-        b = D.beam_search(
-            table_step, table, jnp.int32(0), logits0, beam_width=3, max_len=L, end_token=0, length_penalty=alpha
-        )
+        b = beam(table_step, table, jnp.int32(0), logits0, beam_width=3, max_len=L, end_token=0, length_penalty=alpha)
         assert b.tokens.shape == (3, L) and b.lengths.dtype == jnp.int32
         assert np.all(np.diff(np.asarray(b.scores)) <= 0)
         for k in range(3):
@@ -223,8 +264,8 @@ def test_beam_results_are_consistent_and_not_worse_than_greedy():
             assert 0 not in seq[:-1] and (seq[-1] == 0 or n == L) and b.tokens[k, n:].tolist() == [0] * (L - n)
             np.testing.assert_allclose(b.log_probs[k], _log_prob(table, logits0, seq), rtol=1e-5)
             np.testing.assert_allclose(b.scores[k], b.log_probs[k] / n**alpha, rtol=1e-6)
-        plain = D.beam_search(table_step, table, jnp.int32(0), logits0, beam_width=3, max_len=L, end_token=0)
-        g = D.greedy(table_step, table, jnp.int32(0), logits0, max_len=L, end_token=0)
+        plain = beam(table_step, table, jnp.int32(0), logits0, beam_width=3, max_len=L, end_token=0)
+        g = greedy(table_step, table, jnp.int32(0), logits0, max_len=L, end_token=0)
         assert float(plain.log_probs[0]) >= float(g.log_prob) - 1e-5
 
 
@@ -235,7 +276,7 @@ def test_beam_search_jits_and_vmaps():
     )
     out = fn(table[0, :3])
     assert out.tokens.shape == (3, 2, L) and out.scores.shape == (3, 2)
-    one = D.beam_search(table_step, table, jnp.int32(0), table[0, 1], beam_width=2, max_len=L, end_token=0)
+    one = beam(table_step, table, jnp.int32(0), table[0, 1], beam_width=2, max_len=L, end_token=0)
     assert out.tokens[1].tolist() == one.tokens.tolist()
 
 

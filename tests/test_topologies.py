@@ -1,0 +1,223 @@
+"""The lecture's topologies against Python loops and per-sequence runs; attention masking; scheduled sampling."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import rnn_jax as R
+from rnn_jax import decode as D
+from rnn_jax import losses as Ls
+from rnn_jax import topologies as Tp
+from rnn_jax.errors import UserError
+
+B, T, I, H = 3, 7, 4, 5
+S, V_SRC, V_TGT, E = 6, 7, 9, 3
+
+
+def _close(a, b, **kw):
+    jax.tree.map(lambda u, v: np.testing.assert_allclose(u, v, **({"rtol": 1e-5, "atol": 1e-6} | kw)), a, b)
+
+
+def test_one_to_one_and_one_to_many_equal_python_loops():
+    params = R.vanilla_init(jax.random.key(1), I, H, I)  # O = I so that outputs can be fed back
+    x_BI = jax.random.normal(jax.random.key(2), (B, I))
+    h0 = jnp.full((B, H), 0.2)
+    c, y = Tp.one_to_one(R.vanilla_cell, params, h0, x_BI)
+    c_ref, y_ref = jax.vmap(R.vanilla_cell, (None, 0, 0))(params, h0, x_BI)
+    _close((c, y), (c_ref, y_ref))
+
+    feedback = jnp.tanh
+    c, ys = Tp.one_to_many(R.vanilla_cell, params, h0, x_BI, steps=4, feedback=feedback)
+    assert ys.shape == (B, 4, I)
+    for b in range(B):
+        h, x = h0[b], x_BI[b]
+        for t in range(4):
+            h, y = R.vanilla_cell(params, h, x)
+            _close(ys[b, t], y)
+            x = feedback(y)
+        _close(c[b], h)
+
+
+def test_many_to_one_with_lengths_equals_each_sequence_alone():
+    """The summary of a padded batch equals the cell run by hand over each sequence's real steps alone."""
+    params = R.lstm_init(jax.random.key(3), I, H)
+    xs = jax.random.normal(jax.random.key(4), (B, T, I))
+    lengths = jnp.array([7, 3, 1])
+    summarise = jax.jit(Tp.many_to_one, static_argnums=0, static_argnames="pool")
+    carry, last = summarise(R.lstm_cell, params, None, xs, lengths=lengths, pool="last")
+    _, mean = summarise(R.lstm_cell, params, None, xs, lengths=lengths, pool="mean")
+    assert last.shape == mean.shape == (B, H)
+    for b in range(B):
+        c, ys = R.lstm_cell.init_carry(params), []
+        for t in range(int(lengths[b])):  # the unpadded sequence, alone
+            c, y = R.lstm_cell(params, c, xs[b, t])
+            ys.append(y)
+        _close(last[b], ys[-1])
+        _close(last[b], c.h)  # "last" is the final hidden state
+        _close(carry.c[b], c.c)
+        _close(mean[b], jnp.mean(jnp.stack(ys), axis=0))
+    _, empty = summarise(R.lstm_cell, params, None, xs, lengths=jnp.array([0, 2, 0]), pool="mean")
+    assert float(jnp.abs(empty[0]).max()) == 0.0 and float(jnp.abs(empty[2]).max()) == 0.0
+
+
+def test_many_to_many_is_synchronised():
+    params = R.gru_init(jax.random.key(5), I, H)
+    xs = jax.random.normal(jax.random.key(6), (B, T, I))
+    _, ys = Tp.many_to_many(R.gru_cell, params, None, xs, lengths=jnp.array([7, 2, 5]))
+    assert ys.shape == (B, T, H) and float(jnp.abs(ys[1, 2:]).max()) == 0.0
+
+
+# ---------------------------------------------------------------------------------------------------
+# Encoder-decoder
+# ---------------------------------------------------------------------------------------------------
+
+SRC_LEN = jnp.array([6, 2, 4])
+apply = jax.jit(Tp.encoder_decoder_apply)  # one module-level jit: tests of one configuration share a compile
+
+
+def _seq2seq(attention, cell="lstm", bidirectional=True, seed=0):
+    params = Tp.encoder_decoder_init(
+        jax.random.key(seed),
+        src_vocab=V_SRC,
+        tgt_vocab=V_TGT,
+        embed_size=E,
+        hidden_size=H,
+        cell=cell,
+        bidirectional=bidirectional,
+        attention=attention,
+    )
+    k1, k2 = jax.random.split(jax.random.key(seed + 100))
+    src = jax.random.randint(k1, (B, S), 0, V_SRC)
+    tgt_in = jax.random.randint(k2, (B, T), 0, V_TGT)
+    return params, src, tgt_in
+
+
+@pytest.mark.parametrize(("attention", "cell", "bidirectional"), [("bahdanau", "gru", True), ("luong", "lstm", False)])
+def test_attention_is_masked_by_source_length_and_padding_is_ignored(attention, cell, bidirectional):
+    params, src, tgt_in = _seq2seq(attention, cell, bidirectional)
+    out = apply(params, src, SRC_LEN, tgt_in)
+    assert out.logits.shape == (B, T, V_TGT) and out.attention.shape == (B, T, S)
+    for b in range(B):
+        n = int(SRC_LEN[b])
+        assert float(jnp.abs(out.attention[b, :, n:]).max(initial=0.0)) == 0.0  # exactly zero
+        np.testing.assert_allclose(out.attention[b, :, :n].sum(-1), 1.0, rtol=1e-5)
+    # Whatever sits in the padding changes nothing.
+    scrambled = jnp.where(Ls.length_mask(SRC_LEN, S), src, (src + 3) % V_SRC)
+    _close(apply(params, scrambled, SRC_LEN, tgt_in), out)
+
+
+def test_attention_gradient_is_finite_and_ignores_padding():
+    """Masking with -inf must not put NaN into the gradient, and padded memory gets none of it."""
+    params, _, _ = _seq2seq("bahdanau", "gru", True)
+    memory = jax.random.normal(jax.random.key(9), (S, 2 * H))
+    query = jax.random.normal(jax.random.key(10), (H,))
+
+    def f(att, m):
+        context, weights = Tp.attend(att, query, m, 2)
+        return jnp.sum(context**2) + weights[0]
+
+    g_att, g_mem = jax.grad(f, argnums=(0, 1))(params.attention, memory)
+    assert all(bool(jnp.all(jnp.isfinite(g))) for g in jax.tree.leaves(g_att))
+    assert float(jnp.abs(g_mem[2:]).max()) == 0.0 and float(jnp.abs(g_mem[:2]).max()) > 0
+
+
+def test_teacher_forcing_ratio_and_scheduled_sampling():
+    params, src, tgt_in = _seq2seq("luong", "lstm", False)
+    forced = apply(params, src, SRC_LEN, tgt_in)
+    assert forced.inputs.tolist() == tgt_in.tolist()
+    _close(apply(params, src, SRC_LEN, tgt_in, teacher_forcing=1.0, key=jax.random.key(0)), forced)
+    # Ratio 0: after the start token the decoder reads its own argmax from the step before.
+    free = apply(params, src, SRC_LEN, tgt_in, teacher_forcing=0.0, key=jax.random.key(0))
+    assert free.inputs[:, 0].tolist() == tgt_in[:, 0].tolist()
+    assert free.inputs[:, 1:].tolist() == jnp.argmax(free.logits[:, :-1], -1).tolist()
+    # Ratio 0.5: a coin per step, from the key, inside the scan.
+    mixed = apply(params, src, SRC_LEN, tgt_in, teacher_forcing=0.5, key=jax.random.key(3))
+    from_target = mixed.inputs[:, 1:] == tgt_in[:, 1:]
+    from_model = mixed.inputs[:, 1:] == jnp.argmax(mixed.logits[:, :-1], -1)
+    assert bool(jnp.all(from_target | from_model))
+    assert bool(jnp.any(from_target & ~from_model)) and bool(jnp.any(from_model & ~from_target))
+    again = apply(params, src, SRC_LEN, tgt_in, teacher_forcing=0.5, key=jax.random.key(3))
+    assert again.inputs.tolist() == mixed.inputs.tolist()
+
+
+def test_decoder_step_fn_agrees_with_teacher_forcing_and_decodes():
+    """Greedy decoding through decoder_step_fn, re-read with teacher forcing, predicts the same tokens."""
+    params, src, _ = _seq2seq("bahdanau", "gru", True)
+    bos, eos, max_len = 1, 2, 5
+
+    def decode_one(src_S, n):
+        ctx, state, logits = Tp.decoder_start(params, src_S, n, bos)
+        g = D.greedy(Tp.decoder_step_fn, ctx, state, logits, max_len=max_len)
+        b = D.beam_search(Tp.decoder_step_fn, ctx, state, logits, beam_width=3, max_len=max_len, end_token=eos)
+        return g, b
+
+    g, b = jax.jit(jax.vmap(decode_one))(src, SRC_LEN)
+    assert b.tokens.shape == (B, 3, max_len)
+    tgt_in = jnp.concatenate([jnp.full((B, 1), bos), g.tokens[:, :-1]], axis=1)
+    out = apply(params, src, SRC_LEN, tgt_in)
+    assert jnp.argmax(out.logits, -1).tolist() == g.tokens.tolist()
+    logp = jnp.take_along_axis(jax.nn.log_softmax(out.logits), g.tokens[..., None], -1)[..., 0].sum(-1)
+    _close(logp, g.log_prob, rtol=1e-4)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Glimpses
+# ---------------------------------------------------------------------------------------------------
+
+
+def test_image_patches_are_row_major_blocks():
+    img = jnp.arange(16.0).reshape(4, 4)
+    p = Tp.image_patches(img, 2)
+    assert p.shape == (4, 4)
+    assert p[1].tolist() == [2.0, 3.0, 6.0, 7.0] and p[2].tolist() == [8.0, 9.0, 12.0, 13.0]
+
+
+def test_glimpses_look_somewhere_each_step_and_decide_at_the_end():
+    params = Tp.glimpse_init(jax.random.key(7), n_parts=4, part_size=16, hidden_size=H, n_classes=10, cell="gru")
+    parts = Tp.image_patches(jax.random.normal(jax.random.key(8), (B, 8, 8)), 4)
+    glimpse = jax.jit(Tp.glimpse_apply, static_argnames=("steps", "hard"))
+    soft = glimpse(params, parts, steps=3)
+    out = glimpse(params, parts, steps=3, hard=True)
+    for o in (soft, out):
+        assert o.logits.shape == (B, 10) and o.looks.shape == (B, 3, 4)
+        np.testing.assert_allclose(o.looks.sum(-1), 1.0, rtol=1e-5)
+    np.testing.assert_allclose(out.looks.max(-1), 1.0, rtol=1e-6)  # hard looks are one-hot
+    # The location network learns: the gradient reaches `where` through the soft and the hard looks.
+    labels = jnp.array([1, 4, 7])
+
+    def loss(p):
+        logits = Tp.glimpse_apply(p, parts, steps=3, hard=True).logits
+        return Ls.sequence_cross_entropy(logits[:, None], labels[:, None]).per_token_mean
+
+    g = jax.grad(loss)(params)
+    assert float(jnp.abs(g.where.W).max()) > 0
+
+
+# ---------------------------------------------------------------------------------------------------
+# Bad input
+# ---------------------------------------------------------------------------------------------------
+
+
+def test_bad_input_is_named():
+    params, src, tgt_in = _seq2seq(None, "vanilla", False)
+    with pytest.raises(UserError, match="'dot'"):
+        Tp.encoder_decoder_init(
+            jax.random.key(0), src_vocab=3, tgt_vocab=3, embed_size=2, hidden_size=2, attention="dot"
+        )
+    with pytest.raises(UserError, match="'rnn'"):
+        Tp.encoder_decoder_init(jax.random.key(0), src_vocab=3, tgt_vocab=3, embed_size=2, hidden_size=2, cell="rnn")
+    with pytest.raises(UserError, match="source length of 0"):
+        Tp.encoder_decoder_apply(params, src, jnp.array([3, 0, 2]), tgt_in)
+    with pytest.raises(UserError, match="PRNG key"):
+        Tp.encoder_decoder_apply(params, src, SRC_LEN, tgt_in, teacher_forcing=0.5)
+    with pytest.raises(UserError, match="1.5"):
+        Tp.encoder_decoder_apply(params, src, SRC_LEN, tgt_in, teacher_forcing=1.5, key=jax.random.key(0))
+    with pytest.raises(ValueError, match=r"\(2,\)"):
+        Tp.encoder_decoder_apply(params, src, SRC_LEN[:2], tgt_in)
+    with pytest.raises(UserError, match="steps >= 1, got 0"):
+        Tp.one_to_many(R.gru_cell, R.gru_init(jax.random.key(0), I, H), None, jnp.zeros((I,)), steps=0)
+    with pytest.raises(UserError, match="'max'"):
+        Tp.many_to_one(R.gru_cell, R.gru_init(jax.random.key(0), I, H), None, jnp.zeros((T, I)), pool="max")
+    with pytest.raises(UserError, match="3x3"):
+        Tp.image_patches(jnp.zeros((8, 8)), 3)
