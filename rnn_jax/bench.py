@@ -180,7 +180,7 @@ def _record(meta: dict, item: _Timed, flops: float | None) -> dict:
         ms=round(ms, 4),
         us_per_step=round(ms * 1e3 / meta["T"], 3),
         cpu_ms=round(statistics.median(item.cpu) * 1e3, 4),
-        gflops=None if flops is None else round(flops / ms / 1e6, 3),
+        gflops=None if flops is None else float(f"{flops / ms / 1e6:.4g}"),
         reps=len(item.wall),
     )
     return rec
@@ -319,7 +319,8 @@ def _custom_vjp_impl(name, s, dtype, key, unroll=None):
 
     def loss(p, xs):
         W_x, W_h, b = (p.W_xh, p.W_hh, p.b_h) if name == "vanilla" else (p.W_x, p.W_h, p.b)
-        us = jnp.swapaxes(xs, 0, 1) @ W_x + b  # time-major [T, B, G], one matmul
+        us = jnp.swapaxes(xs, 0, 1) @ W_x  # time-major [T, B, G], one matmul
+        us = us + jnp.broadcast_to(b, us.shape)
         z = jnp.zeros((s.B, s.H), dtype)
         return _mean_square(_cvjp_scan(post, W_h, z if name == "vanilla" else (z, z), us, u)[1])
 
@@ -574,8 +575,9 @@ def _peer_ratio(rec: dict, records: list[dict], prefix: str) -> float | None:
     return peer[0]["ms"] / rec["ms"]
 
 
-def print_table(records: list[dict], file=sys.stdout) -> None:
+def print_table(records: list[dict], file=None) -> None:
     """One line per record; ``vs torch``/``vs flax`` are the peer's time over this one (>1: faster)."""
+    file = sys.stdout if file is None else file
     cols = ["cell", "mode", "B", "T", "I", "H", "impl", "ms", "us/step", "cpu_ms", "GFLOP/s", "compile_s", "peak_MB"]
     cols += list(_PEERS)
     rows = []

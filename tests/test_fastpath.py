@@ -1,0 +1,54 @@
+"""The default (fast) path against the plain one: same values and gradients; the unroll heuristic."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import rnn_jax as R
+from rnn_jax import bench
+from rnn_jax.scan import CPU_SMALL_STATE, auto_unroll
+
+B, T, I, H = 3, 9, 4, 5
+
+
+def test_auto_unroll_by_backend_and_size():
+    assert auto_unroll(100, 64, backend="gpu") == 8 and auto_unroll(3, 64, backend="tpu") == 3
+    assert auto_unroll(100, CPU_SMALL_STATE, backend="cpu") == 4
+    assert auto_unroll(100, CPU_SMALL_STATE + 1, backend="cpu") == 1
+    assert auto_unroll(2, 8, backend="cpu") == 2  # never more than T
+
+
+def _loss(cell, unroll, params, xs, lengths):
+    final, ys = R.run(cell, params, None, xs, lengths=lengths, unroll=unroll)
+    return jnp.sum(jnp.sin(ys)) + sum(jnp.sum(c**2) for c in jax.tree.leaves(final))
+
+
+@pytest.mark.parametrize("name", ["lstm"])
+def test_default_unroll_equals_unroll_one(name):
+    """The default unroll (4 here: a small carry on CPU) changes neither values nor gradients."""
+    k = jax.random.split(jax.random.key(0), 2)
+    params = {"lstm": R.lstm_init, "gru": R.gru_init}[name](k[0], I, H)
+    xs = jax.random.normal(k[1], (B, T, I))
+    lengths = jnp.array([9, 4, 1])
+    cell = R.CELLS[name]
+    f = jax.jit(jax.value_and_grad(_loss, argnums=(2, 3)), static_argnums=(0, 1))
+    (v_default, g_default), (v_one, g_one) = f(cell, None, params, xs, lengths), f(cell, 1, params, xs, lengths)
+    np.testing.assert_allclose(v_default, v_one, rtol=1e-6)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6), g_default, g_one)
+
+
+@pytest.mark.parametrize("name", ["vanilla", "lstm"])
+def test_bench_variants_equal_the_library(name):
+    """Every JAX variant the harness times computes the same loss and gradient as the default path."""
+    s = bench.Shape(B, 5, I, H)
+    key = jax.random.key(1)
+    xs = jax.random.normal(key, (B, 5, I))
+    ref_loss, ref_params = bench._run_impl(name, s, jnp.float32, key)
+    ref = jax.jit(jax.value_and_grad(ref_loss))(ref_params, xs)
+    for impl in ("scan inside", "custom_vjp", "python loop", "rnn_jax remat=sqrt"):
+        loss, params = bench.JAX_IMPLS[impl](name, s, jnp.float32, key)
+        val, grad = jax.jit(jax.value_and_grad(loss))(params, xs)
+        np.testing.assert_allclose(val, ref[0], rtol=1e-5, err_msg=impl)
+        for a, b in zip(jax.tree.leaves(grad), jax.tree.leaves(ref[1])):
+            np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6, err_msg=impl)
