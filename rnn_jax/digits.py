@@ -791,7 +791,7 @@ def _plot_captions(path: Path, split: D.DigitSplit, captions: list[str], n: int 
     for ax, i in zip(axes.ravel(), shown, strict=False):
         ax.imshow(split.images[i], cmap="gray_r", vmin=0, vmax=1)
         bad = i in wrong
-        title = f'"{captions[i]}"' + (f"\n(a {D.CLASS_NAMES[split.labels[i]]})" if bad else "\n")
+        title = f'"{captions[i]}"' + (f"\n(true: {D.CLASS_NAMES[split.labels[i]]})" if bad else "\n")
         ax.set_title(title, fontsize=8, color="red" if bad else "black")
         ax.axis("off")
     fig.suptitle("One to many: image feature -> h0, greedy caption (red: wrong)", fontsize=9)
