@@ -901,15 +901,15 @@ EXPERIMENTS: dict[str, tuple[Any, type]] = {
 
 def _add_config_arguments(parser: argparse.ArgumentParser, config_type: type):
     """One ``--flag`` per config field, typed and defaulted from the dataclass."""
+    shared = {f.name: f.metadata.get("help", "") for f in dataclasses.fields(TrainConfig)}
     for f in dataclasses.fields(config_type):
         flag = "--" + f.name.replace("_", "-")
-        help_text = f.metadata.get("help", "")
+        help_text = f.metadata.get("help") or shared.get(f.name, "")  # a field re-defaulted in a subclass
         if isinstance(f.default, bool):
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=f.default, help=help_text)
         else:
-            parser.add_argument(
-                flag, type=type(f.default), default=f.default, help=f"{help_text} (default {f.default})"
-            )
+            default = f" (default {f.default})" if f.default != "" else ""
+            parser.add_argument(flag, type=type(f.default), default=f.default, help=help_text + default)
 
 
 def cli_main(argv: list[str], prog: str = "rnn-jax digits") -> int:
