@@ -496,8 +496,9 @@ def _generator_loss(params, batch, key):
 def generate(cfg: GenerateConfig = GenerateConfig()) -> Result:
     """One to many: draw digits of a requested class row by row; check them with the many-to-one classifier.
 
-    Reports the share of drawn digits that the classifier (trained on real digits with the default
-    :class:`ClassifyConfig`) labels as the requested class, and the test negative log-likelihood.
+    Reports the share of drawn digits that the many-to-one classifier of :func:`classify` (trained here
+    on real digits for ``classifier_steps``) labels as the requested class, and the test negative
+    log-likelihood of the real digits.
     """
     out = _out_dir(cfg, "generate")
     splits = D.split_digits(seed=cfg.seed)
