@@ -117,7 +117,7 @@ def test_attention_gradient_is_finite_and_ignores_padding():
         context, weights = Tp.attend(att, query, m, 2)
         return jnp.sum(context**2) + weights[0]
 
-    g_att, g_mem = jax.grad(f, argnums=(0, 1))(params.attention, memory)
+    g_att, g_mem = jax.jit(jax.grad(f, argnums=(0, 1)))(params.attention, memory)  # jit: one compile, not per op
     assert all(bool(jnp.all(jnp.isfinite(g))) for g in jax.tree.leaves(g_att))
     assert float(jnp.abs(g_mem[2:]).max()) == 0.0 and float(jnp.abs(g_mem[:2]).max()) > 0
 
@@ -139,6 +139,11 @@ def test_teacher_forcing_ratio_and_scheduled_sampling():
     assert bool(jnp.any(from_target & ~from_model)) and bool(jnp.any(from_model & ~from_target))
     again = apply(params, src, SRC_LEN, tgt_in, teacher_forcing=0.5, key=jax.random.key(3))
     assert again.inputs.tolist() == mixed.inputs.tolist()
+    # scheduled="sample": the fed-back token is drawn from the model's softmax, not its argmax.
+    sampling = jax.jit(Tp.encoder_decoder_apply, static_argnames="scheduled")
+    drawn = sampling(params, src, SRC_LEN, tgt_in, teacher_forcing=0.0, key=jax.random.key(4), scheduled="sample")
+    assert drawn.inputs[:, 0].tolist() == tgt_in[:, 0].tolist()
+    assert bool(jnp.any(drawn.inputs[:, 1:] != jnp.argmax(drawn.logits[:, :-1], -1)))
 
 
 def test_decoder_step_fn_agrees_with_teacher_forcing_and_decodes():
@@ -190,7 +195,7 @@ def test_glimpses_look_somewhere_each_step_and_decide_at_the_end():
         logits = Tp.glimpse_apply(p, parts, steps=3, hard=True).logits
         return Ls.sequence_cross_entropy(logits[:, None], labels[:, None]).per_token_mean
 
-    g = jax.grad(loss)(params)
+    g = jax.jit(jax.grad(loss))(params)
     assert float(jnp.abs(g.where.W).max()) > 0
 
 
