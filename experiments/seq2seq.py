@@ -1,0 +1,84 @@
+"""Seq2seq experiments: the issue's targets (addition, dates, reversal) and the CMUdict G2P run.
+
+Each task has a frozen :class:`Experiment` preset (the trainer's :class:`rnn_jax.seq2seq.Config` plus the
+target it must reach); ``main`` trains the chosen presets one after the other and writes every summary
+to ``runs/seq2seq_experiments.json`` (one JSON object per line on stdout as well).
+
+Run::
+
+    python experiments/seq2seq.py addition dates reverse     # the <= 5 minute targets, one after the other
+    python experiments/seq2seq.py g2p --minutes 60           # the long G2P run (beam 5 at the end)
+
+Timings depend on the machine and on what else runs on it: the summaries record the elapsed time and
+the visible hardware, and the numbers in docs/seq2seq.md say under which load they were measured.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+
+from rnn_jax.seq2seq import Config, train
+
+
+@dataclasses.dataclass(frozen=True)
+class Experiment:
+    config: Config
+    target_exact_match: float | None = None  # what the test split must reach (None: report only)
+
+
+# Short tasks pad to coarse lengths (a large pad_multiple): one or two compilations of the train step instead
+# of one per length bucket of 8, which matters more than the padded compute within a 5-minute budget.
+_SMALL = dict(embed_size=32, hidden_size=128, batch_size=128, learning_rate=3e-3, warmup_steps=100, eval_every=500)
+
+PRESETS: dict[str, Experiment] = {
+    "addition": Experiment(Config(task="addition", minutes=4.0, pad_multiple=8, **_SMALL), 0.99),
+    "dates": Experiment(Config(task="dates", minutes=4.0, pad_multiple=16, **_SMALL), 0.99),
+    "reverse": Experiment(Config(task="reverse", minutes=4.0, pad_multiple=24, **_SMALL), 0.99),
+    "sort": Experiment(Config(task="sort", minutes=4.0, pad_multiple=16, **_SMALL), None),
+    "g2p": Experiment(
+        Config(
+            task="g2p",
+            minutes=60.0,
+            beam=5,
+            embed_size=64,
+            hidden_size=256,
+            batch_size=128,
+            learning_rate=3e-3,
+            eval_every=1500,
+            eval_size=3000,
+        ),
+        None,
+    ),
+}
+
+
+def main(names: list[str], minutes: float | None = None, out_root: str = "runs") -> list[dict]:
+    results = []
+    for name in names:
+        exp = PRESETS[name]
+        config = dataclasses.replace(exp.config, out=os.path.join(out_root, f"seq2seq-{name}"), progress=False)
+        if minutes is not None:
+            config = dataclasses.replace(config, minutes=minutes, steps=None)
+        summary = train(config)
+        summary["target_exact_match"] = exp.target_exact_match
+        summary["target_met"] = (
+            None if exp.target_exact_match is None else summary["exact_match"] >= exp.target_exact_match
+        )
+        summary["config"] = dataclasses.asdict(config)
+        print(json.dumps(summary), flush=True)
+        results.append(summary)
+        with open(os.path.join(out_root, "seq2seq_experiments.json"), "a") as f:
+            f.write(json.dumps(summary) + "\n")
+    return results
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("tasks", nargs="+", choices=sorted(PRESETS))
+    parser.add_argument("--minutes", type=float, help="override every preset's time budget")
+    parser.add_argument("--out-root", default="runs")
+    args = parser.parse_args()
+    main(args.tasks, args.minutes, args.out_root)
