@@ -10,6 +10,7 @@ one ``lax.scan`` that applies it over time (and ``jax.vmap`` over batches). Noth
 jit at the edges of your program (the train step, evaluation, sampling).
 """
 
+from rnn_jax import decode, losses, topologies  # noqa: E402  (modules: rnn_jax.decode.beam_search, ...)
 from rnn_jax.cells import (
     CELLS,
     Cell,
@@ -24,11 +25,45 @@ from rnn_jax.cells import (
     vanilla_cell,
     vanilla_init,
 )
+from rnn_jax.decode import BeamResult, Decoded, beam_search, greedy, prime, sample
+from rnn_jax.losses import SequenceLoss, exact_match, length_mask, sequence_cross_entropy, token_accuracy
 from rnn_jax.scan import bidirectional, broadcast_carry, run, run_stack, zeros_carry
+from rnn_jax.topologies import (
+    encoder_decoder_apply,
+    encoder_decoder_init,
+    glimpse_apply,
+    glimpse_init,
+    many_to_many,
+    many_to_one,
+    one_to_many,
+    one_to_one,
+)
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "BeamResult",
+    "Decoded",
+    "SequenceLoss",
+    "beam_search",
+    "decode",
+    "encoder_decoder_apply",
+    "encoder_decoder_init",
+    "exact_match",
+    "glimpse_apply",
+    "glimpse_init",
+    "greedy",
+    "length_mask",
+    "losses",
+    "many_to_many",
+    "many_to_one",
+    "one_to_many",
+    "one_to_one",
+    "prime",
+    "sample",
+    "sequence_cross_entropy",
+    "token_accuracy",
+    "topologies",
     "CELLS",
     "Cell",
     "GRUParams",
