@@ -10,7 +10,7 @@ one ``lax.scan`` that applies it over time (and ``jax.vmap`` over batches). Noth
 jit at the edges of your program (the train step, evaluation, sampling).
 """
 
-from rnn_jax import decode, losses, topologies  # noqa: E402  (modules: rnn_jax.decode.beam_search, ...)
+from rnn_jax import decode, losses, topologies
 from rnn_jax.cells import (
     CELLS,
     Cell,
