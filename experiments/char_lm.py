@@ -20,13 +20,13 @@ from rnn_jax.errors import UserError
 
 CONFIG = CharLMConfig(
     text=None,  # a UTF-8 file; None trains on the embedded python-stdlib corpus
-    cell="lstm",
-    hidden=512,
+    cell="gru",
+    hidden=384,
     layers=1,
     embed=64,
     batch=64,
-    seq_len=64,
-    lr=4e-3,
+    seq_len=32,
+    lr=8e-3,
     minutes=2.0,
     out="runs/char_lm",
 )

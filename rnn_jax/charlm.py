@@ -65,15 +65,15 @@ class CharLMConfig:
     val_fraction: float = 0.1
     batching: str = "tbptt"  # "tbptt" (B streams, carry passed on) or "random" (independent windows)
     # model
-    cell: str = "lstm"
-    hidden: int = 512
+    cell: str = "gru"  # defaults by measurement: see docs/charlm.md
+    hidden: int = 384
     layers: int = 1
     embed: int = 64  # 0: one-hot inputs, as in the lecture
     dropout: float = 0.0  # between layers
     # optimisation
     batch: int = 64
-    seq_len: int = 64
-    lr: float = 4e-3
+    seq_len: int = 32
+    lr: float = 8e-3
     warmup: int = 100
     weight_decay: float = 0.0
     clip: float = 1.0

@@ -442,8 +442,8 @@ def fit(
       steps / minutes: the budget (exactly one). With ``minutes`` the cosine schedule's end is estimated
         from the measured speed after 5 steps and again every ``log_every`` steps (see
         :func:`set_total_steps`), and the final evaluation's duration is kept inside the budget.
-      evaluate: ``evaluate(state) -> dict`` run every ``eval_every`` steps and at the end; string values
-        (e.g. samples) are printed, all values are logged.
+      evaluate: ``evaluate(state) -> dict`` run at the start, every ``eval_every`` steps and at the end;
+        string values (e.g. samples) are printed, all values are logged.
       checkpointer: an object with ``save(state, name, info)`` (see :class:`rnn_jax.checkpoint.Checkpointer`);
         ``latest`` is written every ``checkpoint_every`` steps and at the end, ``best`` whenever
         ``best_metric`` improves.
@@ -522,6 +522,10 @@ def fit(
                 checkpointer.save(state, "best", {"metrics": numbers})
 
     try:
+        if evaluate is not None:
+            # At the start: the loss before training, and (with a time budget) the evaluation's cost is known
+            # (compilation included) before the clock decides how many steps fit.
+            run_eval(step)
         while step < target:
             t0 = time.perf_counter()
             if deadline is not None and t0 + eval_seconds >= deadline:
@@ -597,6 +601,13 @@ def plot_metrics(metrics_path, png_path, *, title: str | None = None) -> Path:
         ax.plot(*zip(*train, strict=True), label="train loss", lw=1)
     if val:
         ax.plot(*zip(*val, strict=True), "o-", label="validation loss", lw=1.5, ms=3)
+    points = train + val
+    if points:
+        # Zoom on the part worth reading: the first 5% of the steps (the drop from the initial loss) may leave it.
+        last = max(step for step, _ in points)
+        later = [loss for step, loss in points if step >= 0.05 * last] or [loss for _, loss in points]
+        low, high = min(later), max(later)
+        ax.set_ylim(low - 0.05 * (high - low + 1e-9), high + 0.1 * (high - low + 1e-9))
     ax.set_xlabel("step")
     ax.set_ylabel("loss (nats per item)")
     if title:

@@ -51,7 +51,8 @@ def test_train_prints_json_summary_last(trained):
     assert summary["val_loss"] < 0.5  # the text is nearly deterministic: far below log(15) = 2.7 nats
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     evals = [r for r in records if r["kind"] == "eval"]
-    assert [r["step"] for r in evals] == [75, 150] and "sample" in evals[0]
+    assert [r["step"] for r in evals] == [0, 75, 150] and "sample" in evals[0]
+    assert evals[0]["val_loss"] > 2.0 > evals[-1]["val_loss"]  # ln(15) = 2.7 at the start
     assert (out / "loss.png").is_file() and checkpoint.latest(out) and checkpoint.best(out)
     meta = checkpoint.read_meta(out)
     assert meta["vocab"] == "".join(sorted(set(TINY))) and meta["config"]["hidden"] == 32 and meta["cursor"] == 150
@@ -138,18 +139,18 @@ def test_other_cells_bf16_and_random_windows_train(text_file, tmp_path):
     assert logits.shape == (3, 4, 7)
 
 
-def _train_argv(text_file, out, steps):
-    return ["train", "--text", str(text_file), "--steps", str(steps), "--checkpoint-every", "10", "--eval-every",
-            "1000", "--eval-chars", "200", "--samples", "0", "--out", str(out), *SMALL]  # fmt: skip
+def _train_argv(text_file, out, steps, checkpoint_every=100):
+    return ["train", "--text", str(text_file), "--steps", str(steps), "--checkpoint-every", str(checkpoint_every),
+            "--eval-every", "1000", "--eval-chars", "200", "--samples", "0", "--out", str(out), *SMALL]  # fmt: skip
 
 
 def test_resume_after_sigkill_is_exact(text_file, tmp_path):
-    steps = 600
+    steps = 300
     env = dict(os.environ, JAX_PLATFORMS="cpu")
     command = [sys.executable, "-m", "rnn_jax.cli", "charlm"]
     killed = tmp_path / "killed"
-    proc = subprocess.Popen(command + _train_argv(text_file, killed, steps), env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE)  # fmt: skip
+    argv = command + _train_argv(text_file, killed, steps, checkpoint_every=10)
+    proc = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
         deadline = time.monotonic() + 120
         while checkpoint.latest(killed) is None and proc.poll() is None and time.monotonic() < deadline:

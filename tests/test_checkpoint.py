@@ -1,5 +1,6 @@
 """Checkpoints: exact round trip (keys included), atomic writes, clear refusals."""
 
+import functools
 import os
 
 import jax
@@ -13,6 +14,7 @@ from rnn_jax import train as T
 from rnn_jax.errors import UserError
 
 
+@functools.cache  # states are immutable: build each kind once
 def _state(hidden=5, seed=0):
     params = R.lstm_init(jax.random.key(seed), 3, hidden)
     opt = T.make_optimizer(1e-3, total_steps=7, warmup_steps=2, weight_decay=0.01)
