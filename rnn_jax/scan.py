@@ -195,11 +195,11 @@ def _scan_sqrt(body, carry, ts, us, T, *, reverse, unroll):
 def auto_unroll(T: int, state_size: int, backend: str | None = None) -> int:
     """The default ``unroll`` (steps per compiled loop iteration) by backend and batch carry size.
 
-    On GPU/TPU each loop iteration costs kernel launches: unroll 8 (H100 anchors: 1.3-2.3x faster
-    than unroll 1). On CPU an iteration costs about a microsecond of loop overhead, which matters
-    only when a step is cheap: unroll 4 when the carry of the whole batch has at most
-    :data:`CPU_SMALL_STATE` elements (B=1, H=32 LSTM: about 1.3x faster), 1 otherwise (at B=32,
-    H=256 unrolling makes the per-step matmuls slower).
+    On GPU/TPU each loop iteration costs kernel launches: unroll 8 (H100 anchors: 1.2-2.3x faster
+    than unroll 1). On CPU the loop overhead matters only when a step is tiny: unroll 4 when the
+    carry of the whole batch has at most :data:`CPU_SMALL_STATE` elements (LSTM B=1, H=32: 1.28x
+    less CPU time than unroll 1), else 1 (LSTM B=8, H=64 and B=32, H=256: unroll 4 costs 1.3x and
+    1.25x more). Measurements: ``docs/bench.md``.
     """
     backend = backend or jax.default_backend()
     if backend != "cpu":
@@ -207,7 +207,7 @@ def auto_unroll(T: int, state_size: int, backend: str | None = None) -> int:
     return max(1, min(4, T)) if state_size <= CPU_SMALL_STATE else 1
 
 
-CPU_SMALL_STATE = 4096
+CPU_SMALL_STATE = 256
 """On CPU, batch carries of at most this many elements get unroll 4 by default."""
 
 
