@@ -1,9 +1,9 @@
 """Benchmark harness: time one recurrent layer, forward and forward+backward, against its peers.
 
 ``rnn-jax bench`` (or :func:`measure_layers`) times each implementation on the same inputs in one
-process: the library's default path, its variants (input projection inside the step, explicit
-``unroll``, ``remat``, a hand-written ``custom_vjp`` with the weight gradient as one matmul, a Python
-loop under ``jit``), flax ``nn.RNN`` with its cells, and torch ``nn.RNN``/``nn.LSTM``/``nn.GRU`` when
+process: the library's default path, its variants (input projection inside the step or hoisted,
+explicit ``unroll``, ``remat``, a hand-written ``custom_vjp`` with the weight gradient as one matmul, a
+Python loop under ``jit``), flax ``nn.RNN`` with its cells, and torch ``nn.RNN``/``nn.LSTM``/``nn.GRU`` when
 torch is installed. Every measurement is the median over interleaved rounds of repeats, after
 compilation (timed apart) and warm-up. The loss is ``mean(h**2)`` over every output, as in
 ``shared/bench/rnn_anchor.py``; ``fwd_bwd`` differentiates it with respect to the params only.
@@ -235,6 +235,21 @@ def _inside_impl(name, s, dtype, key, **run_kwargs):
     return loss, _params(name, key, s, dtype)
 
 
+def _hoisted_impl(name, s, dtype, key, **run_kwargs):
+    """Input projection of all steps as one matmul before the loop, on every backend."""
+    cell = bench_cell(name)
+
+    def step(params, carry, u):
+        return cell.step(params, carry, u)
+
+    def loss(params, xs):
+        us = jax.vmap(jax.vmap(cell.project, (None, 0)), (None, 0))(params, xs)
+        carry = jax.tree.map(lambda z: jnp.zeros((s.B,) + z.shape, z.dtype), cell.init_carry(params))
+        return _mean_square(run(step, params, carry, us, **run_kwargs)[1])
+
+    return loss, _params(name, key, s, dtype)
+
+
 def _python_loop_impl(name, s, dtype, key):
     """A Python ``for`` loop over time under ``jit``: the program (and its compile time) grows with T."""
     cell = bench_cell(name)
@@ -347,6 +362,7 @@ JAX_IMPLS: dict[str, Callable] = {
     "rnn_jax remat=step": partial(_run_impl, remat="step"),
     "rnn_jax remat=sqrt": partial(_run_impl, remat="sqrt"),
     "scan inside": _inside_impl,
+    "scan hoisted": _hoisted_impl,
     "custom_vjp": _custom_vjp_impl,
     "python loop": _python_loop_impl,
     "flax LSTMCell": partial(_flax_impl, cell_name="LSTMCell"),
@@ -357,7 +373,7 @@ JAX_IMPLS: dict[str, Callable] = {
 """Implementations by name: ``builder(cell, shape, dtype, key) -> (loss(params, xs), params)`` or ``None``
 where the implementation has no such cell. ``rnn_jax unroll=U`` is added for every ``--unrolls`` value."""
 
-DEFAULT_IMPLS = ("rnn_jax", "scan inside", "custom_vjp", "rnn_jax remat=step")
+DEFAULT_IMPLS = ("rnn_jax", "scan inside", "scan hoisted", "custom_vjp", "rnn_jax remat=step")
 FLAX_IMPLS = ("flax LSTMCell", "flax OptimizedLSTMCell", "flax SimpleCell", "flax GRUCell")
 
 
