@@ -26,6 +26,7 @@ from rnn_jax.cells import (
     vanilla_init,
 )
 from rnn_jax.decode import BeamResult, Decoded, beam_search, greedy, prime, sample
+from rnn_jax.linear import DiagParams, MinGRUParams, diag_cell, diag_init, mingru_cell, mingru_init, run_linear
 from rnn_jax.losses import SequenceLoss, exact_match, length_mask, sequence_cross_entropy, token_accuracy
 from rnn_jax.scan import bidirectional, broadcast_carry, run, run_stack, zeros_carry
 from rnn_jax.topologies import (
@@ -64,6 +65,13 @@ __all__ = [
     "sequence_cross_entropy",
     "token_accuracy",
     "topologies",
+    "DiagParams",
+    "MinGRUParams",
+    "diag_cell",
+    "diag_init",
+    "mingru_cell",
+    "mingru_init",
+    "run_linear",
     "CELLS",
     "Cell",
     "GRUParams",
