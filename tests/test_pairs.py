@@ -21,8 +21,15 @@ def test_synthetic_splits_are_seeded_and_disjoint(maker):
     assert a.train == b.train and a.test == b.test
     sources = [set(p.source for p in split) for split in (a.train, a.val, a.test)]
     assert not (sources[0] & sources[1] or sources[0] & sources[2] or sources[1] & sources[2])
-    # Growing the training set keeps the test set: test pairs are drawn first.
-    assert maker(n_train=500, n_val=23, n_test=37).test == a.test
+
+
+def test_small_subspaces_reach_the_training_set():
+    """The 100 sums of one-digit numbers and the 26 one-letter strings are drawn early: they must not all
+    land in the test split (a split by draw order did that)."""
+    add = P.make_addition(n_train=3000, n_val=200, n_test=500)
+    assert sum(len(p.source) == 3 for p in add.train) > 50
+    rev = P.make_reverse(n_train=3000, n_val=200, n_test=500)
+    assert sum(len(p.source) == 1 for p in rev.train) > 15
 
 
 def test_synthetic_targets_are_right():

@@ -21,7 +21,9 @@ Tasks (``load_task(name)``):
   Yao & Zweig 2015 and Rao et al. 2015), the next 3,000 validation, the rest training. No word is in
   two splits, and the split does not depend on numpy or on the dictionary's order.
 
-The synthetic tasks are generated from a fixed seed (``SEEDS``); sources are distinct across splits.
+The synthetic tasks draw distinct sources from a fixed seed (``SEEDS``) and split them by the same hash
+ranking (salt: the task name), so no source is in two splits and small subspaces (one-digit sums, short
+strings) are spread over all three.
 ``load_pairs_file(path)`` reads a tab-separated file ``source<TAB>target`` per line (repeated sources
 with different targets become one pair with several targets) and splits it by source with the same
 hash ranking (10% test, 10% validation, at least one of each).
@@ -214,10 +216,15 @@ def _distinct_sources(gen, rng: np.random.Generator, n: int, max_tries: int | No
 
 
 def _synthetic(name: str, gen, n_train: int, n_val: int, n_test: int, description: str) -> Task:
-    """Draw distinct sources with the task's seed: the first ``n_test`` are test, then validation, then train."""
+    """Draw distinct sources with the task's seed, then split them by hash rank (as for G2P).
+
+    Splitting by draw order instead would put every source of a small subspace (the 100 sums of two
+    one-digit numbers, the 26 one-letter strings), all drawn early, into the first split: a test set of
+    inputs the training set never shows.
+    """
     rng = np.random.default_rng(SEEDS[name])
     pairs = _distinct_sources(gen, rng, n_test + n_val + n_train)
-    test, val, train = pairs[:n_test], pairs[n_test : n_test + n_val], pairs[n_test + n_val :]
+    train, val, test = _split_by_key({"".join(p.source): p for p in pairs}, name, n_test, n_val)
     return Task(name, train, val, test, description=description)
 
 
