@@ -23,6 +23,7 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+from jax.ad_checkpoint import checkpoint_name
 
 Array = jax.Array
 Carry = Any
@@ -56,6 +57,9 @@ class Cell:
       init_carry: ``(params) -> carry``: the zero carry of one example.
       input_size: ``(params) -> int``: the feature size ``I`` that ``x`` must have.
       doc: the cell's equations.
+      saved: names (``jax.ad_checkpoint.checkpoint_name``) of the step's pre-activations from which
+        its backward pass can be computed with elementwise work alone; where :func:`rnn_jax.run`
+        chooses to, it stores only these per step and recomputes the gate nonlinearities.
     """
 
     name: str
@@ -65,6 +69,7 @@ class Cell:
     init_carry: Callable[[Params], Carry]
     input_size: Callable[[Params], int]
     doc: str = ""
+    saved: tuple[str, ...] = ()
 
     def __call__(self, params: Params, carry: Carry, x: Array) -> tuple[Carry, Any]:
         carry, z = self.step(params, carry, self.project(params, x))
@@ -192,7 +197,7 @@ def _lstm_project(p: LSTMParams, x_I):
 
 
 def _lstm_step(p: LSTMParams, state: LSTMState, u_G):
-    gates = u_G + state.h @ p.W_h
+    gates = checkpoint_name(u_G + state.h @ p.W_h, "lstm_gates")  # all the backward pass needs to store
     i, f, g, o = jnp.split(gates, 4, axis=-1)
     c = jax.nn.sigmoid(f) * state.c + jax.nn.sigmoid(i) * jnp.tanh(g)
     h = jax.nn.sigmoid(o) * jnp.tanh(c)
@@ -219,6 +224,7 @@ lstm_cell = Cell(
     readout=_identity_readout,
     init_carry=_lstm_zero,
     input_size=lambda p: p.W_x.shape[0],
+    saved=("lstm_gates",),
 )
 
 
@@ -254,8 +260,9 @@ def _gru_project(p: GRUParams, x_I):
 
 
 def _gru_step(p: GRUParams, h_H, u_G):
-    ux_r, ux_z, ux_n = jnp.split(u_G, 3, axis=-1)
-    uh_r, uh_z, uh_n = jnp.split(h_H @ p.W_h, 3, axis=-1)
+    # The two pre-activations are all the backward pass needs to store (the rest is elementwise).
+    ux_r, ux_z, ux_n = jnp.split(checkpoint_name(u_G, "gru_x"), 3, axis=-1)
+    uh_r, uh_z, uh_n = jnp.split(checkpoint_name(h_H @ p.W_h, "gru_h"), 3, axis=-1)
     r = jax.nn.sigmoid(ux_r + uh_r)
     z = jax.nn.sigmoid(ux_z + uh_z)
     n = jnp.tanh(ux_n + r * (uh_n + p.b_hn))
@@ -279,6 +286,7 @@ gru_cell = Cell(
     readout=_identity_readout,
     init_carry=lambda p: jnp.zeros(p.W_h.shape[:1], p.W_h.dtype),
     input_size=lambda p: p.W_x.shape[0],
+    saved=("gru_x", "gru_h"),
 )
 
 CELLS: dict[str, Cell] = {"vanilla": vanilla_cell, "lstm": lstm_cell, "gru": gru_cell}
