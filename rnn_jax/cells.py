@@ -9,10 +9,10 @@ Weights are stored input-major (``W_xh`` has shape ``[I, H]``) so that ``x @ W_x
 
 A cell is a :class:`Cell`: a callable whose work is split where it pays. ``project`` is the part that
 depends on the input alone (``x W_x + b``); ``step`` is the recurrence; ``readout`` maps what the step
-emits to the output. Calling the cell runs all three for one time step. The scan wrapper instead
-applies ``project`` to the whole sequence as one large matmul before the loop and ``readout`` after
-it, so only the recurrent matmul stays inside the sequential loop. Both routes compute the same
-function; the tests check it.
+emits to the output. Calling the cell runs all three for one time step. The scan wrapper can instead
+apply ``project`` to the whole sequence as one large matmul before the loop (where that measures
+faster: see ``rnn_jax.scan.auto_hoist``) and ``readout`` after it, so only the recurrent matmul stays
+inside the sequential loop. Both routes compute the same function; the tests check it.
 """
 
 from __future__ import annotations
