@@ -26,7 +26,7 @@ CONFIG = CharLMConfig(
     embed=64,
     batch=64,
     seq_len=32,
-    lr=8e-3,
+    lr=4e-3,
     minutes=2.0,
     out="runs/char_lm",
 )

@@ -73,7 +73,7 @@ class CharLMConfig:
     # optimisation
     batch: int = 64
     seq_len: int = 32
-    lr: float = 8e-3
+    lr: float = 4e-3
     warmup: int = 100
     weight_decay: float = 0.0
     clip: float = 1.0
