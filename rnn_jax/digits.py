@@ -37,13 +37,15 @@ import jax.numpy as jnp
 import numpy as np
 
 from rnn_jax import decode, losses, train
-from rnn_jax.cells import CELLS, GRUParams, LSTMParams, VanillaParams, gru_init, lstm_init, vanilla_init
+from rnn_jax.cells import CELLS
 from rnn_jax.data import images as D
 from rnn_jax.errors import UserError
 from rnn_jax.topologies import (
     Dense,
     GlimpseParams,
     carry_from_hidden,
+    cell_init,
+    cell_of,
     dense,
     dense_init,
     glimpse_apply,
@@ -171,20 +173,6 @@ def _check_config(cfg: TrainConfig, n_train: int):
         raise UserError(f"batch_size {cfg.batch_size} exceeds the {n_train} training images")
 
 
-def _init_cell(kind: str, key, in_size: int, hidden_size: int):
-    if kind == "vanilla":  # its own head maps h to H features; the experiment's head reads those
-        return vanilla_init(key, in_size, hidden_size, hidden_size)
-    return {"lstm": lstm_init, "gru": gru_init}[kind](key, in_size, hidden_size)
-
-
-def _cell_of(params):
-    """The cell that goes with a params type (so the model functions need no config)."""
-    for kind, params_type in (("vanilla", VanillaParams), ("lstm", LSTMParams), ("gru", GRUParams)):
-        if isinstance(params, params_type):
-            return CELLS[kind]
-    raise TypeError(f"expected VanillaParams, LSTMParams or GRUParams, got {type(params).__name__}")
-
-
 def _heads(head: Dense, ys_TH) -> Array:
     """The head applied at every step, ``[T, H] -> [T, O]``, without implicit rank promotion."""
     return jax.vmap(partial(dense, head))(ys_TH)
@@ -202,18 +190,18 @@ class ClassifierParams(NamedTuple):
 
 def classifier_init(key, *, in_size: int, hidden_size: int, cell: str = "gru") -> ClassifierParams:
     k1, k2 = jax.random.split(key)
-    return ClassifierParams(_init_cell(cell, k1, in_size, hidden_size), dense_init(k2, hidden_size, D.NUM_CLASSES))
+    return ClassifierParams(cell_init(cell, k1, in_size, hidden_size), dense_init(k2, hidden_size, D.NUM_CLASSES))
 
 
 def classifier_logits(params: ClassifierParams, xs_TI, length=None) -> Array:
     """Many to one: ``logits = W_head y_L + b`` with ``y_L`` the output after the first ``length`` steps."""
-    _, y = many_to_one(_cell_of(params.cell), params.cell, None, xs_TI, lengths=length)
+    _, y = many_to_one(cell_of(params.cell), params.cell, None, xs_TI, lengths=length)
     return dense(params.head, y)
 
 
 def prefix_logits(params: ClassifierParams, xs_TI) -> Array:
     """``[T, 10]``: row ``t`` is :func:`classifier_logits` after reading ``t + 1`` steps (one scan for all)."""
-    _, ys = many_to_many(_cell_of(params.cell), params.cell, None, xs_TI)
+    _, ys = many_to_many(cell_of(params.cell), params.cell, None, xs_TI)
     return _heads(params.head, ys)
 
 
@@ -326,7 +314,7 @@ def captioner_init(
         encoder=dense_init(k[0], D.SIDE * D.SIDE, feature_size),
         init=dense_init(k[1], feature_size, hidden_size),
         embed=jax.random.normal(k[2], (V, embed_size)),
-        cell=_init_cell(cell, k[3], embed_size, hidden_size),
+        cell=cell_init(cell, k[3], embed_size, hidden_size),
         head=dense_init(k[4], hidden_size, V),
     )
 
@@ -335,18 +323,18 @@ def caption_start(params: CaptionerParams, image_88):
     """The lecture's recipe: the image feature initialises the hidden state, ``h_0 = tanh(W_ih v)``."""
     feature = jax.nn.relu(dense(params.encoder, image_88.reshape(-1)))
     h0 = jnp.tanh(dense(params.init, feature))
-    return carry_from_hidden(_cell_of(params.cell), params.cell, h0)
+    return carry_from_hidden(cell_of(params.cell), params.cell, h0)
 
 
 def caption_step(params: CaptionerParams, carry, token):
     """The decoder as a token step for :mod:`rnn_jax.decode`: ``(carry, token) -> (carry, logits_V)``."""
-    carry, y = _cell_of(params.cell)(params.cell, carry, params.embed[token])
+    carry, y = cell_of(params.cell)(params.cell, carry, params.embed[token])
     return carry, dense(params.head, y)
 
 
 def caption_logits(params: CaptionerParams, image_88, inputs_T) -> Array:
     """Teacher forcing: ``[T, V]`` logits of the next character after each input character."""
-    cell = _cell_of(params.cell)
+    cell = cell_of(params.cell)
     _, ys = many_to_many(cell, params.cell, caption_start(params, image_88), params.embed[inputs_T])
     return _heads(params.head, ys)
 
@@ -429,7 +417,7 @@ def generator_init(key, *, hidden_size: int, levels: int, cell: str = "gru") -> 
     k = jax.random.split(key, 3)
     return GeneratorParams(
         init=dense_init(k[0], D.NUM_CLASSES, hidden_size),
-        cell=_init_cell(cell, k[1], D.SIDE, hidden_size),
+        cell=cell_init(cell, k[1], D.SIDE, hidden_size),
         head=dense_init(k[2], hidden_size, D.SIDE * levels),
     )
 
@@ -441,7 +429,7 @@ def _levels(params: GeneratorParams) -> int:
 def generator_start(params: GeneratorParams, label):
     """The class initialises the hidden state, as the image does for captioning."""
     h0 = jnp.tanh(dense(params.init, jax.nn.one_hot(label, D.NUM_CLASSES, dtype=params.init.W.dtype)))
-    return carry_from_hidden(_cell_of(params.cell), params.cell, h0)
+    return carry_from_hidden(cell_of(params.cell), params.cell, h0)
 
 
 def generator_logits(params: GeneratorParams, label, levels_88) -> Array:
@@ -453,7 +441,7 @@ def generator_logits(params: GeneratorParams, label, levels_88) -> Array:
     K = _levels(params)
     rows = levels_88.astype(params.init.W.dtype) / (K - 1)
     inputs = jnp.concatenate([jnp.zeros_like(rows[:1]), rows[:-1]])
-    _, ys = many_to_many(_cell_of(params.cell), params.cell, generator_start(params, label), inputs)
+    _, ys = many_to_many(cell_of(params.cell), params.cell, generator_start(params, label), inputs)
     return _heads(params.head, ys).reshape(D.SIDE, D.SIDE, K)
 
 
@@ -464,7 +452,7 @@ def generate_image(params: GeneratorParams, label, key, temperature: float) -> A
     hidden state; ``tau = 0`` takes the most likely level. The key rides in the carry.
     """
     K = _levels(params)
-    cell = _cell_of(params.cell)
+    cell = cell_of(params.cell)
 
     def draw_row(p, state, row_in):
         c, k = state
@@ -624,13 +612,13 @@ class VideoParams(NamedTuple):
 
 def video_init(key, *, hidden_size: int, cell: str = "gru") -> VideoParams:
     k1, k2 = jax.random.split(key)
-    return VideoParams(_init_cell(cell, k1, D.SIDE * D.SIDE, hidden_size), dense_init(k2, hidden_size, D.NUM_CLASSES))
+    return VideoParams(cell_init(cell, k1, D.SIDE * D.SIDE, hidden_size), dense_init(k2, hidden_size, D.NUM_CLASSES))
 
 
 def video_logits(params: VideoParams, frames_F88) -> Array:
     """Many to many, synchronised: ``[F, 10]``, the label after each frame from everything seen so far."""
     xs = frames_F88.reshape(frames_F88.shape[0], -1)
-    _, ys = many_to_many(_cell_of(params.cell), params.cell, None, xs)
+    _, ys = many_to_many(cell_of(params.cell), params.cell, None, xs)
     return _heads(params.head, ys)
 
 

@@ -56,6 +56,8 @@ __all__ = [
     "dense",
     "hidden_of",
     "carry_from_hidden",
+    "cell_of",
+    "cell_init",
     "one_to_one",
     "one_to_many",
     "many_to_one",
@@ -124,14 +126,16 @@ def carry_from_hidden(cell: Cell, params, h_H):
 _CELL_OF_PARAMS = {VanillaParams: vanilla_cell, LSTMParams: lstm_cell, GRUParams: gru_cell}
 
 
-def _cell_of(params) -> Cell:
+def cell_of(params) -> Cell:
+    """The built-in cell that goes with a params type, so model functions need no config."""
     try:
         return _CELL_OF_PARAMS[type(params)]
     except KeyError:
         raise TypeError(f"expected VanillaParams, LSTMParams or GRUParams, got {type(params).__name__}") from None
 
 
-def _cell_init(kind: str, key, in_size: int, hidden_size: int, dtype):
+def cell_init(kind: str, key, in_size: int, hidden_size: int, dtype=jnp.float32):
+    """Params of a ``"vanilla"``, ``"lstm"`` or ``"gru"`` cell whose output ``y`` has ``hidden_size`` features."""
     if kind == "vanilla":  # the head maps h to an output of the same size: the features the model uses
         return vanilla_init(key, in_size, hidden_size, hidden_size, dtype)
     if kind == "lstm":
@@ -325,9 +329,9 @@ def encoder_decoder_init(
     k = iter(jax.random.split(key, 12))
     embed = jax.nn.initializers.normal(1.0)
     if bidirectional:
-        encoder = Bidirectional(_cell_init(cell, next(k), E, He, dtype), _cell_init(cell, next(k), E, He, dtype))
+        encoder = Bidirectional(cell_init(cell, next(k), E, He, dtype), cell_init(cell, next(k), E, He, dtype))
     else:
-        encoder = _cell_init(cell, next(k), E, He, dtype)
+        encoder = cell_init(cell, next(k), E, He, dtype)
     dec_in = E + (M if attention == "bahdanau" else H if attention == "luong" else 0)
     if attention == "bahdanau":
         W_q, W_m = dense_init(next(k), H, A, dtype).W, dense_init(next(k), M, A, dtype).W
@@ -341,7 +345,7 @@ def encoder_decoder_init(
         tgt_embed=embed(next(k), (tgt_vocab, E), dtype),
         encoder=encoder,
         bridge=dense_init(next(k), M, H, dtype),
-        decoder=_cell_init(cell, next(k), dec_in, H, dtype),
+        decoder=cell_init(cell, next(k), dec_in, H, dtype),
         attention=att,
         out=dense_init(next(k), H + (M if attention == "bahdanau" else 0), tgt_vocab, dtype),
     )
@@ -355,10 +359,10 @@ def encode(params: Seq2SeqParams, src_S, src_len) -> tuple[Array, Array]:
     """
     x_SE = params.src_embed[src_S]
     if isinstance(params.encoder, Bidirectional):
-        cell = _cell_of(params.encoder.fw)
+        cell = cell_of(params.encoder.fw)
         (c_fw, c_bw), memory = bidirectional(cell, tuple(params.encoder), None, x_SE, lengths=src_len)
         return memory, jnp.concatenate([hidden_of(c_fw), hidden_of(c_bw)], axis=-1)
-    cell = _cell_of(params.encoder)
+    cell = cell_of(params.encoder)
     c, memory = run(cell, params.encoder, None, x_SE, lengths=src_len)
     return memory, hidden_of(c)
 
@@ -384,7 +388,7 @@ def attend(att, query_H, memory_SM, src_len) -> tuple[Array, Array]:
 def _decoder_step(ctx: DecoderContext, state: DecoderState, token):
     """One decoder step on one example: ``(state, logits [V], attention weights [S])``."""
     p = ctx.params
-    cell = _cell_of(p.decoder)
+    cell = cell_of(p.decoder)
     e_E = p.tgt_embed[token]
     S = ctx.memory_SM.shape[0]
     if isinstance(p.attention, BahdanauParams):
@@ -417,7 +421,7 @@ def _initial_state(params: Seq2SeqParams, src_S, src_len) -> tuple[DecoderContex
     memory, summary = encode(params, src_S, src_len)
     h0 = jnp.tanh(dense(params.bridge, summary))
     feed = jnp.zeros((h0.shape[-1] if isinstance(params.attention, LuongParams) else 0,), h0.dtype)
-    state = DecoderState(carry_from_hidden(_cell_of(params.decoder), params.decoder, h0), feed)
+    state = DecoderState(carry_from_hidden(cell_of(params.decoder), params.decoder, h0), feed)
     return DecoderContext(params, memory, src_len), state
 
 
@@ -562,7 +566,7 @@ def glimpse_init(
     """Params of :func:`glimpse_apply`."""
     k1, k2, k3 = jax.random.split(key, 3)
     return GlimpseParams(
-        cell=_cell_init(cell, k1, part_size + n_parts, hidden_size, dtype),
+        cell=cell_init(cell, k1, part_size + n_parts, hidden_size, dtype),
         where=dense_init(k2, hidden_size, n_parts, dtype),
         head=dense_init(k3, hidden_size, n_classes, dtype),
     )
@@ -584,7 +588,7 @@ def glimpse_apply(params: GlimpseParams, parts, *, steps: int, hard: bool = Fals
     if not isinstance(steps, (int, np.integer)) or steps < 1:
         raise UserError(f"glimpse_apply needs steps >= 1, got {steps!r}")
     parts = jnp.asarray(parts)
-    cell = _cell_of(params.cell)
+    cell = cell_of(params.cell)
     N = params.where.W.shape[1]
     if parts.ndim < 2 or parts.shape[-2] != N:
         raise ValueError(f"parts must be [..., N={N}, F], got shape {parts.shape}")
