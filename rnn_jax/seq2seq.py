@@ -102,6 +102,8 @@ class Config:
     eval_batch_size: int = 256
     pad_multiple: int = 8
     seed: int = 0
+    dtype: str = "float32"  # compute dtype of the train step; params, optimiser and loss stay float32
+    devices: int | None = None  # split each batch over this many devices (None: one device, no mesh)
     out: str | None = "runs/seq2seq"
     resume: bool = False
     progress: bool = True
@@ -133,6 +135,12 @@ def _check_config(c: Config) -> None:
         raise UserError(f"beam width must be an integer >= 1, got {c.beam!r}")
     if not 0.0 <= c.teacher_forcing <= 1.0:
         raise UserError(f"teacher forcing ratio must lie in [0, 1], got {c.teacher_forcing}")
+    if c.dtype not in COMPUTE_DTYPES:
+        raise UserError(f"dtype must be one of {sorted(COMPUTE_DTYPES)}, got {c.dtype!r}")
+    if c.devices is not None and (not isinstance(c.devices, int) or c.devices < 1 or c.batch_size % c.devices):
+        raise UserError(
+            f"devices must be a positive integer that divides the batch size {c.batch_size}, got {c.devices!r}"
+        )
     for name in (
         "embed_size",
         "hidden_size",
@@ -458,14 +466,22 @@ def _optimizer(config: Config, total_steps: int):
     )
 
 
+COMPUTE_DTYPES = {"float32": None, "bfloat16": jnp.bfloat16}
+
+
 @functools.lru_cache(maxsize=8)
-def _train_step(learning_rate, warmup_steps, weight_decay, clip_norm, scheduled: bool):
+def _train_step(learning_rate, warmup_steps, weight_decay, clip_norm, scheduled: bool, dtype="float32", devices=None):
     """The jitted train step, shared by runs with the same optimiser in one process (a resumed run
-    compiles nothing again). The schedule's end lives in the optimiser *state*, so it is not part of the key."""
+    compiles nothing again). The schedule's end lives in the optimiser *state*, so it is not part of the key.
+    With ``devices`` the batch is split over a ``("data",)`` mesh (params replicated); ``dtype="bfloat16"``
+    computes in bfloat16 on float32 master params (see :func:`rnn_jax.train.make_train_step`)."""
     config = Config(
         learning_rate=learning_rate, warmup_steps=warmup_steps, weight_decay=weight_decay, clip_norm=clip_norm
     )
-    return T.make_train_step(partial(loss_fn, scheduled=scheduled), _optimizer(config, 1))
+    mesh = T.make_mesh(devices) if devices is not None else None
+    return T.make_train_step(
+        partial(loss_fn, scheduled=scheduled), _optimizer(config, 1), mesh=mesh, compute_dtype=COMPUTE_DTYPES[dtype]
+    )
 
 
 def _template(config: Config, src_size: int, tgt_size: int, optimizer):
@@ -501,7 +517,13 @@ def train(config: Config, task: P.Task | None = None, log=None) -> dict:
 
     scheduled = config.teacher_forcing < 1.0
     train_step = _train_step(
-        config.learning_rate, config.warmup_steps, config.weight_decay, config.clip_norm, scheduled
+        config.learning_rate,
+        config.warmup_steps,
+        config.weight_decay,
+        config.clip_norm,
+        scheduled,
+        config.dtype,
+        config.devices,
     )
     batches = EpochBatches(
         prep.train, config.batch_size, config.seed, config.pad_multiple, teacher_forcing_schedule(config)
@@ -668,6 +690,8 @@ def _train_parser(sub):
         "--pad-multiple", type=int, default=d.pad_multiple, help="pad lengths to a multiple (fewer shapes to compile)"
     )
     p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--dtype", choices=sorted(COMPUTE_DTYPES), default=d.dtype, help="compute dtype of the train step")
+    p.add_argument("--devices", type=int, default=None, help="split each batch over N devices (a data mesh)")
     p.add_argument("--out", default=None, help="run directory (default runs/seq2seq-TASK)")
     p.add_argument("--resume", action="store_true", help="continue from OUT/latest.ckpt")
     p.add_argument("--no-progress", action="store_true")
@@ -700,6 +724,8 @@ def config_from_args(args: argparse.Namespace) -> Config:
         eval_size=args.eval_size,
         pad_multiple=args.pad_multiple,
         seed=args.seed,
+        dtype=args.dtype,
+        devices=args.devices,
         out=args.out or f"runs/seq2seq-{name}",
         resume=args.resume,
         progress=not args.no_progress,

@@ -232,8 +232,10 @@ def make_mesh(n_devices: int | None = None) -> Mesh:
 def _check_divisible(tree, mesh: Mesh, what: str):
     n = mesh.shape[DATA_AXIS]
     for leaf in jax.tree.leaves(tree):
-        size = jnp.shape(leaf)[0] if jnp.ndim(leaf) else None
-        if size is None or size % n:
+        if not jnp.ndim(leaf):
+            continue  # a scalar (a per-batch setting such as a teacher-forcing ratio) is replicated
+        size = jnp.shape(leaf)[0]
+        if size % n:
             raise UserError(
                 f"the {what} size {size} does not divide by the {n} devices of the mesh; "
                 f"use a {what} size that is a multiple of {n}"
@@ -244,15 +246,22 @@ def _batch_sharding(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, PartitionSpec(DATA_AXIS))
 
 
+def _batch_shardings(batch, mesh: Mesh):
+    """Every array of ``batch`` split over ``"data"`` along its leading axis; scalars replicated."""
+    replicated = NamedSharding(mesh, PartitionSpec())
+    return jax.tree.map(lambda leaf: _batch_sharding(mesh) if jnp.ndim(leaf) else replicated, batch)
+
+
 def shard_batch(batch, mesh: Mesh | None):
     """Place ``batch`` with its leading axis split over the mesh's ``"data"`` axis (no-op without a mesh).
 
-    Raises :class:`UserError` if a leaf's leading size does not divide by the number of devices.
+    Scalar leaves (per-batch settings) are replicated. Raises :class:`UserError` if an array's leading
+    size does not divide by the number of devices.
     """
     if mesh is None:
         return batch
     _check_divisible(batch, mesh, "batch")
-    return jax.device_put(batch, _batch_sharding(mesh))
+    return jax.device_put(batch, _batch_shardings(batch, mesh))
 
 
 def state_shardings(state: TrainState, mesh: Mesh):
@@ -350,15 +359,15 @@ def make_train_step(
 
     def sharded_step(state: TrainState, batch):
         batch = shard_batch(batch, mesh)
-        treedef = jax.tree.structure(state)
-        if treedef not in compiled:
+        signature = (jax.tree.structure(state), jax.tree.structure(batch), tuple(map(jnp.ndim, jax.tree.leaves(batch))))
+        if signature not in compiled:
             shardings = state_shardings(state, mesh)
-            compiled[treedef] = jax.jit(
+            compiled[signature] = jax.jit(
                 step,
-                in_shardings=(shardings, _batch_sharding(mesh)),
+                in_shardings=(shardings, _batch_shardings(batch, mesh)),
                 out_shardings=(shardings, NamedSharding(mesh, PartitionSpec())),
             )
-        return compiled[treedef](place_state(state, mesh), batch)
+        return compiled[signature](place_state(state, mesh), batch)
 
     return sharded_step
 

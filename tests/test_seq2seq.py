@@ -140,6 +140,10 @@ def test_cli_pairs_file_with_word_targets_and_resume(tmp_path, capsys):
         (["train", "--task", "reverse", "--steps", "1", "--beam", "0"], "beam width must be an integer >= 1, got 0"),
         (["translate", "--ckpt", "/nonexistent", "--beam", "0", "x"], "beam width must be an integer >= 1, got 0"),
         (["translate", "--ckpt", "/nonexistent", "x"], "no checkpoint"),
+        (
+            ["train", "--task", "reverse", "--steps", "1", "--batch", "6", "--devices", "4"],
+            "devices must be a positive integer that divides the batch size 6, got 4",
+        ),
     ],
 )
 def test_cli_bad_input(argv, message, tmp_path):

@@ -63,6 +63,20 @@ CHILD = textwrap.dedent(
     out["carry_shard_rows"] = sorted({s.data.shape[0] for s in sharded.carry.addressable_shards})
     out["params_replicated"] = bool(sharded.params.W_hh.sharding.is_fully_replicated)
 
+    # A batch may hold scalars (per-batch settings such as seq2seq's teacher-forcing ratio): replicated.
+    def scaled_loss(params, batch, key):
+        del key
+        xs = jax.nn.one_hot(batch["x"], V, dtype=params.W_xh.dtype)
+        _, logits = R.run(R.vanilla_cell, params, None, xs)
+        loss = optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), batch["y"]).mean()
+        return batch["scale"] * loss, {}
+
+    scalar_batch = {"x": batch[0], "y": batch[1], "scale": np.float32(0.5)}
+    fresh = T.init_state(params, tx, jax.random.key(3))
+    out["scalar_leaf_losses"] = [
+        float(T.make_train_step(scaled_loss, tx, mesh=m)(fresh, scalar_batch)[1]["loss"]) for m in (None, mesh)
+    ]
+
     state = T.init_state(params, tx, jax.random.key(3), carry=carry0[:6])
     step = T.make_train_step(loss_fn, tx, mesh=mesh, has_carry=True)
     try:
@@ -102,3 +116,8 @@ def test_batch_not_divisible_by_devices_is_a_clear_error(report):
     message = report["indivisible_error"]
     assert message is not None, "a batch of 6 on 4 devices must be refused"
     assert "6" in message and "4 devices" in message
+
+
+def test_scalar_batch_leaves_are_replicated(report):
+    single, sharded = report["scalar_leaf_losses"]
+    assert abs(single - sharded) <= 1e-5 * abs(single)
