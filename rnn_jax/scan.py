@@ -170,7 +170,7 @@ def _scan_one(step, carry, xs, length, T, *, project, readout, reverse, unroll, 
             new_c = _where(t < length, new_c, c)
         return new_c, ((z, new_c) if return_carries else z)
 
-    if remat in ("sqrt",):
+    if remat == "sqrt":
         return _scan_sqrt(
             body,
             carry,
@@ -219,10 +219,12 @@ def _scan_sqrt(body, carry, xs, T, *, project, readout, reverse, unroll, return_
         new_c, out = body(c, inputs)
         return _where(t < T, new_c, c), out
 
+    step_body = masked_body if pad else body  # no per-step select when the chunks tile T exactly
+
     @jax.checkpoint
     def chunk_body(c, inputs):
         ts, xs_chunk = inputs
-        c, outs = lax.scan(masked_body, c, (ts, project(xs_chunk)), reverse=reverse, unroll=unroll)
+        c, outs = lax.scan(step_body, c, (ts, project(xs_chunk)), reverse=reverse, unroll=unroll)
         return c, _readout_outs(readout, outs, return_carries)
 
     carry, outs = lax.scan(chunk_body, carry, (ts_c, xs_c), reverse=reverse)
