@@ -1,8 +1,9 @@
 """Sequence-to-sequence trainer: reversal, sorting, addition, dates, grapheme-to-phoneme, or any TSV of pairs.
 
 The model is :func:`rnn_jax.topologies.encoder_decoder_apply`: embeddings -> encoder (LSTM or GRU,
-bidirectional by default) -> decoder with attention over the encoder outputs (Luong by default,
-Bahdanau or none on request) -> output layer. Training minimises the per-token mean of the masked
+bidirectional by default, ``--layers`` deep) -> decoder (as deep) with attention over the top encoder
+layer's outputs (Luong by default, Bahdanau or none on request) -> output layer; ``--dropout`` between
+stacked layers and before the output layer. Training minimises the per-token mean of the masked
 cross-entropy of ``y_1 .. y_n </s>`` given ``<s> y_1 .. y_n``, with teacher forcing; scheduled sampling
 (``teacher_forcing < 1``) lets each decoder step read the model's own previous prediction with
 probability ``1 - r``, ``r`` decaying linearly from 1 over ``teacher_forcing_decay_steps``.
@@ -86,6 +87,8 @@ class Config:
     attention: str = "luong"
     embed_size: int = 64
     hidden_size: int = 128
+    layers: int = 1  # depth of the encoder and of the decoder
+    dropout: float = 0.0  # between stacked layers and before the output layer, in training
     batch_size: int = 128
     learning_rate: float = 3e-3
     warmup_steps: int = 200
@@ -110,6 +113,16 @@ class Config:
 
 
 MODEL_FIELDS = ("cell", "bidirectional", "attention", "embed_size", "hidden_size", "task", "keep_stress")
+NEWER_MODEL_FIELDS = {"layers": 1}
+"""Model fields added later, with the value that checkpoints written before them have: they enter a
+checkpoint's meta only when they differ from it, so older runs still resume and load."""
+
+
+def model_meta(config: Config) -> dict:
+    """The config fields that fix the params' structure (checked when a run is resumed)."""
+    meta = {k: getattr(config, k) for k in MODEL_FIELDS}
+    meta.update({k: getattr(config, k) for k, old in NEWER_MODEL_FIELDS.items() if getattr(config, k) != old})
+    return meta
 
 
 class Model(NamedTuple):
@@ -133,6 +146,10 @@ def _check_config(c: Config) -> None:
         raise UserError(f"attention must be one of {ATTENTIONS}, got {c.attention!r}")
     if not isinstance(c.beam, int) or c.beam < 1:
         raise UserError(f"beam width must be an integer >= 1, got {c.beam!r}")
+    if not isinstance(c.layers, int) or c.layers < 1:
+        raise UserError(f"layers must be an integer >= 1, got {c.layers!r}")
+    if not 0.0 <= c.dropout < 1.0:
+        raise UserError(f"dropout must lie in [0, 1), got {c.dropout}")
     if not 0.0 <= c.teacher_forcing <= 1.0:
         raise UserError(f"teacher forcing ratio must lie in [0, 1], got {c.teacher_forcing}")
     if c.dtype not in COMPUTE_DTYPES:
@@ -249,14 +266,17 @@ def init_params(config: Config, src_vocab_size: int, tgt_vocab_size: int, key) -
         cell=config.cell,
         bidirectional=config.bidirectional,
         attention=None if config.attention == "none" else config.attention,
+        encoder_layers=config.layers,
+        decoder_layers=config.layers,
     )
 
 
-def loss_fn(params, batch: dict, key, *, scheduled: bool):
+def loss_fn(params, batch: dict, key, *, scheduled: bool, dropout: float = 0.0):
     """Per-token mean cross-entropy of the decoder's predictions, masked by the target lengths.
 
     ``scheduled=False`` reads the target at every step (no coin is drawn); otherwise each step reads it
     with probability ``batch["teacher_forcing"]`` (a traced value: a schedule costs no recompilation).
+    ``dropout`` (between layers and before the output layer) draws its masks from ``key`` too.
     """
     out = topologies.encoder_decoder_apply(
         params,
@@ -265,7 +285,8 @@ def loss_fn(params, batch: dict, key, *, scheduled: bool):
         batch["tgt_in"],
         tgt_len=batch["tgt_len"],
         teacher_forcing=batch["teacher_forcing"] if scheduled else 1.0,
-        key=key if scheduled else None,
+        key=key if scheduled or dropout > 0 else None,
+        dropout=dropout,
     )
     loss = sequence_cross_entropy(out.logits, batch["tgt_out"], lengths=batch["tgt_len"])
     acc = token_accuracy(out.logits, batch["tgt_out"], lengths=batch["tgt_len"])
@@ -447,7 +468,7 @@ def _meta(config: Config, prep: Prepared) -> dict:
     return {
         "kind": "seq2seq",
         "config": dataclasses.asdict(config),
-        "model": {k: getattr(config, k) for k in MODEL_FIELDS},
+        "model": model_meta(config),
         "src_vocab": prep.src_vocab.to_json(),
         "tgt_vocab": prep.tgt_vocab.to_json(),
         "source_unit": prep.task.source_unit,
@@ -470,7 +491,9 @@ COMPUTE_DTYPES = {"float32": None, "bfloat16": jnp.bfloat16}
 
 
 @functools.lru_cache(maxsize=8)
-def _train_step(learning_rate, warmup_steps, weight_decay, clip_norm, scheduled: bool, dtype="float32", devices=None):
+def _train_step(
+    learning_rate, warmup_steps, weight_decay, clip_norm, scheduled: bool, dtype="float32", devices=None, dropout=0.0
+):
     """The jitted train step, shared by runs with the same optimiser in one process (a resumed run
     compiles nothing again). The schedule's end lives in the optimiser *state*, so it is not part of the key.
     With ``devices`` the batch is split over a ``("data",)`` mesh (params replicated); ``dtype="bfloat16"``
@@ -480,7 +503,10 @@ def _train_step(learning_rate, warmup_steps, weight_decay, clip_norm, scheduled:
     )
     mesh = T.make_mesh(devices) if devices is not None else None
     return T.make_train_step(
-        partial(loss_fn, scheduled=scheduled), _optimizer(config, 1), mesh=mesh, compute_dtype=COMPUTE_DTYPES[dtype]
+        partial(loss_fn, scheduled=scheduled, dropout=dropout),
+        _optimizer(config, 1),
+        mesh=mesh,
+        compute_dtype=COMPUTE_DTYPES[dtype],
     )
 
 
@@ -524,6 +550,7 @@ def train(config: Config, task: P.Task | None = None, log=None) -> dict:
         scheduled,
         config.dtype,
         config.devices,
+        config.dropout,
     )
     batches = EpochBatches(
         prep.train, config.batch_size, config.seed, config.pad_multiple, teacher_forcing_schedule(config)
@@ -678,6 +705,8 @@ def _train_parser(sub):
     p.add_argument("--attention", choices=ATTENTIONS, default=d.attention)
     p.add_argument("--embed", type=int, default=d.embed_size, dest="embed_size")
     p.add_argument("--hidden", type=int, default=d.hidden_size, dest="hidden_size")
+    p.add_argument("--layers", type=int, default=d.layers, help="depth of the encoder and of the decoder")
+    p.add_argument("--dropout", type=float, default=d.dropout, help="between layers and before the output layer")
     p.add_argument("--batch", type=int, default=d.batch_size, dest="batch_size")
     p.add_argument("--lr", type=float, default=d.learning_rate, dest="learning_rate")
     p.add_argument("--warmup", type=int, default=d.warmup_steps, dest="warmup_steps")
@@ -710,6 +739,8 @@ def config_from_args(args: argparse.Namespace) -> Config:
         attention=args.attention,
         embed_size=args.embed_size,
         hidden_size=args.hidden_size,
+        layers=args.layers,
+        dropout=args.dropout,
         batch_size=args.batch_size,
         learning_rate=args.learning_rate,
         warmup_steps=args.warmup_steps,

@@ -25,6 +25,7 @@ as they are.
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import partial
 from typing import Any, NamedTuple
 
 import jax
@@ -258,14 +259,16 @@ class LuongParams(NamedTuple):
 class Seq2SeqParams(NamedTuple):
     """Params of :func:`encoder_decoder_apply`; the structure is read from the leaf types.
 
-    ``encoder`` is a cell's params or :class:`Bidirectional`; ``attention`` is ``None``,
+    ``encoder`` is one layer (a cell's params or :class:`Bidirectional`) or a ``tuple`` of layers, bottom
+    first; ``decoder`` is a cell's params or a ``tuple`` of them, with one ``bridge`` :class:`Dense` per
+    decoder layer (a tuple exactly when ``decoder`` is one); ``attention`` is ``None``,
     :class:`BahdanauParams` or :class:`LuongParams`.
     """
 
     src_embed: Array  # [V_src, E]
     tgt_embed: Array  # [V_tgt, E]
     encoder: Any
-    bridge: Dense  # [M_summary, H]: encoder summary -> initial decoder hidden state
+    bridge: Any  # Dense [M_summary, H] per decoder layer: encoder summary -> that layer's initial hidden state
     decoder: Any
     attention: Any
     out: Dense  # [H (+ M for Bahdanau), V_tgt]
@@ -280,8 +283,8 @@ class DecoderContext(NamedTuple):
 
 
 class DecoderState(NamedTuple):
-    """The decoder carry: the cell's carry and the attentional state fed to the next step (Luong; else
-    a zero-size array)."""
+    """The decoder carry: the cell's carry (a tuple of them, one per layer, for a stacked decoder) and
+    the attentional state fed to the next step (Luong; else a zero-size array)."""
 
     cell: Any
     feed: Array
@@ -308,15 +311,26 @@ def encoder_decoder_init(
     attention: str | None = None,
     attention_size: int | None = None,
     encoder_hidden_size: int | None = None,
+    encoder_layers: int = 1,
+    decoder_layers: int = 1,
     dtype=jnp.float32,
 ) -> Seq2SeqParams:
-    """Params of an encoder-decoder: embeddings, encoder (optionally bidirectional), bridge, decoder,
-    attention (``None``, ``"bahdanau"`` or ``"luong"``) and output layer.
+    """Params of an encoder-decoder: embeddings, encoder (optionally bidirectional, ``encoder_layers``
+    deep), bridges, decoder (``decoder_layers`` deep), attention (``None``, ``"bahdanau"`` or
+    ``"luong"``) and output layer.
 
     ``M`` (memory features) is ``encoder_hidden_size`` (default ``hidden_size``), doubled when bidirectional.
+    A layer above the first reads the ``M`` features of the encoder layer below it (the decoder: the
+    ``H`` of the one below); attention reads the top encoder layer and the top decoder layer. With one
+    layer each, the params are exactly the single-layer structure (no tuples).
     """
     for name, v in dict(
-        src_vocab=src_vocab, tgt_vocab=tgt_vocab, embed_size=embed_size, hidden_size=hidden_size
+        src_vocab=src_vocab,
+        tgt_vocab=tgt_vocab,
+        embed_size=embed_size,
+        hidden_size=hidden_size,
+        encoder_layers=encoder_layers,
+        decoder_layers=decoder_layers,
     ).items():
         if not isinstance(v, (int, np.integer)) or v < 1:
             raise UserError(f"{name} must be a positive integer, got {v!r}")
@@ -326,12 +340,19 @@ def encoder_decoder_init(
     He = encoder_hidden_size or H
     M = 2 * He if bidirectional else He
     A = attention_size or H
+    # The first layer of each side draws from the same 12 keys as a single-layer model always has
+    # (same seed, same init); deeper layers draw from a second stream.
     k = iter(jax.random.split(key, 12))
+    deeper = iter(jax.random.split(jax.random.fold_in(key, 1), 2 * (encoder_layers + decoder_layers)))
     embed = jax.nn.initializers.normal(1.0)
-    if bidirectional:
-        encoder = Bidirectional(cell_init(cell, next(k), E, He, dtype), cell_init(cell, next(k), E, He, dtype))
-    else:
-        encoder = cell_init(cell, next(k), E, He, dtype)
+
+    def encoder_layer(keys, in_size):
+        if bidirectional:
+            fw, bw = (cell_init(cell, next(keys), in_size, He, dtype) for _ in range(2))
+            return Bidirectional(fw, bw)
+        return cell_init(cell, next(keys), in_size, He, dtype)
+
+    encoder = [encoder_layer(k, E)] + [encoder_layer(deeper, M) for _ in range(encoder_layers - 1)]
     dec_in = E + (M if attention == "bahdanau" else H if attention == "luong" else 0)
     if attention == "bahdanau":
         W_q, W_m = dense_init(next(k), H, A, dtype).W, dense_init(next(k), M, A, dtype).W
@@ -340,31 +361,60 @@ def encoder_decoder_init(
         att = LuongParams(W=dense_init(next(k), H, M, dtype).W, combine=dense_init(next(k), M + H, H, dtype))
     else:
         att = None
+    src_embed, tgt_embed = embed(next(k), (src_vocab, E), dtype), embed(next(k), (tgt_vocab, E), dtype)
+    bridge, decoder = [dense_init(next(k), M, H, dtype)], [cell_init(cell, next(k), dec_in, H, dtype)]
+    out = dense_init(next(k), H + (M if attention == "bahdanau" else 0), tgt_vocab, dtype)
+    for _ in range(decoder_layers - 1):
+        bridge.append(dense_init(next(deeper), M, H, dtype))
+        decoder.append(cell_init(cell, next(deeper), H, H, dtype))
+
+    def layers(stack):  # one layer: the plain structure (checkpoints of single-layer models stay loadable)
+        return stack[0] if len(stack) == 1 else tuple(stack)
+
     return Seq2SeqParams(
-        src_embed=embed(next(k), (src_vocab, E), dtype),
-        tgt_embed=embed(next(k), (tgt_vocab, E), dtype),
-        encoder=encoder,
-        bridge=dense_init(next(k), M, H, dtype),
-        decoder=cell_init(cell, next(k), dec_in, H, dtype),
+        src_embed=src_embed,
+        tgt_embed=tgt_embed,
+        encoder=layers(encoder),
+        bridge=layers(bridge),
+        decoder=layers(decoder),
         attention=att,
-        out=dense_init(next(k), H + (M if attention == "bahdanau" else 0), tgt_vocab, dtype),
+        out=out,
     )
 
 
-def encode(params: Seq2SeqParams, src_S, src_len) -> tuple[Array, Array]:
+def _layers(x) -> tuple:
+    """A stack's layers, bottom first (a single layer is a stack of one)."""
+    return x if type(x) is tuple else (x,)
+
+
+def _dropout(key, rate, x):
+    """Inverted dropout: zero each feature with probability ``rate``, scale the rest by ``1 / (1 - rate)``."""
+    if key is None or rate == 0.0:
+        return x
+    keep = jax.random.bernoulli(key, 1.0 - rate, jnp.shape(x))
+    return jnp.where(keep, x / (1.0 - rate), 0).astype(x.dtype)
+
+
+def encode(params: Seq2SeqParams, src_S, src_len, *, dropout: float = 0.0, key=None) -> tuple[Array, Array]:
     """Run the encoder over one source sequence: ``(memory [S, M], summary [M])``.
 
-    ``memory`` holds the encoder outputs (zero past ``src_len``); ``summary`` is the final hidden state
-    (forward and backward concatenated for a bidirectional encoder), taken at the last real step.
+    ``memory`` holds the top layer's outputs (zero past ``src_len``); ``summary`` is the top layer's
+    final hidden state (forward and backward concatenated for a bidirectional encoder), taken at the
+    last real step. Between layers, ``dropout`` (with ``key``) zeroes features of the layer below's outputs.
     """
-    x_SE = params.src_embed[src_S]
-    if isinstance(params.encoder, Bidirectional):
-        cell = cell_of(params.encoder.fw)
-        (c_fw, c_bw), memory = bidirectional(cell, tuple(params.encoder), None, x_SE, lengths=src_len)
-        return memory, jnp.concatenate([hidden_of(c_fw), hidden_of(c_bw)], axis=-1)
-    cell = cell_of(params.encoder)
-    c, memory = run(cell, params.encoder, None, x_SE, lengths=src_len)
-    return memory, hidden_of(c)
+    x = params.src_embed[src_S]
+    layers = _layers(params.encoder)
+    keys = jax.random.split(key, len(layers)) if key is not None else [None] * len(layers)
+    for i, layer in enumerate(layers):
+        if i > 0:
+            x = _dropout(keys[i], dropout, x)
+        if isinstance(layer, Bidirectional):
+            (c_fw, c_bw), x = bidirectional(cell_of(layer.fw), tuple(layer), None, x, lengths=src_len)
+            summary = jnp.concatenate([hidden_of(c_fw), hidden_of(c_bw)], axis=-1)
+        else:
+            c, x = run(cell_of(layer), layer, None, x, lengths=src_len)
+            summary = hidden_of(c)
+    return x, summary
 
 
 def attend(att, query_H, memory_SM, src_len) -> tuple[Array, Array]:
@@ -385,25 +435,47 @@ def attend(att, query_H, memory_SM, src_len) -> tuple[Array, Array]:
     return (weights_S.astype(memory_SM.dtype) @ memory_SM), weights_S
 
 
-def _decoder_step(ctx: DecoderContext, state: DecoderState, token):
-    """One decoder step on one example: ``(state, logits [V], attention weights [S])``."""
+def _decoder_cells(p: Seq2SeqParams, carries, x, *, dropout: float, key):
+    """The decoder's stack for one step: ``(carries, top output)``; dropout between layers."""
+    layers = _layers(p.decoder)
+    stacked = type(p.decoder) is tuple
+    carries = carries if stacked else (carries,)
+    keys = jax.random.split(key, len(layers)) if key is not None else [None] * len(layers)
+    new = []
+    for i, (layer, c) in enumerate(zip(layers, carries, strict=True)):
+        if i > 0:
+            x = _dropout(keys[i], dropout, x)
+        c, x = cell_of(layer)(layer, c, x)
+        new.append(c)
+    return (tuple(new) if stacked else new[0]), x
+
+
+def _decoder_step(ctx: DecoderContext, state: DecoderState, token, *, dropout: float = 0.0, key=None):
+    """One decoder step on one example: ``(state, logits [V], attention weights [S])``.
+
+    With ``dropout`` and a ``key``: dropout between decoder layers and on the features the output layer
+    reads (training only; decoding passes no key).
+    """
     p = ctx.params
-    cell = cell_of(p.decoder)
+    k_cells, k_out = jax.random.split(key) if key is not None else (None, None)
     e_E = p.tgt_embed[token]
     S = ctx.memory_SM.shape[0]
+    cells = partial(_decoder_cells, p, dropout=dropout, key=k_cells)
     if isinstance(p.attention, BahdanauParams):
-        # Bahdanau: attend with the previous state, read [embedding; context], predict from [state; context].
-        ctx_M, w_S = attend(p.attention, hidden_of(state.cell), ctx.memory_SM, ctx.src_len)
-        c, s_H = cell(p.decoder, state.cell, jnp.concatenate([e_E, ctx_M]))
-        return DecoderState(c, state.feed), dense(p.out, jnp.concatenate([s_H, ctx_M])), w_S
+        # Bahdanau: attend with the previous (top) state, read [embedding; context], predict from [state; context].
+        top = hidden_of(_layers(state.cell)[-1])
+        ctx_M, w_S = attend(p.attention, top, ctx.memory_SM, ctx.src_len)
+        c, s_H = cells(state.cell, jnp.concatenate([e_E, ctx_M]))
+        features = _dropout(k_out, dropout, jnp.concatenate([s_H, ctx_M]))
+        return DecoderState(c, state.feed), dense(p.out, features), w_S
     if isinstance(p.attention, LuongParams):
         # Luong: read [embedding; previous attentional state], attend with the new state, combine.
-        c, s_H = cell(p.decoder, state.cell, jnp.concatenate([e_E, state.feed]))
+        c, s_H = cells(state.cell, jnp.concatenate([e_E, state.feed]))
         ctx_M, w_S = attend(p.attention, s_H, ctx.memory_SM, ctx.src_len)
         h_att = jnp.tanh(dense(p.attention.combine, jnp.concatenate([ctx_M, s_H])))
-        return DecoderState(c, h_att), dense(p.out, h_att), w_S
-    c, s_H = cell(p.decoder, state.cell, e_E)
-    return DecoderState(c, state.feed), dense(p.out, s_H), jnp.zeros((S,), jnp.float32)
+        return DecoderState(c, h_att), dense(p.out, _dropout(k_out, dropout, h_att)), w_S
+    c, s_H = cells(state.cell, e_E)
+    return DecoderState(c, state.feed), dense(p.out, _dropout(k_out, dropout, s_H)), jnp.zeros((S,), jnp.float32)
 
 
 def decoder_step_fn(ctx: DecoderContext, state: DecoderState, token) -> tuple[DecoderState, Array]:
@@ -415,13 +487,18 @@ def decoder_step_fn(ctx: DecoderContext, state: DecoderState, token) -> tuple[De
     return state, logits
 
 
-def _initial_state(params: Seq2SeqParams, src_S, src_len) -> tuple[DecoderContext, DecoderState]:
-    """Encode one source; the decoder starts from ``h_0 = tanh(bridge(summary))`` (an LSTM's ``c_0 = 0``)."""
+def _initial_state(params: Seq2SeqParams, src_S, src_len, *, dropout: float = 0.0, key=None):
+    """Encode one source: ``(DecoderContext, DecoderState)``. Decoder layer ``l`` starts from
+    ``h_0 = tanh(bridge_l(summary))`` (an LSTM's ``c_0 = 0``)."""
     src_len = jnp.asarray(src_len, jnp.int32)
-    memory, summary = encode(params, src_S, src_len)
-    h0 = jnp.tanh(dense(params.bridge, summary))
-    feed = jnp.zeros((h0.shape[-1] if isinstance(params.attention, LuongParams) else 0,), h0.dtype)
-    state = DecoderState(carry_from_hidden(cell_of(params.decoder), params.decoder, h0), feed)
+    memory, summary = encode(params, src_S, src_len, dropout=dropout, key=key)
+    carries = tuple(
+        carry_from_hidden(cell_of(layer), layer, jnp.tanh(dense(bridge, summary)))
+        for layer, bridge in zip(_layers(params.decoder), _layers(params.bridge), strict=True)
+    )
+    H = _out_size(_layers(params.decoder)[-1])
+    feed = jnp.zeros((H if isinstance(params.attention, LuongParams) else 0,), summary.dtype)
+    state = DecoderState(carries if type(params.decoder) is tuple else carries[0], feed)
     return DecoderContext(params, memory, src_len), state
 
 
@@ -453,6 +530,7 @@ def encoder_decoder_apply(
     teacher_forcing: float = 1.0,
     key=None,
     scheduled: str = "argmax",
+    dropout: float = 0.0,
 ) -> Seq2SeqOutput:
     """Encoder-decoder with teacher forcing: the decoder reads ``tgt_in`` (start token first) and predicts
     the next token at every step.
@@ -468,7 +546,9 @@ def encoder_decoder_apply(
       tgt_in: ``[..., T]`` decoder inputs (``[BOS, y_1, ..., y_{T-1}]``).
       tgt_len: optional ``[...]`` lengths: steps past them output zeros (logits and attention).
       teacher_forcing: the probability of reading the target at each step.
-      key: PRNG key, needed when ``teacher_forcing`` is not the constant 1.
+      key: PRNG key, needed when ``teacher_forcing`` is not the constant 1 or ``dropout > 0``.
+      dropout: the probability of zeroing a feature between stacked layers (encoder and decoder) and
+        of the features the output layer reads (training; decoding uses no dropout).
 
     Returns:
       :class:`Seq2SeqOutput` ``(logits [..., T, V], attention [..., T, S], inputs [..., T])``.
@@ -489,12 +569,22 @@ def encoder_decoder_apply(
     forced = not isinstance(teacher_forcing, jax.core.Tracer) and float(teacher_forcing) == 1.0
     if not forced and key is None:
         raise UserError(f"teacher_forcing={teacher_forcing} < 1 flips a coin per step: pass a PRNG key")
+    if not 0.0 <= float(dropout) < 1.0:
+        raise UserError(f"dropout must lie in [0, 1), got {dropout}")
+    if dropout > 0 and key is None:
+        raise UserError(f"dropout={dropout} draws masks: pass a PRNG key")
+    needs_key = not forced or dropout > 0
     if not isinstance(teacher_forcing, jax.core.Tracer) and not 0.0 <= float(teacher_forcing) <= 1.0:
         raise UserError(f"teacher_forcing must lie in [0, 1], got {teacher_forcing}")
     T = tgt_in.shape[-1]
 
     def one(src_S, n_src, tgt_T, n_tgt, k):
-        ctx, state = _initial_state(params, src_S, n_src)
+        drop = dropout > 0
+        k_enc = drop_keys = None
+        if drop:  # (without dropout, k itself draws the coins: the same coins as before dropout existed)
+            k, k_enc, k_dec = jax.random.split(k, 3)
+            drop_keys = jax.random.split(k_dec, T)
+        ctx, state = _initial_state(params, src_S, n_src, dropout=dropout, key=k_enc)
         if forced:
             coins_T, draw_keys = jnp.ones((T,), bool), None
         else:
@@ -511,7 +601,8 @@ def encoder_decoder_apply(
                 else jax.random.categorical(draw_keys[t], prev_logits)
             )
             token = jnp.where(coins_T[t], target, lax.stop_gradient(own).astype(target.dtype))
-            dec, logits, w_S = _decoder_step(c, dec, token)
+            k_step = None if drop_keys is None else drop_keys[t]
+            dec, logits, w_S = _decoder_step(c, dec, token, dropout=dropout, key=k_step)
             return (dec, logits.astype(jnp.float32)), (logits, w_S, token[None])
 
         V = params.out.b.shape[0]
@@ -521,9 +612,9 @@ def encoder_decoder_apply(
 
     fn = one
     for _ in batch:
-        fn = jax.vmap(fn, in_axes=(0, 0, 0, None if tgt_len is None else 0, None if forced else 0))
+        fn = jax.vmap(fn, in_axes=(0, 0, 0, None if tgt_len is None else 0, 0 if needs_key else None))
     keys = None
-    if not forced:
+    if needs_key:
         keys = jax.random.split(key, int(np.prod(batch, dtype=int))).reshape(batch) if batch else key
     logits, w, toks = fn(src, src_len.astype(jnp.int32), tgt_in.astype(jnp.int32), tgt_len, keys)
     return Seq2SeqOutput(logits=logits, attention=w, inputs=toks)

@@ -133,10 +133,30 @@ def test_cli_pairs_file_with_word_targets_and_resume(tmp_path, capsys):
     assert src == "abc" and set(output.split()) <= {"A", "B", "C"}
 
 
+def test_cli_stacked_layers_with_dropout_train_resume_and_translate(tmp_path, capsys):
+    out = tmp_path / "deep"
+    argv = ["train", "--task", "reverse", "--steps", "3", "--batch", "8", "--hidden", "8", "--embed", "4"]
+    argv += ["--layers", "2", "--dropout", "0.2", "--eval-every", "3", "--eval-size", "8", "--out", str(out)]
+    assert S.cli_main(argv + ["--no-progress"]) == 0
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["steps"] == 3
+    model = S.load_model(str(out))
+    assert model.config.layers == 2 and len(model.params.encoder) == 2 and len(model.params.decoder) == 2
+    # The depth is part of the model: resuming it as a one-layer model is refused, not half-loaded.
+    shallow = [a if a != "2" else "1" for a in argv]
+    with pytest.raises(UserError, match="layers"):
+        S.cli_main(shallow + ["--resume", "--no-progress"])
+    assert S.cli_main(["translate", "--ckpt", str(out), "abc"]) == 0
+    assert capsys.readouterr().out.startswith("abc\t")
+    # One-layer runs write the meta that runs from before --layers existed have, so those still resume.
+    assert "layers" not in S.model_meta(S.Config()) and S.model_meta(S.Config(layers=2))["layers"] == 2
+
+
 @pytest.mark.parametrize(
     "argv, message",
     [
         (["train", "--task", "revers", "--steps", "1"], "unknown task 'revers'"),
+        (["train", "--task", "reverse", "--steps", "1", "--layers", "0"], "layers must be an integer >= 1, got 0"),
+        (["train", "--task", "reverse", "--steps", "1", "--dropout", "1"], r"dropout must lie in \[0, 1\), got 1.0"),
         (["train", "--task", "reverse", "--steps", "1", "--beam", "0"], "beam width must be an integer >= 1, got 0"),
         (["translate", "--ckpt", "/nonexistent", "--beam", "0", "x"], "beam width must be an integer >= 1, got 0"),
         (["translate", "--ckpt", "/nonexistent", "x"], "no checkpoint"),

@@ -166,6 +166,142 @@ def test_decoder_step_fn_agrees_with_teacher_forcing_and_decodes():
     _close(logp, g.log_prob, rtol=1e-4)
 
 
+def _reference_seq2seq_one(params, src_S, n_src, tgt_T):
+    """One example of a (stacked) encoder-decoder by hand: Python loops over steps and layers."""
+    cell = Tp.cell_of(Tp._layers(params.decoder)[0])
+    hid = Tp.hidden_of
+
+    def over(layer, xs):  # one direction of one layer over the real steps, in order
+        c, out = cell.init_carry(layer), []
+        for x in xs:
+            c, y = cell(layer, c, x)
+            out.append(y)
+        return c, out
+
+    xs = [params.src_embed[src_S[s]] for s in range(n_src)]
+    for layer in Tp._layers(params.encoder):
+        if isinstance(layer, Tp.Bidirectional):
+            c_fw, fw = over(layer.fw, xs)
+            c_bw, bw = over(layer.bw, xs[::-1])
+            xs = [jnp.concatenate([f, b]) for f, b in zip(fw, bw[::-1], strict=True)]
+            summary = jnp.concatenate([hid(c_fw), hid(c_bw)])
+        else:
+            c, xs = over(layer, xs)
+            summary = hid(c)
+    memory = jnp.stack(xs)  # [n_src, M]: the real steps only
+
+    def attend(q):
+        att = params.attention
+        if isinstance(att, Tp.BahdanauParams):
+            scores = jnp.tanh(memory @ att.W_m + (q @ att.W_q)[None, :]) @ att.v
+        else:
+            scores = memory @ (q @ att.W)
+        w = jax.nn.softmax(scores)
+        return w @ memory, w
+
+    layers, bridges = Tp._layers(params.decoder), Tp._layers(params.bridge)
+    carries = [
+        Tp.carry_from_hidden(cell, l, jnp.tanh(summary @ b.W + b.b)) for l, b in zip(layers, bridges, strict=True)
+    ]
+    feed = jnp.zeros((H,))
+    logits, weights = [], []
+    for t in range(len(tgt_T)):
+        e = params.tgt_embed[tgt_T[t]]
+        if isinstance(params.attention, Tp.BahdanauParams):
+            ctx, w = attend(hid(carries[-1]))
+            x = jnp.concatenate([e, ctx])
+        else:
+            x = jnp.concatenate([e, feed])
+        for i, layer in enumerate(layers):
+            carries[i], x = cell(layer, carries[i], x)
+        if isinstance(params.attention, Tp.BahdanauParams):
+            out = jnp.concatenate([x, ctx]) @ params.out.W + params.out.b
+        else:
+            ctx, w = attend(x)
+            comb = params.attention.combine
+            feed = jnp.tanh(jnp.concatenate([ctx, x]) @ comb.W + comb.b)
+            out = feed @ params.out.W + params.out.b
+        logits.append(out)
+        weights.append(w)
+    return jnp.stack(logits), jnp.stack(weights)
+
+
+@pytest.mark.parametrize(("attention", "cell", "bidirectional"), [("luong", "lstm", True), ("bahdanau", "gru", False)])
+def test_stacked_encoder_decoder_equals_a_hand_written_loop(attention, cell, bidirectional):
+    params = Tp.encoder_decoder_init(
+        jax.random.key(7),
+        src_vocab=V_SRC,
+        tgt_vocab=V_TGT,
+        embed_size=E,
+        hidden_size=H,
+        cell=cell,
+        bidirectional=bidirectional,
+        attention=attention,
+        encoder_layers=2,
+        decoder_layers=3,
+    )
+    assert type(params.encoder) is tuple and len(params.encoder) == 2
+    assert type(params.decoder) is tuple and len(params.decoder) == 3 and len(params.bridge) == 3
+    _, src, tgt_in = _seq2seq(attention, cell, bidirectional)
+    out = apply(params, src, SRC_LEN, tgt_in)
+    for b in range(B):
+        n = int(SRC_LEN[b])
+        logits, weights = _reference_seq2seq_one(params, src[b], n, tgt_in[b])
+        _close(out.logits[b], logits, rtol=1e-4, atol=1e-5)
+        _close(out.attention[b, :, :n], weights, rtol=1e-4, atol=1e-6)
+    # Greedy decoding through the stacked decoder_step_fn agrees with teacher forcing on its own tokens.
+    ctx, state, first = Tp.decoder_start(params, src[0], SRC_LEN[0], 1)
+    g = D.greedy(Tp.decoder_step_fn, ctx, state, first, max_len=4)
+    again = apply(params, src[:1], SRC_LEN[:1], jnp.concatenate([jnp.ones((1, 1), int), g.tokens[None, :-1]], 1))
+    assert jnp.argmax(again.logits[0], -1).tolist() == g.tokens.tolist()
+
+
+def test_single_layer_params_keep_their_structure_and_values():
+    """layers=1 is the single-layer model itself: no tuples, and the same init as before layers existed."""
+    one = Tp.encoder_decoder_init(
+        jax.random.key(3), src_vocab=V_SRC, tgt_vocab=V_TGT, embed_size=E, hidden_size=H, bidirectional=True
+    )
+    assert isinstance(one.encoder, Tp.Bidirectional) and isinstance(one.bridge, Tp.Dense)
+    assert isinstance(one.decoder, R.LSTMParams)
+    two = Tp.encoder_decoder_init(
+        jax.random.key(3), src_vocab=V_SRC, tgt_vocab=V_TGT, embed_size=E, hidden_size=H, bidirectional=True,
+        encoder_layers=2, decoder_layers=2,
+    )  # fmt: skip
+    # The bottom layers, embeddings and head are drawn from the same keys whatever the depth.
+    _close(two.encoder[0], one.encoder)
+    _close((two.decoder[0], two.bridge[0], two.out, two.src_embed), (one.decoder, one.bridge, one.out, one.src_embed))
+
+
+def test_dropout_draws_from_the_key_and_is_off_without_it():
+    params = Tp.encoder_decoder_init(
+        jax.random.key(5), src_vocab=V_SRC, tgt_vocab=V_TGT, embed_size=E, hidden_size=H, attention="luong",
+        encoder_layers=2, decoder_layers=2,
+    )  # fmt: skip
+    _, src, tgt_in = _seq2seq("luong")
+    plain = apply(params, src, SRC_LEN, tgt_in)
+    dropped = jax.jit(Tp.encoder_decoder_apply, static_argnames="dropout")
+    a = dropped(params, src, SRC_LEN, tgt_in, dropout=0.3, key=jax.random.key(1))
+    assert float(jnp.abs(a.logits - plain.logits).max()) > 1e-3
+    _close(dropped(params, src, SRC_LEN, tgt_in, dropout=0.3, key=jax.random.key(1)), a)
+    assert (
+        float(
+            jnp.abs(dropped(params, src, SRC_LEN, tgt_in, dropout=0.3, key=jax.random.key(2)).logits - a.logits).max()
+        )
+        > 1e-3
+    )
+    _close(dropped(params, src, SRC_LEN, tgt_in, dropout=0.0, key=jax.random.key(1)), plain)
+
+    def loss(p):
+        out = Tp.encoder_decoder_apply(p, src, SRC_LEN, tgt_in, dropout=0.3, key=jax.random.key(1))
+        return jnp.mean(out.logits**2)
+
+    assert all(bool(jnp.all(jnp.isfinite(g))) for g in jax.tree.leaves(jax.jit(jax.grad(loss))(params)))
+    with pytest.raises(UserError, match="pass a PRNG key"):
+        Tp.encoder_decoder_apply(params, src, SRC_LEN, tgt_in, dropout=0.3)
+    with pytest.raises(UserError, match=r"dropout must lie in \[0, 1\)"):
+        Tp.encoder_decoder_apply(params, src, SRC_LEN, tgt_in, dropout=1.0, key=jax.random.key(1))
+
+
 # ---------------------------------------------------------------------------------------------------
 # Glimpses
 # ---------------------------------------------------------------------------------------------------
