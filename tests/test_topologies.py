@@ -254,6 +254,13 @@ def test_stacked_encoder_decoder_equals_a_hand_written_loop(attention, cell, bid
     g = D.greedy(Tp.decoder_step_fn, ctx, state, first, max_len=4)
     again = apply(params, src[:1], SRC_LEN[:1], jnp.concatenate([jnp.ones((1, 1), int), g.tokens[None, :-1]], 1))
     assert jnp.argmax(again.logits[0], -1).tolist() == g.tokens.tolist()
+    # Beam search reorders the stacked carries with its beams: each beam's log-probability is the one
+    # teacher forcing gives its tokens.
+    beams = D.beam_search(Tp.decoder_step_fn, ctx, state, first, beam_width=3, max_len=4, end_token=None)
+    tgt = jnp.concatenate([jnp.ones((3, 1), int), beams.tokens[:, :-1]], 1)
+    forced = apply(params, jnp.repeat(src[:1], 3, 0), jnp.repeat(SRC_LEN[:1], 3), tgt)
+    logp = jnp.take_along_axis(jax.nn.log_softmax(forced.logits), beams.tokens[..., None], -1)[..., 0].sum(-1)
+    _close(logp, beams.log_probs, rtol=1e-4)
 
 
 def test_single_layer_params_keep_their_structure_and_values():
