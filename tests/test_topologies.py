@@ -76,17 +76,15 @@ SRC_LEN = jnp.array([6, 2, 4])
 apply = jax.jit(Tp.encoder_decoder_apply)  # one module-level jit: tests of one configuration share a compile
 
 
-def _seq2seq(attention, cell="lstm", bidirectional=True, seed=0):
-    params = Tp.encoder_decoder_init(
-        jax.random.key(seed),
-        src_vocab=V_SRC,
-        tgt_vocab=V_TGT,
-        embed_size=E,
-        hidden_size=H,
-        cell=cell,
-        bidirectional=bidirectional,
-        attention=attention,
+def _init(seed=0, **kw):
+    """An encoder-decoder of the test sizes; ``kw`` goes to ``encoder_decoder_init``."""
+    return Tp.encoder_decoder_init(
+        jax.random.key(seed), src_vocab=V_SRC, tgt_vocab=V_TGT, embed_size=E, hidden_size=H, **kw
     )
+
+
+def _seq2seq(attention, cell="lstm", bidirectional=True, seed=0):
+    params = _init(seed, cell=cell, bidirectional=bidirectional, attention=attention)
     k1, k2 = jax.random.split(jax.random.key(seed + 100))
     src = jax.random.randint(k1, (B, S), 0, V_SRC)
     tgt_in = jax.random.randint(k2, (B, T), 0, V_TGT)
@@ -228,18 +226,8 @@ def _reference_seq2seq_one(params, src_S, n_src, tgt_T):
 
 @pytest.mark.parametrize(("attention", "cell", "bidirectional"), [("luong", "lstm", True), ("bahdanau", "gru", False)])
 def test_stacked_encoder_decoder_equals_a_hand_written_loop(attention, cell, bidirectional):
-    params = Tp.encoder_decoder_init(
-        jax.random.key(7),
-        src_vocab=V_SRC,
-        tgt_vocab=V_TGT,
-        embed_size=E,
-        hidden_size=H,
-        cell=cell,
-        bidirectional=bidirectional,
-        attention=attention,
-        encoder_layers=2,
-        decoder_layers=3,
-    )
+    kw = dict(cell=cell, bidirectional=bidirectional, attention=attention)
+    params = _init(7, encoder_layers=2, decoder_layers=3, **kw)
     assert type(params.encoder) is tuple and len(params.encoder) == 2
     assert type(params.decoder) is tuple and len(params.decoder) == 3 and len(params.bridge) == 3
     _, src, tgt_in = _seq2seq(attention, cell, bidirectional)
@@ -265,25 +253,17 @@ def test_stacked_encoder_decoder_equals_a_hand_written_loop(attention, cell, bid
 
 def test_single_layer_params_keep_their_structure_and_values():
     """layers=1 is the single-layer model itself: no tuples, and the same init as before layers existed."""
-    one = Tp.encoder_decoder_init(
-        jax.random.key(3), src_vocab=V_SRC, tgt_vocab=V_TGT, embed_size=E, hidden_size=H, bidirectional=True
-    )
+    one = _init(3, bidirectional=True)
     assert isinstance(one.encoder, Tp.Bidirectional) and isinstance(one.bridge, Tp.Dense)
     assert isinstance(one.decoder, R.LSTMParams)
-    two = Tp.encoder_decoder_init(
-        jax.random.key(3), src_vocab=V_SRC, tgt_vocab=V_TGT, embed_size=E, hidden_size=H, bidirectional=True,
-        encoder_layers=2, decoder_layers=2,
-    )  # fmt: skip
+    two = _init(3, bidirectional=True, encoder_layers=2, decoder_layers=2)
     # The bottom layers, embeddings and head are drawn from the same keys whatever the depth.
     _close(two.encoder[0], one.encoder)
     _close((two.decoder[0], two.bridge[0], two.out, two.src_embed), (one.decoder, one.bridge, one.out, one.src_embed))
 
 
 def test_dropout_draws_from_the_key_and_is_off_without_it():
-    params = Tp.encoder_decoder_init(
-        jax.random.key(5), src_vocab=V_SRC, tgt_vocab=V_TGT, embed_size=E, hidden_size=H, attention="luong",
-        encoder_layers=2, decoder_layers=2,
-    )  # fmt: skip
+    params = _init(5, attention="luong", encoder_layers=2, decoder_layers=2)
     _, src, tgt_in = _seq2seq("luong")
     plain = apply(params, src, SRC_LEN, tgt_in)
     dropped = jax.jit(Tp.encoder_decoder_apply, static_argnames="dropout")
