@@ -12,6 +12,8 @@ The hand-written form is not in the library: a ``custom_vjp`` takes forward-mode
 ``jax.hessian``) away from every caller of ``rnn_jax.run``, and the gain measured here did not make it
 faster than torch on 2 cores (``docs/bench.md``). This script is how that was measured.
 
+With ``I = H`` it also times the layer's matmuls alone (the floor quoted in ``docs/bench.md``).
+
 Run: ``python experiments/lstm_backward_forms.py --config 32,128,256,256 --chunks 1,8,16,128``.
 """
 
@@ -103,6 +105,21 @@ def chunked_lstm(k: int):
     return lstm
 
 
+def matmul_floor(B: int, T: int, H: int):
+    """The ``6 T`` products of ``B x H x 4H`` that one fwd+bwd of an LSTM layer (I = H) does, alone in one
+    ``lax.scan`` (``h W`` then ``a W^T``, so each feeds the next): a lower bound for any exact implementation."""
+    W = jax.random.normal(jax.random.key(2), (H, 4 * H)) / H
+
+    @jax.jit
+    def products(h, W):
+        def step(h, _):
+            return (h @ W) @ W.T, None
+
+        return lax.scan(step, h, None, length=3 * T)[0]
+
+    return products, (jnp.ones((B, H)), W)
+
+
 def measure(fn, args, reps: int) -> tuple[float, float]:
     jax.block_until_ready(fn(*args))
     wall, cpu = [], []
@@ -139,6 +156,10 @@ def main(argv=None) -> list[dict]:
 
         forms[f"chunked k={k}"] = jax.jit(jax.grad(chunked))
     reference = forms["rnn_jax.run (autodiff)"](params, xs)
+    if I == H:
+        floor, floor_args = matmul_floor(B, T, H)
+        wall, cpu = measure(floor, floor_args, args.reps)
+        print(json.dumps(dict(form="matmul floor (6T products alone)", B=B, T=T, I=I, H=H, ms=wall, cpu_ms=cpu)))
     for name, fn in forms.items():
         grads = fn(params, xs)
         err = max(float(jnp.max(jnp.abs(g - r)) / jnp.max(jnp.abs(r))) for g, r in zip(grads, reference, strict=True))
