@@ -60,7 +60,7 @@ def blocked(a, b):
     _, (A, Bs) = lax.scan(step, (jnp.ones((B, n, H), a.dtype), jnp.zeros((B, n, H), a.dtype)), (by_step(a), by_step(b)))
     _, PB = lax.associative_scan(_compose, (A[-1], Bs[-1]), axis=1)  # h0 = 0: the carry out of chunks 0..j
     h_in = jnp.concatenate([jnp.zeros((B, 1, H), a.dtype), PB[:, :-1]], axis=1)
-    return jnp.transpose(A * h_in + Bs, (1, 2, 0, 3)).reshape(B, T, H)
+    return jnp.transpose(A * h_in[None] + Bs, (1, 2, 0, 3)).reshape(B, T, H)
 
 
 FORMS = {"sequential": sequential, "associative": associative, "blocked": blocked}

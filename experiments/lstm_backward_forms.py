@@ -37,7 +37,7 @@ def _forward(Wx, Wh, b, xs):
 
     def step(carry, x):
         h, c = carry
-        a = x @ Wx + h @ Wh + b
+        a = x @ Wx + h @ Wh + b[None, :]
         i, f, g, o = jnp.split(a, 4, axis=-1)
         c = jax.nn.sigmoid(f) * c + jax.nn.sigmoid(i) * jnp.tanh(g)
         h = jax.nn.sigmoid(o) * jnp.tanh(c)
