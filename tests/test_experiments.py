@@ -30,3 +30,9 @@ def test_lstm_backward_forms_give_autodiffs_gradients(capsys):
     )
     assert [r["form"] for r in rows] == ["rnn_jax.run (autodiff)", "chunked k=1", "chunked k=4", "chunked k=8"]
     assert "matmul floor" in capsys.readouterr().out
+
+
+def test_vanilla_custom_jvp_keeps_gradients_and_forward_mode(capsys):
+    row = _load("vanilla_custom_jvp").main(["--config", "3,7,4,5", "--rounds", "1", "--reps", "1"])
+    assert row["grad_rel_err"] < 1e-4 and row["jvp_rel_err"] < 1e-4
+    capsys.readouterr()
