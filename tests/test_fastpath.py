@@ -87,3 +87,37 @@ def test_saved_pre_activations_do_not_change_gradients(name):
         val, grad = jax.value_and_grad(loss)(params, cell, hoist)
         np.testing.assert_allclose(val, ref[0], rtol=1e-5)
         jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6), grad, ref[1])
+
+
+def test_vanilla_fast_path_is_taken_only_where_it_applies():
+    from rnn_jax.scan import uses_vanilla_fast_path as fast
+
+    head_free = bench.bench_cell("vanilla")  # another output head: still the vanilla recurrence
+    assert fast(R.vanilla_cell, backend="cpu") and fast(head_free, backend="cpu")
+    assert not fast(R.vanilla_cell, backend="gpu") and not fast(R.lstm_cell, backend="cpu")
+    for kw in (dict(lengths=1), dict(reverse=True), dict(remat="sqrt"), dict(return_carries=True), dict(unroll=1)):
+        assert not fast(R.vanilla_cell, backend="cpu", **kw), kw
+    assert not fast(R.vanilla_cell, backend="cpu", hoist=True)
+
+
+@pytest.mark.parametrize("batch, time_major", [((), False), ((B,), False), ((2, B), True)])
+def test_vanilla_fast_path_equals_the_scan_in_values_gradients_and_forward_mode(batch, time_major, x64):
+    """Float64: the fast path (defaults on CPU) against the plain scan (unroll=1 takes it), for params, h0
+    and xs, in reverse mode (jit) and forward mode (eager), for 0, 1 and 2 batch dimensions."""
+    k = jax.random.split(jax.random.key(11), 4)
+    params = R.vanilla_init(k[0], I, H, 6, jnp.float64)
+    shape = (T, *batch, I) if time_major else (*batch, T, I)
+    xs = jax.random.normal(k[1], shape, jnp.float64)
+    h0 = jax.random.normal(k[2], (*batch, H), jnp.float64)
+
+    def loss(p, h0, xs, unroll):
+        final, ys = R.run(R.vanilla_cell, p, h0, xs, time_major=time_major, unroll=unroll)
+        return jnp.sum(jnp.sin(ys)) + jnp.sum(final**2)
+
+    fast = jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 2)), static_argnums=3)(params, h0, xs, None)
+    plain = jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 2)), static_argnums=3)(params, h0, xs, 1)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-12), fast, plain)
+    tangents = jax.tree.map(lambda a: jax.random.normal(k[3], a.shape, a.dtype), (params, h0, xs))
+    jvp_fast = jax.jvp(lambda *a: loss(*a, None), (params, h0, xs), tangents)
+    jvp_plain = jax.jvp(lambda *a: loss(*a, 1), (params, h0, xs), tangents)
+    np.testing.assert_allclose(jvp_fast, jvp_plain, rtol=1e-10)
