@@ -1,9 +1,10 @@
 """The one scan over time: :func:`run`, plus stacking and bidirectional runs built on it.
 
 ``run(cell, params, carry, xs)`` applies ``cell(params, carry, x_t) -> (carry, y_t)`` at every step
-``t`` with the *same* params, and returns the final carry and every ``y_t``. It is the only
-``lax.scan`` over time in the library; everything recurrent (stacks, encoders, decoders with
-attention) goes through it.
+``t`` with the *same* params, and returns the final carry and every ``y_t``. It is the library's
+one scan over time; everything recurrent (stacks, encoders, decoders with attention) goes through it.
+(For the vanilla RNN on CPU it runs the recurrence through a ``custom_jvp`` whose rule scans the same
+loop and its tangent: see :func:`uses_vanilla_fast_path`.)
 
 Shapes: ``xs`` is ``[..., T, I]`` (batch-major, the default) or ``[T, ..., I]`` (``time_major=True``),
 with any number of leading batch dimensions ``...`` (none at all for a single sequence). Cells are
