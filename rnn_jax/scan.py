@@ -495,10 +495,9 @@ def run(
         _check_carry(cell, params, carry, batch)
     if lengths is not None:
         _check_lengths(lengths, T, batch)
-    fast = uses_vanilla_fast_path(
+    if uses_vanilla_fast_path(
         cell, lengths=lengths, reverse=reverse, remat=remat, return_carries=return_carries, hoist=hoist, unroll=unroll
-    )
-    if fast and not isinstance(xs, (list, tuple, dict)):
+    ):
         return _run_vanilla_fast(cell, params, carry, xs, batch=batch, time_major=time_major)
     state_size = _carry_size(cell, params, carry, batch)
     if unroll is None:
