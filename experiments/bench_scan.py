@@ -1,6 +1,6 @@
 """Scan performance, the issue's figures in one run: layers against torch and flax, unroll, compile, linear.
 
-Four suites of :mod:`rnn_jax.bench`, written as JSON lines to ``runs/bench/`` and printed as tables:
+Four suites of :mod:`rnn_jax.tools.bench`, written as JSON lines to ``runs/bench/`` and printed as tables:
 
 1. one layer (LSTM and vanilla RNN), forward+backward, at the issue's CPU sizes (B=32, T=128,
    I=H=256) and (B=1, T=2048, I=H=32): the default path, the projection inside the step, the
@@ -19,7 +19,7 @@ import argparse
 import dataclasses
 import os
 
-from rnn_jax import bench
+from rnn_jax.tools import bench
 
 
 @dataclasses.dataclass(frozen=True)

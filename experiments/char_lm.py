@@ -15,7 +15,7 @@ import dataclasses
 import json
 import sys
 
-from rnn_jax.charlm import CharLMConfig, train
+from rnn_jax.apps.charlm import CharLMConfig, train
 from rnn_jax.errors import UserError
 
 CONFIG = CharLMConfig(

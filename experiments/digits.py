@@ -18,7 +18,7 @@ import dataclasses
 import json
 import sys
 
-from rnn_jax.digits import (
+from rnn_jax.apps.digits import (
     EXPERIMENTS,
     CaptionConfig,
     ClassifyConfig,

@@ -4,7 +4,7 @@ Three things, written to ``runs/long_sequence/`` and printed:
 
 1. peak memory of ``value_and_grad`` against ``T`` for ``remat`` in ``none, step, sqrt``, with the
    input projection hoisted out of the loop (``run``'s default) and inside it: XLA's compiled memory
-   analysis for every row, and the measured rise of peak RSS for those that fit (:mod:`rnn_jax.memory`);
+   analysis for every row, and the measured rise of peak RSS for those that fit (:mod:`rnn_jax.tools.memory`);
 2. compiled-only rows at longer ``T`` (nothing is run), to show where each option stops fitting;
 3. the gradients with ``remat="sqrt"`` against the plain ones at the longest measured ``T`` (both fit).
 
@@ -21,7 +21,7 @@ import os
 import jax
 import numpy as np
 
-from rnn_jax.memory import DTYPES, bptt_loss, format_table, make_problem, memory_table
+from rnn_jax.tools.memory import DTYPES, bptt_loss, format_table, make_problem, memory_table
 
 
 @dataclasses.dataclass(frozen=True)

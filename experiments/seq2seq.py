@@ -1,6 +1,6 @@
 """Seq2seq experiments: the issue's targets (addition, dates, reversal) and the CMUdict G2P run.
 
-Each task has a frozen :class:`Experiment` preset (the trainer's :class:`rnn_jax.seq2seq.Config` plus the
+Each task has a frozen :class:`Experiment` preset (the trainer's :class:`rnn_jax.apps.seq2seq.Config` plus the
 target it must reach); ``main`` trains the chosen presets one after the other and writes every summary
 to ``runs/seq2seq_experiments.json`` (one JSON object per line on stdout as well).
 
@@ -20,7 +20,7 @@ import dataclasses
 import json
 import os
 
-from rnn_jax.seq2seq import Config, train
+from rnn_jax.apps.seq2seq import Config, train
 
 
 @dataclasses.dataclass(frozen=True)

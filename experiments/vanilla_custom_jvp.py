@@ -25,7 +25,7 @@ import numpy as np
 from jax import lax
 
 import rnn_jax as R
-from rnn_jax.bench import bench_cell
+from rnn_jax.tools.bench import bench_cell
 
 
 def forward(W_x, W_h, b, xs):

@@ -13,12 +13,18 @@ import sys
 from rnn_jax.errors import UserError
 
 COMMANDS: dict[str, tuple[str, str]] = {
-    "charlm": ("rnn_jax.charlm", "train, evaluate and sample a character-level language model"),
-    "seq2seq": ("rnn_jax.seq2seq", "train and run encoder-decoder models (reversal, addition, dates, G2P, TSV pairs)"),
-    "digits": ("rnn_jax.digits", "image experiments on the 8x8 digits: classify, caption, generate, glimpse, video"),
-    "bench": ("rnn_jax.bench", "time forward and backward of one recurrent layer against peers"),
-    "memory": ("rnn_jax.memory", "peak memory of BPTT against sequence length for each remat option"),
-    "hello": ("rnn_jax.hello", "the lecture's vanilla RNN learning 'hello' (a few seconds)"),
+    "charlm": ("rnn_jax.apps.charlm", "train, evaluate and sample a character-level language model"),
+    "seq2seq": (
+        "rnn_jax.apps.seq2seq",
+        "train and run encoder-decoder models (reversal, addition, dates, G2P, TSV pairs)",
+    ),
+    "digits": (
+        "rnn_jax.apps.digits",
+        "image experiments on the 8x8 digits: classify, caption, generate, glimpse, video",
+    ),
+    "bench": ("rnn_jax.tools.bench", "time forward and backward of one recurrent layer against peers"),
+    "memory": ("rnn_jax.tools.memory", "peak memory of BPTT against sequence length for each remat option"),
+    "hello": ("rnn_jax.apps.hello", "the lecture's vanilla RNN learning 'hello' (a few seconds)"),
 }
 
 

@@ -4,9 +4,9 @@ import json
 
 import pytest
 
-from rnn_jax import bench
 from rnn_jax.cli import main as cli
 from rnn_jax.errors import UserError
+from rnn_jax.tools import bench
 
 FIELDS = {"impl", "cell", "mode", "B", "T", "I", "H", "dtype", "ms", "compile_s", "device"}
 

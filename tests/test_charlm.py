@@ -13,7 +13,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from rnn_jax import charlm, checkpoint, cli
+from rnn_jax import checkpoint, cli
+from rnn_jax.apps import charlm
 from rnn_jax.errors import UserError
 
 TINY = "".join(f"hello world {i % 5}\n" for i in range(240))  # 3360 characters, 15 distinct

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from rnn_jax import cli
-from rnn_jax import digits as G
+from rnn_jax.apps import digits as G
 from rnn_jax.data import images as D
 
 H = 5

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 import rnn_jax as R
-from rnn_jax import bench
 from rnn_jax.scan import CPU_SMALL_STATE, auto_hoist, auto_saved, auto_unroll
+from rnn_jax.tools import bench
 
 B, T, I, H = 3, 9, 4, 5
 

@@ -4,9 +4,9 @@ import jax
 import numpy as np
 import pytest
 
-from rnn_jax import memory as M
 from rnn_jax.cells import VanillaParams
 from rnn_jax.errors import UserError
+from rnn_jax.tools import memory as M
 
 
 def test_checkpointed_gradients_equal_plain_ones_in_float64(x64):

@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from rnn_jax import seq2seq as S
+from rnn_jax.apps import seq2seq as S
 from rnn_jax.data import pairs as P
 from rnn_jax.errors import UserError
 from rnn_jax.losses import token_cross_entropy

@@ -166,7 +166,7 @@ def measured_memory(
         raise UserError("measured memory reads /proc/self/status and needs Linux; use the compiled analysis")
     spec = json.dumps(dict(T=T, remat=remat, hoist=hoist, hidden=hidden, vocab=vocab, batch=batch, dtype_name=dtype))
     proc = subprocess.run(
-        [sys.executable, "-m", "rnn_jax.memory", "--child", spec], capture_output=True, text=True, timeout=timeout
+        [sys.executable, "-m", "rnn_jax.tools.memory", "--child", spec], capture_output=True, text=True, timeout=timeout
     )
     if proc.returncode != 0:
         raise RuntimeError(f"the measuring process failed (exit {proc.returncode}):\n{proc.stderr[-2000:]}")
@@ -265,4 +265,4 @@ if __name__ == "__main__":
     if len(sys.argv) == 3 and sys.argv[1] == "--child":
         _child_main(sys.argv[2])
     else:
-        sys.exit(cli_main(sys.argv[1:], prog="python -m rnn_jax.memory"))
+        sys.exit(cli_main(sys.argv[1:], prog="python -m rnn_jax.tools.memory"))
