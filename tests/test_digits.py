@@ -53,7 +53,7 @@ def test_classifier_loss_gradients():
     params = G.classifier_init(k1, in_size=1, hidden_size=H)
     xs = D.as_pixels(np.asarray(_images(k2, 3)))
     batch = (xs, jnp.array([1, 4, 9]), jnp.array([64, 5, 17], jnp.int32))
-    (loss, aux), grads = jax.jit(jax.value_and_grad(G._classifier_loss, has_aux=True))(params, batch, None)
+    (loss, aux), grads = jax.jit(jax.value_and_grad(G.classifier_loss, has_aux=True))(params, batch, None)
     assert loss.shape == () and np.isfinite(loss) and 0 <= aux["accuracy"] <= 1
     _all_grads_nonzero(grads)
 
@@ -71,7 +71,7 @@ def captioner():
 def test_caption_loss_masks_padding_and_reaches_every_param(captioner):
     images = _images(jax.random.key(4), 3)
     inputs, targets, lengths = D.caption_tokens(np.array([1, 3, 6]))  # "one", "three", "six": padded
-    loss_and_grad = jax.jit(jax.value_and_grad(G._caption_loss, has_aux=True))
+    loss_and_grad = jax.jit(jax.value_and_grad(G.caption_loss, has_aux=True))
     (loss, aux), grads = loss_and_grad(captioner, (images, inputs, targets, lengths), None)
     padded = np.where(np.arange(6) < lengths[:, None], targets, 5)  # change only the masked targets
     (loss_padded, _), _ = loss_and_grad(captioner, (images, inputs, padded, lengths), None)
@@ -141,7 +141,7 @@ def test_generate_feeds_its_rows_back(generator):
 
 def test_generator_loss_gradients(generator):
     levels = D.quantize(np.asarray(_images(jax.random.key(9), 3)), 3)
-    (loss, aux), grads = jax.jit(jax.value_and_grad(G._generator_loss, has_aux=True))(
+    (loss, aux), grads = jax.jit(jax.value_and_grad(G.generator_loss, has_aux=True))(
         generator, (jnp.array([0, 3, 8]), levels), None
     )
     np.testing.assert_allclose(loss, 64 * aux["per_pixel"], rtol=1e-5)  # the sum over the 64 pixels
@@ -168,8 +168,8 @@ def test_glimpse_shapes_looks_and_gradients():
     assert logits.shape == (3, 10) and looks.shape == (3, 3, 25)
     np.testing.assert_allclose(looks.sum(-1), 1, rtol=1e-5)
     np.testing.assert_allclose(looks.max(-1), 1, rtol=1e-5)  # one window per step
-    loss_fn = partial(G._first, partial(G.glimpse_logits, patch=4, glimpses=3, hard=hard))
-    grads = jax.jit(jax.grad(lambda p: G._classification_loss(loss_fn, p, (images, jnp.array([0, 1, 2])), None)[0]))(
+    loss_fn = partial(G.glimpse_class_logits, patch=4, glimpses=3, hard=hard)
+    grads = jax.jit(jax.grad(lambda p: G.classification_loss(loss_fn, p, (images, jnp.array([0, 1, 2])), None)[0]))(
         params
     )
     _all_grads_nonzero(grads)
@@ -189,7 +189,7 @@ def test_video_labels_are_causal_and_trainable():
     later = video_logits(params, frames.at[:, 3].set(1.0))
     np.testing.assert_allclose(later[:, :3], logits[:, :3], atol=1e-6)  # frame 3 cannot change earlier labels
     assert not np.allclose(later[:, 3], logits[:, 3])
-    (loss, _), grads = jax.jit(jax.value_and_grad(G._video_loss, has_aux=True))(
+    (loss, _), grads = jax.jit(jax.value_and_grad(G.video_loss, has_aux=True))(
         params, (frames, jnp.array([2, 7])), None
     )
     assert np.isfinite(loss)
