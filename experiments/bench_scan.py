@@ -61,7 +61,7 @@ def _emit(name: str, records: list[dict], config: Config) -> None:
         os.remove(path)
     bench.write_json(records, path)
     print(f"\n## {name} ({path})")
-    bench.print_table(records)
+    bench.print_table(bench.summarize(records))
 
 
 def main(config: Config) -> dict[str, list[dict]]:

@@ -21,8 +21,10 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import importlib.metadata
 import json
 import os
+import shlex
 import statistics
 import sys
 import time
@@ -46,6 +48,13 @@ __all__ = [
     "measure_layers",
     "measure_compile",
     "measure_linear",
+    "Ratio",
+    "ratio_of_runs",
+    "format_ratio",
+    "summarize",
+    "conditions",
+    "machine",
+    "print_header",
     "print_table",
     "write_json",
     "plot",
@@ -121,6 +130,25 @@ def pin_threads(n: int) -> None:
     os.sched_setaffinity(0, cpus[:n])
 
 
+def _version(package: str) -> str | None:
+    try:
+        return importlib.metadata.version(package)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def machine() -> str:
+    """The device, the threads in use and the versions of every library timed."""
+    versions = ", ".join(f"{p} {_version(p)}" for p in ("jax", "jaxlib", "flax", "torch") if _version(p))
+    return f"{jax_device()}; {n_threads()} of {os.cpu_count()} CPUs; {versions}"
+
+
+def conditions() -> dict:
+    """Now: the UTC time and the load average over 1, 5 and 15 minutes (what ``uptime`` shows)."""
+    load = os.getloadavg() if hasattr(os, "getloadavg") else None
+    return dict(time=time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()), load=load and [round(x, 2) for x in load])
+
+
 @dataclasses.dataclass
 class _Timed:
     """One thing to time: ``call()`` runs it to completion; times accumulate over rounds."""
@@ -174,6 +202,7 @@ def _runner(compiled, *args) -> Callable[[], Any]:
 
 
 def _record(meta: dict, item: _Timed, flops: float | None) -> dict:
+    """One measurement: medians of ``item``'s times, and every raw time (``wall_ms_all``, ``cpu_ms_all``)."""
     ms = statistics.median(item.wall) * 1e3
     rec = dict(meta)
     rec.update(
@@ -182,6 +211,8 @@ def _record(meta: dict, item: _Timed, flops: float | None) -> dict:
         cpu_ms=round(statistics.median(item.cpu) * 1e3, 4),
         gflops=None if flops is None else float(f"{flops / ms / 1e6:.4g}"),
         reps=len(item.wall),
+        wall_ms_all=[round(t * 1e3, 4) for t in item.wall],
+        cpu_ms_all=[round(t * 1e3, 4) for t in item.cpu],
     )
     return rec
 
@@ -373,7 +404,10 @@ JAX_IMPLS: dict[str, Callable] = {
 """Implementations by name: ``builder(cell, shape, dtype, key) -> (loss(params, xs), params)`` or ``None``
 where the implementation has no such cell. ``rnn_jax unroll=U`` is added for every ``--unrolls`` value."""
 
-DEFAULT_IMPLS = ("rnn_jax", "scan inside", "scan hoisted", "custom_vjp", "rnn_jax remat=step")
+DEFAULT_IMPLS = ("rnn_jax",)
+RUN_IMPLS = ("auto",)
+"""``rnn_jax.run(..., impl=...)`` values ``--impls`` takes; ``auto`` is the row ``rnn_jax``."""
+_IMPL_ROW = "rnn_jax impl={}"
 FLAX_IMPLS = ("flax LSTMCell", "flax OptimizedLSTMCell", "flax SimpleCell", "flax GRUCell")
 
 
@@ -449,7 +483,7 @@ def _jax_items(impls, cell, s: Shape, dtype_name: str, modes, key, max_loop_T: i
         for mode in modes:
             fn = loss if mode == "fwd" else jax.grad(loss)
             compiled, compile_s, peak = _compile_jax(fn, (params, xs))
-            meta = dict(impl=impl, lib="flax" if impl.startswith("flax") else "jax", mode=mode, device=jax_device())
+            meta = dict(impl=impl, lib="flax" if impl in FLAX_IMPLS else "jax", mode=mode, device=jax_device())
             meta.update(compile_s=round(compile_s, 3), peak_mb=None if peak is None else round(peak, 2))
             meta.update(threads=n_threads())
             items.append(_Timed(meta=meta, call=_runner(compiled, params, xs)))
@@ -459,7 +493,7 @@ def _jax_items(impls, cell, s: Shape, dtype_name: str, modes, key, max_loop_T: i
 def measure_layers(
     shapes: Sequence[Shape],
     *,
-    cells: Sequence[str] = ("lstm", "vanilla"),
+    cells: Sequence[str] = ("lstm", "gru", "vanilla"),
     impls: Sequence[str] = DEFAULT_IMPLS,
     peers: Sequence[str] = (),
     modes: Sequence[str] = MODES,
@@ -468,24 +502,29 @@ def measure_layers(
     warmup: int = 2,
     reps: int = 5,
     rounds: int = 3,
+    runs: int = 1,
     max_loop_T: int = 256,
     seed: int = 0,
     log: Callable[[str], None] | None = None,
 ) -> list[dict]:
-    """Time every implementation on every shape and cell; one record (a dict) per measurement.
+    """Time every implementation on every shape and cell; one record (a dict) per measurement and run.
 
-    Items of one shape and cell are compiled first, then timed in interleaved rounds. Records carry
-    ``impl, lib, cell, mode, B, T, I, H, dtype, ms`` (median wall), ``cpu_ms``, ``us_per_step``,
-    ``gflops`` (matmul FLOPs per second), ``compile_s``, ``peak_mb`` (XLA's buffers, where reported),
-    ``device`` and ``threads``.
+    Everything is compiled first. Then the whole comparison runs ``runs`` times: in each run, the items
+    of one shape and cell are warmed up and timed in interleaved rounds, shape after shape. Records carry
+    ``impl, lib, cell, mode, B, T, I, H, dtype, run, ms`` (median wall of the run), ``cpu_ms``,
+    ``us_per_step``, ``gflops`` (matmul FLOPs per second), ``compile_s``, ``peak_mb`` (XLA's buffers,
+    where reported), ``device``, ``threads`` and every raw time (``wall_ms_all``, ``cpu_ms_all``).
+    ``peers``: ``"flax"`` adds every flax cell of each kind, ``"torch"`` torch's ``nn.RNN/LSTM/GRU``.
     """
+    if runs < 1:
+        raise UserError(f"--runs must be at least 1, got {runs}")
     impls = list(impls) + [f"rnn_jax unroll={u}" for u in unrolls]
     if "flax" in peers:
         impls += [i for i in FLAX_IMPLS if i not in impls]
     if "torch" in peers and _torch() is None:
         raise UserError("--peers torch needs PyTorch: pip install 'rnn-jax[bench]' (the CPU build is enough)")
     key = jax.random.key(seed)
-    records = []
+    groups = []
     for s in shapes:
         for cell in cells:
             if log:
@@ -493,13 +532,31 @@ def measure_layers(
             items = _jax_items(impls, cell, s, dtype, modes, key, max_loop_T)
             if "torch" in peers:
                 items += _torch_items(cell, s, dtype, modes, n_threads())
-            _time_rounds(items, warmup=warmup, reps=reps, rounds=rounds)
             for item in items:
-                meta = dict(item.meta, cell=cell, B=s.B, T=s.T, I=s.I, H=s.H, dtype=dtype)
-                records.append(_record(meta, item, _matmul_flops(cell, s, meta["mode"])))
-                if log:
-                    r = records[-1]
-                    log(f"  {r['impl']:<26} {r['mode']:<8} {r['ms']:10.3f} ms")
+                item.meta.update(cell=cell, B=s.B, T=s.T, I=s.I, H=s.H, dtype=dtype)
+            groups.append(items)
+    records = []
+    for run_index in range(runs):
+        for items in groups:
+            records += _time_run(items, run_index, warmup=warmup, reps=reps, rounds=rounds, log=log)
+    return records
+
+
+def _time_run(items: list[_Timed], run_index: int, *, warmup, reps, rounds, log) -> list[dict]:
+    """One run of one shape and cell: fresh times for every item, one record each."""
+    for item in items:
+        item.wall.clear()
+        item.cpu.clear()
+    _time_rounds(items, warmup=warmup, reps=reps, rounds=rounds)
+    records = []
+    for item in items:
+        meta = dict(item.meta, run=run_index)
+        records.append(
+            _record(meta, item, _matmul_flops(meta["cell"], Shape(*(meta[k] for k in "BTIH")), meta["mode"]))
+        )
+        if log:
+            r = records[-1]
+            log(f"  run {run_index}  {r['cell']:<7} {r['impl']:<26} {r['mode']:<8} {r['ms']:10.3f} ms")
     return records
 
 
@@ -579,41 +636,130 @@ def measure_linear(
 # Output: table, JSON lines, figure
 # ---------------------------------------------------------------------------------------------------
 
-_PEERS = {"vs torch": "torch nn.", "vs flax": "flax OptimizedLSTMCell"}
+PEER_LIBS = ("torch", "flax")
+_CASE = ("cell", "mode", "B", "T", "I", "H", "dtype")
+_PER_RUN = ("run", "ms", "cpu_ms", "us_per_step", "gflops", "wall_ms_all", "cpu_ms_all")
 
 
-def _peer_ratio(rec: dict, records: list[dict], prefix: str) -> float | None:
-    """``peer_ms / ms`` for the same cell, mode and shape (above 1: faster than the peer)."""
-    same = ("cell", "mode", "B", "T", "I", "H", "dtype")
-    peer = [r for r in records if r["impl"].startswith(prefix) and all(r[k] == rec[k] for k in same)]
-    if not peer or rec["ms"] is None or rec["impl"].startswith(prefix):
-        return None
-    return peer[0]["ms"] / rec["ms"]
+class Ratio(NamedTuple):
+    """A peer's time over ours, paired run by run (above 1: we are faster): median and spread over runs."""
+
+    median: float
+    lo: float
+    hi: float
+    runs: int
+
+    @property
+    def parity(self) -> bool:
+        """The spread over several runs straddles 1.0: neither side is faster in every run."""
+        return self.runs > 1 and self.lo <= 1.0 <= self.hi
 
 
-def print_table(records: list[dict], file=None) -> None:
-    """One line per record; ``vs torch``/``vs flax`` are the peer's time over this one (>1: faster)."""
-    file = sys.stdout if file is None else file
-    cols = ["cell", "mode", "B", "T", "I", "H", "impl", "ms", "us/step", "cpu_ms", "GFLOP/s", "compile_s", "peak_MB"]
-    cols += list(_PEERS)
+def ratio_of_runs(peer_ms: Sequence[float], ms: Sequence[float]) -> Ratio:
+    """``r_k = peer_ms[k] / ms[k]`` for each run ``k`` (both timed in the same interleaved run); their median,
+    min and max."""
+    if len(peer_ms) != len(ms) or not ms:
+        raise ValueError(f"need one peer time per run of ours, got {len(peer_ms)} and {len(ms)}")
+    ratios = [p / m for p, m in zip(peer_ms, ms)]
+    return Ratio(statistics.median(ratios), min(ratios), max(ratios), len(ratios))
+
+
+def format_ratio(ratio: Ratio | None) -> str:
+    """``1.21x (1.15-1.30)``; ``parity 0.98x (0.95-1.04)`` when the spread straddles 1; ``-`` for none."""
+    if ratio is None:
+        return "-"
+    text = f"{_rnum(ratio.median)}x" + (f" ({_rnum(ratio.lo)}-{_rnum(ratio.hi)})" if ratio.runs > 1 else "")
+    return f"parity {text}" if ratio.parity else text
+
+
+def _rnum(x: float) -> str:
+    return f"{x:.1f}" if x >= 10 else f"{x:.2f}" if x >= 0.01 else f"{x:.2g}"
+
+
+def _vs_peer(group: list[dict], by_run: dict, lib: str) -> tuple[Ratio | None, str | None]:
+    """Ratio of ``group`` (one impl's records, one per run) against the fastest ``lib`` cell of each run."""
+    if group[0].get("lib") == lib:
+        return None, None
+    theirs, ours, names = [], [], []
+    for rec in group:
+        peers = [p for p in by_run[_case(rec), rec.get("run", 0)] if p.get("lib") == lib and p.get("ms") is not None]
+        if peers and rec.get("ms") is not None:
+            fastest = min(peers, key=lambda p: p["ms"])
+            theirs.append(fastest["ms"])
+            ours.append(rec["ms"])
+            names.append(fastest["impl"])
+    if not ours:
+        return None, None
+    return ratio_of_runs(theirs, ours), max(sorted(set(names)), key=names.count)
+
+
+def _case(rec: dict) -> tuple:
+    return tuple(rec.get(k) for k in _CASE)
+
+
+def summarize(records: list[dict]) -> list[dict]:
+    """One row per implementation and case (cell, mode, shape, dtype), in the records' order.
+
+    ``ms``/``cpu_ms``: medians over runs of each run's median, ``ms_min``/``ms_max`` their range, ``runs``;
+    ``vs_torch``/``vs_flax``: a :class:`Ratio` against that library's fastest cell of the same kind in
+    each run (``vs_flax_peer`` names the one fastest in most runs); ``None`` for the peer's own rows.
+    """
+    groups: dict[tuple, list[dict]] = {}
+    by_run: dict[tuple, list[dict]] = {}
+    for rec in records:
+        groups.setdefault((rec["impl"], _case(rec)), []).append(rec)
+        by_run.setdefault((_case(rec), rec.get("run", 0)), []).append(rec)
     rows = []
-    for r in records:
-        ratios = [_peer_ratio(r, records, prefix) for prefix in _PEERS.values()]
-        row = [r["cell"], r["mode"], r["B"], r["T"], r["I"], r["H"], r["impl"]]
-        row += [
-            r.get("ms"),
-            r.get("us_per_step"),
-            r.get("cpu_ms"),
-            r.get("gflops"),
-            r.get("compile_s"),
-            r.get("peak_mb"),
-        ]
-        row += [None if x is None else f"{x:.2f}x" for x in ratios]
-        rows.append(["-" if v is None else (f"{v:.3f}" if isinstance(v, float) else str(v)) for v in row])
-    widths = [max(len(c), *(len(row[i]) for row in rows)) if rows else len(c) for i, c in enumerate(cols)]
-    print("  ".join(c.ljust(w) for c, w in zip(cols, widths)), file=file)
-    for row in rows:
-        print("  ".join(v.ljust(w) for v, w in zip(row, widths)), file=file)
+    for group in groups.values():
+        row = {k: v for k, v in group[0].items() if k not in _PER_RUN}
+        ms = [r["ms"] for r in group if r.get("ms") is not None]
+        row.update(runs=len(group), ms=None, ms_min=None, ms_max=None, cpu_ms=None, us_per_step=None, gflops=None)
+        if ms:
+            row.update(ms=statistics.median(ms), ms_min=min(ms), ms_max=max(ms))
+            row.update(cpu_ms=statistics.median(r["cpu_ms"] for r in group), us_per_step=row["ms"] * 1e3 / row["T"])
+            gflops = [r["gflops"] for r in group if r.get("gflops") is not None]
+            row["gflops"] = statistics.median(gflops) if gflops else None
+        for lib in PEER_LIBS:
+            ratio, row[f"vs_{lib}_peer"] = _vs_peer(group, by_run, lib)
+            row[f"vs_{lib}"] = None if ratio is None else dict(ratio._asdict(), parity=ratio.parity)
+        rows.append(row)
+    return rows
+
+
+def _ratio(d: dict | None) -> Ratio | None:
+    return None if d is None else Ratio(*(d[k] for k in Ratio._fields))
+
+
+def _number(x: float) -> str:
+    """Four significant digits, no exponent above 1000."""
+    return f"{x:.0f}" if abs(x) >= 1000 else f"{x:.4g}"
+
+
+def _cell_text(v) -> str:
+    if v is None:
+        return "-"
+    return _number(v) if isinstance(v, float) else str(v)
+
+
+def print_table(rows: list[dict], file=None) -> None:
+    """A markdown table of :func:`summarize`'s rows; ``vs torch``/``vs flax``: the peer's time over this one."""
+    file = sys.stdout if file is None else file
+    several = any(r.get("runs", 1) > 1 for r in rows)
+    cols = ["cell", "mode", "B", "T", "I", "H", "impl", "ms"] + (["ms min-max"] if several else [])
+    cols += ["us/step", "cpu_ms", "GFLOP/s", "compile_s", "peak_MB", "vs torch", "vs flax"]
+    lines = []
+    for r in rows:
+        row = [r["cell"], r["mode"], r["B"], r["T"], r["I"], r["H"], r["impl"], r.get("ms")]
+        if several:
+            row.append(None if r.get("ms_min") is None else f"{_number(r['ms_min'])}-{_number(r['ms_max'])}")
+        row += [r.get("us_per_step"), r.get("cpu_ms"), r.get("gflops"), r.get("compile_s"), r.get("peak_mb")]
+        row += [format_ratio(_ratio(r.get(f"vs_{lib}"))) for lib in PEER_LIBS]
+        lines.append([_cell_text(v) for v in row])
+    widths = [max(len(c), *(len(line[i]) for line in lines)) if lines else len(c) for i, c in enumerate(cols)]
+    print("| " + " | ".join(c.ljust(w) for c, w in zip(cols, widths)) + " |", file=file)
+    print("|" + "|".join("-" * (w + 2) for w in widths) + "|", file=file)
+    for line in lines:
+        print("| " + " | ".join(v.ljust(w) for v, w in zip(line, widths)) + " |", file=file)
 
 
 def write_json(records: list[dict], path: str) -> None:
@@ -670,55 +816,96 @@ def _ints(text: str, what: str) -> list[int]:
     return values
 
 
-def _parser(prog: str) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog=prog, description=__doc__.splitlines()[0])
-    sub = parser.add_subparsers(dest="suite", metavar="SUITE")
+class _Help(argparse.ArgumentDefaultsHelpFormatter):
+    """Every flag's help ends with its default; flags whose default is "none" say so in their help."""
 
-    def common(p):
-        p.add_argument("--dtype", default="float32", choices=sorted(DTYPES))
-        p.add_argument("--json", metavar="FILE", help="append one JSON object per measurement to FILE")
-        p.add_argument("--threads", type=int, help="pin to this many CPUs; torch uses as many threads")
-        p.add_argument("--seed", type=int, default=0)
+    def _get_help_string(self, action):
+        if action.default in (None, "") or action.default is argparse.SUPPRESS:
+            return action.help
+        return super()._get_help_string(action)
 
-    layers = sub.add_parser("layers", help="time one layer per cell and implementation (the default suite)")
-    layers.add_argument(
-        "--config", action="append", metavar="B,T,I,H", help="sizes (repeatable); default 32,128,256,256"
+
+SUITES = ("layers", "compile", "linear")
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--dtype", default="float32", choices=sorted(DTYPES), help="params and inputs")
+    p.add_argument(
+        "--json", metavar="FILE", help="append JSON lines to FILE: header, raw records, table rows (default: none)"
     )
-    layers.add_argument("--cells", default="lstm,vanilla", help="comma-separated: vanilla, lstm, gru")
-    layers.add_argument("--impls", default=",".join(DEFAULT_IMPLS), help=f"comma-separated, of {list(JAX_IMPLS)}")
-    layers.add_argument("--peers", default="", help="comma-separated: torch, flax")
-    layers.add_argument("--modes", default="fwd,fwd_bwd", help="comma-separated: fwd, fwd_bwd")
-    layers.add_argument("--unrolls", default="", help="also time rnn_jax with these unroll values, e.g. 1,2,4,8")
-    layers.add_argument("--warmup", type=int, default=2)
-    layers.add_argument("--reps", type=int, default=5, help="timed calls per implementation per round")
-    layers.add_argument("--rounds", type=int, default=3, help="interleaved rounds over all implementations")
-    layers.add_argument("--max-loop-T", type=int, default=256, help="skip the Python loop above this T")
-    layers.add_argument("--png", metavar="FILE", help="figure: time vs T and time vs unroll")
-    common(layers)
-
-    comp = sub.add_parser("compile", help="compile time against T: scan vs Python loop")
-    comp.add_argument("--T", default="64,256,1024,4096", help="comma-separated sequence lengths")
-    comp.add_argument("--cell", default="lstm", choices=sorted(GATES))
-    comp.add_argument("--config", default="1,0,32,32", metavar="B,_,I,H", help="B and I, H (T comes from --T)")
-    comp.add_argument("--max-loop-T", type=int, default=512)
-    common(comp)
-
-    lin = sub.add_parser("linear", help="linear cells: sequential scan vs lax.associative_scan")
-    lin.add_argument("--T", default="256,1024,4096", help="comma-separated sequence lengths")
-    lin.add_argument("--cells", default="mingru,diag", help="comma-separated: mingru, diag")
-    lin.add_argument("--config", default="8,0,64,64", metavar="B,_,I,H", help="B and I, H (T comes from --T)")
-    lin.add_argument("--modes", default="fwd,fwd_bwd")
-    lin.add_argument("--reps", type=int, default=5)
-    lin.add_argument("--rounds", type=int, default=3)
-    common(lin)
-    return parser
+    p.add_argument("--threads", type=int, help="pin to this many CPUs; torch uses as many threads (default: all)")
+    p.add_argument("--seed", type=int, default=0, help="PRNG seed of params and inputs")
 
 
-def _impls(text: str) -> list[str]:
+def _layers_parser(prog: str) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog=prog,
+        description="Time one recurrent layer per cell against torch and flax (the default suite).",
+        epilog=f"Other suites: '{prog} compile --help' (compile time against T), "
+        f"'{prog} linear --help' (linear cells, sequential against associative scan).",
+        formatter_class=_Help,
+    )
+    p.add_argument("--config", action="append", metavar="B,T,I,H", help="sizes, repeatable (default: 32,128,256,256)")
+    p.add_argument("--cells", default="lstm,gru,vanilla", help="comma-separated: vanilla, lstm, gru")
+    variants = ", ".join(i for i in JAX_IMPLS if i != "rnn_jax" and i not in FLAX_IMPLS)
+    impls = ", ".join(RUN_IMPLS)
+    p.add_argument("--impls", default="auto", help=f"time rnn_jax.run with each impl=, comma-separated: {impls}")
+    p.add_argument("--variants", default="", help=f"also time, comma-separated: {variants} (default: none)")
+    p.add_argument(
+        "--peers", default="", help="comma-separated: torch, flax (every flax cell of the kind; default: none)"
+    )
+    p.add_argument("--modes", default="fwd,fwd_bwd", help="comma-separated: fwd, fwd_bwd")
+    p.add_argument(
+        "--unrolls", default="", help="also time rnn_jax with these unroll values, e.g. 1,2,4,8 (default: none)"
+    )
+    p.add_argument(
+        "--runs", type=int, default=1, help="repeat the whole interleaved comparison; ratios: median (min-max)"
+    )
+    p.add_argument("--warmup", type=int, default=2, help="untimed calls per implementation per run")
+    p.add_argument("--reps", type=int, default=5, help="timed calls per implementation per round")
+    p.add_argument("--rounds", type=int, default=3, help="interleaved rounds over all implementations per run")
+    p.add_argument("--max-loop-T", type=int, default=256, help="skip the 'python loop' variant above this T")
+    p.add_argument("--png", metavar="FILE", help="figure: time vs T and time vs unroll (default: none)")
+    _common(p)
+    return p
+
+
+def _compile_parser(prog: str) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog=prog, description="Compile time against T: scan vs Python loop.", formatter_class=_Help
+    )
+    p.add_argument("--T", default="64,256,1024,4096", help="comma-separated sequence lengths")
+    p.add_argument("--cell", default="lstm", choices=sorted(GATES), help="the cell")
+    p.add_argument("--config", default="1,0,32,32", metavar="B,_,I,H", help="B and I, H (T comes from --T)")
+    p.add_argument("--max-loop-T", type=int, default=512, help="skip the Python loop above this T")
+    _common(p)
+    return p
+
+
+def _linear_parser(prog: str) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog=prog, description="Linear cells: sequential scan vs lax.associative_scan.", formatter_class=_Help
+    )
+    p.add_argument("--T", default="256,1024,4096", help="comma-separated sequence lengths")
+    p.add_argument("--cells", default="mingru,diag", help="comma-separated: mingru, diag")
+    p.add_argument("--config", default="8,0,64,64", metavar="B,_,I,H", help="B and I, H (T comes from --T)")
+    p.add_argument("--modes", default="fwd,fwd_bwd", help="comma-separated: fwd, fwd_bwd")
+    p.add_argument("--reps", type=int, default=5, help="timed calls per method per round")
+    p.add_argument("--rounds", type=int, default=3, help="interleaved rounds")
+    _common(p)
+    return p
+
+
+def _impl_rows(text: str) -> list[str]:
+    """``--impls auto,scan`` -> the rows ``rnn_jax`` (impl auto) and ``rnn_jax impl=scan``."""
+    return [_IMPL_ROW.format(i) if i != "auto" else "rnn_jax" for i in _split_list(text, RUN_IMPLS, "impls")]
+
+
+def _variants(text: str) -> list[str]:
     items = [t.strip() for t in text.split(",") if t.strip()]
     bad = [t for t in items if t not in JAX_IMPLS and not (t.startswith("rnn_jax unroll=") and t[15:].isdigit())]
     if bad:
-        raise UserError(f"unknown impls {bad}; expected some of {list(JAX_IMPLS)} or 'rnn_jax unroll=U'")
+        raise UserError(f"unknown variants {bad}; expected some of {list(JAX_IMPLS)} or 'rnn_jax unroll=U'")
     return items
 
 
@@ -732,60 +919,99 @@ def _sizes_without_T(text: str) -> tuple[int, int, int]:
     return B, I, H
 
 
+def _layers(args) -> list[dict]:
+    rows = _impl_rows(args.impls)
+    return measure_layers(
+        [parse_config(c) for c in (args.config or ["32,128,256,256"])],
+        cells=_split_list(args.cells, list(GATES), "cells"),
+        impls=rows + [v for v in _variants(args.variants) if v not in rows],
+        peers=_split_list(args.peers, ["torch", "flax"], "peers"),
+        modes=_split_list(args.modes, list(MODES), "modes"),
+        unrolls=_ints(args.unrolls, "--unrolls") if args.unrolls else (),
+        dtype=args.dtype,
+        warmup=args.warmup,
+        reps=args.reps,
+        rounds=args.rounds,
+        runs=args.runs,
+        max_loop_T=args.max_loop_T,
+        seed=args.seed,
+        log=lambda line: print(line, file=sys.stderr, flush=True),
+    )
+
+
+def _compile(args) -> list[dict]:
+    B, I, H = _sizes_without_T(args.config)
+    Ts = _ints(args.T, "--T")
+    return measure_compile(
+        Ts, cell=args.cell, B=B, I=I, H=H, max_loop_T=args.max_loop_T, dtype=args.dtype, seed=args.seed
+    )
+
+
+def _linear(args) -> list[dict]:
+    B, I, H = _sizes_without_T(args.config)
+    return measure_linear(
+        _ints(args.T, "--T"),
+        cells=_split_list(args.cells, list(linear.LINEAR_CELLS), "cells"),
+        B=B,
+        I=I,
+        H=H,
+        modes=_split_list(args.modes, list(MODES), "modes"),
+        dtype=args.dtype,
+        reps=args.reps,
+        rounds=args.rounds,
+        seed=args.seed,
+    )
+
+
+_SUITE = {
+    "layers": (_layers_parser, _layers),
+    "compile": (_compile_parser, _compile),
+    "linear": (_linear_parser, _linear),
+}
+
+
+def print_header(header: dict, file=None) -> None:
+    """The conditions of a run, as markdown bullets above its table."""
+    file = sys.stdout if file is None else file
+    start, end = header["start"], header["end"]
+    print(f"- command: `{header['command']}`", file=file)
+    print(f"- machine: {header['machine']}; {header['dtype']}", file=file)
+    print(
+        f"- load average (1, 5, 15 min): {_load_text(start)} at {start['time']}; {_load_text(end)} at {end['time']}",
+        file=file,
+    )
+    if header["suite"] == "layers":
+        print(
+            f"- ratios: the fastest peer cell of the same kind over this row, paired run by run; median (min-max) "
+            f"over {header['runs']} run(s); parity: the spread straddles 1",
+            file=file,
+        )
+
+
+def _load_text(cond: dict) -> str:
+    return "n/a" if cond["load"] is None else " ".join(f"{x:.2f}" for x in cond["load"])
+
+
 def cli_main(argv: list[str], prog: str = "rnn-jax bench") -> int:
+    """``rnn-jax bench [layers|compile|linear] ...``: measure, print the conditions and a table, write JSON lines."""
     argv = list(argv)
-    if not argv or (argv[0].startswith("-") and argv[0] not in ("-h", "--help")):
-        argv = ["layers"] + argv  # the default suite
-    args = _parser(prog).parse_args(argv)
+    command = " ".join([prog, *(shlex.quote(a) for a in argv)])
+    suite = argv.pop(0) if argv and argv[0] in SUITES else "layers"
+    make_parser, measure = _SUITE[suite]
+    args = make_parser(prog if suite == "layers" else f"{prog} {suite}").parse_args(argv)
     if args.threads is not None:
         pin_threads(args.threads)
-    if args.suite == "layers":
-        shapes = [parse_config(c) for c in (args.config or ["32,128,256,256"])]
-        records = measure_layers(
-            shapes,
-            cells=_split_list(args.cells, list(GATES), "cells"),
-            impls=_impls(args.impls),
-            peers=_split_list(args.peers, ["torch", "flax"], "peers"),
-            modes=_split_list(args.modes, list(MODES), "modes"),
-            unrolls=_ints(args.unrolls, "--unrolls") if args.unrolls else (),
-            dtype=args.dtype,
-            warmup=args.warmup,
-            reps=args.reps,
-            rounds=args.rounds,
-            max_loop_T=args.max_loop_T,
-            seed=args.seed,
-            log=lambda line: print(line, file=sys.stderr, flush=True),
-        )
-    elif args.suite == "compile":
-        B, I, H = _sizes_without_T(args.config)
-        records = measure_compile(
-            _ints(args.T, "--T"),
-            cell=args.cell,
-            B=B,
-            I=I,
-            H=H,
-            max_loop_T=args.max_loop_T,
-            dtype=args.dtype,
-            seed=args.seed,
-        )
-    else:
-        B, I, H = _sizes_without_T(args.config)
-        records = measure_linear(
-            _ints(args.T, "--T"),
-            cells=_split_list(args.cells, list(linear.LINEAR_CELLS), "cells"),
-            B=B,
-            I=I,
-            H=H,
-            modes=_split_list(args.modes, list(MODES), "modes"),
-            dtype=args.dtype,
-            reps=args.reps,
-            rounds=args.rounds,
-            seed=args.seed,
-        )
-    print(f"# device: {jax_device()}; threads: {n_threads()}; jax {jax.__version__}; dtype {args.dtype}")
-    print_table(records)
+    start = conditions()
+    records = measure(args)
+    header = dict(command=command, suite=suite, machine=machine(), dtype=args.dtype, runs=getattr(args, "runs", 1))
+    header.update(start=start, end=conditions())
+    rows = summarize(records)
+    print_header(header)
+    print()
+    print_table(rows)
     if args.json:
-        write_json(records, args.json)
+        lines = [dict(header, kind="header")] + [dict(r, kind="raw") for r in records]
+        write_json(lines + [dict(r, kind="summary") for r in rows], args.json)
     if getattr(args, "png", None):
-        plot(records, args.png)
+        plot(rows, args.png)
     return 0
