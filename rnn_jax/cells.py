@@ -137,8 +137,8 @@ def _vanilla_project(p: VanillaParams, x_I):
     return x_I @ p.W_xh + p.b_h
 
 
-def _vanilla_step(p: VanillaParams, h_H, u_H):
-    h_H = jnp.tanh(h_H @ p.W_hh + u_H)
+def _vanilla_step(p: VanillaParams, h_H, u_H, *, activation_fn=jnp.tanh):
+    h_H = activation_fn(h_H @ p.W_hh + u_H)
     return h_H, h_H
 
 
@@ -196,11 +196,11 @@ def _lstm_project(p: LSTMParams, x_I):
     return x_I @ p.W_x + p.b
 
 
-def _lstm_step(p: LSTMParams, state: LSTMState, u_G):
+def _lstm_step(p: LSTMParams, state: LSTMState, u_G, *, gate_fn=jax.nn.sigmoid, activation_fn=jnp.tanh):
     gates = checkpoint_name(u_G + state.h @ p.W_h, "lstm_gates")  # all the backward pass needs to store
     i, f, g, o = jnp.split(gates, 4, axis=-1)
-    c = jax.nn.sigmoid(f) * state.c + jax.nn.sigmoid(i) * jnp.tanh(g)
-    h = jax.nn.sigmoid(o) * jnp.tanh(c)
+    c = gate_fn(f) * state.c + gate_fn(i) * activation_fn(g)
+    h = gate_fn(o) * activation_fn(c)
     return LSTMState(h, c), h
 
 
@@ -259,13 +259,13 @@ def _gru_project(p: GRUParams, x_I):
     return x_I @ p.W_x + p.b
 
 
-def _gru_step(p: GRUParams, h_H, u_G):
+def _gru_step(p: GRUParams, h_H, u_G, *, gate_fn=jax.nn.sigmoid, activation_fn=jnp.tanh):
     # The two pre-activations are all the backward pass needs to store (the rest is elementwise).
     ux_r, ux_z, ux_n = jnp.split(checkpoint_name(u_G, "gru_x"), 3, axis=-1)
     uh_r, uh_z, uh_n = jnp.split(checkpoint_name(h_H @ p.W_h, "gru_h"), 3, axis=-1)
-    r = jax.nn.sigmoid(ux_r + uh_r)
-    z = jax.nn.sigmoid(ux_z + uh_z)
-    n = jnp.tanh(ux_n + r * (uh_n + p.b_hn))
+    r = gate_fn(ux_r + uh_r)
+    z = gate_fn(ux_z + uh_z)
+    n = activation_fn(ux_n + r * (uh_n + p.b_hn))
     h_H = (1 - z) * n + z * h_H
     return h_H, h_H
 
