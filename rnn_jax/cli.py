@@ -25,6 +25,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "bench": ("rnn_jax.tools.bench", "time forward and backward of one recurrent layer against peers"),
     "memory": ("rnn_jax.tools.memory", "peak memory of BPTT against sequence length for each remat option"),
     "hello": ("rnn_jax.apps.hello", "the lecture's vanilla RNN learning 'hello' (a few seconds)"),
+    "launch": ("rnn_jax.distributed", "run a command as N processes on this machine (JAX's multi-host runtime)"),
 }
 
 
@@ -38,9 +39,13 @@ def main(argv: list[str] | None = None) -> int:
         sub.add_parser(name, help=help_text, add_help=False)
     if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
         parser.parse_args(argv)  # prints usage or the "invalid choice" error and exits
-    module = importlib.import_module(COMMANDS[argv[0]][0])
+    from rnn_jax import distributed
+
     try:
-        return int(module.cli_main(argv[1:], prog=f"rnn-jax {argv[0]}") or 0)
+        # --coordinator/--num-processes/--process-id (or a cluster's environment): every command runs multi-process.
+        rest = argv[1:] if argv[0] == "launch" else distributed.initialize_from_argv(argv[1:])
+        module = importlib.import_module(COMMANDS[argv[0]][0])
+        return distributed.run_command(module.cli_main, rest, prog=f"rnn-jax {argv[0]}")
     except UserError as err:
         print(f"rnn-jax {argv[0]}: error: {err}", file=sys.stderr)
         return 2

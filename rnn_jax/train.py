@@ -56,7 +56,10 @@ __all__ = [
     "init_state",
     "make_train_step",
     "make_mesh",
+    "batch_sharding",
     "shard_batch",
+    "state_shardings",
+    "place_state",
     "cast_floating",
     "fit",
     "plot_metrics",
@@ -211,30 +214,42 @@ def init_state(params, optimizer: optax.GradientTransformation, key, carry=None)
 
 
 def make_mesh(n_devices: int | None = None) -> Mesh:
-    """A one-axis mesh ``("data",)`` over the first ``n_devices`` devices (all of them by default).
+    """A one-axis mesh ``("data",)`` over ``n_devices`` devices (all of them by default), ordered by process.
 
     On CPU, ``XLA_FLAGS=--xla_force_host_platform_device_count=4`` (set before JAX starts) makes 4 devices.
-    On several hosts, call ``jax.distributed.initialize()`` first: ``jax.devices()`` then lists every
-    host's devices and the same mesh spans them.
+    In a multi-process run (:func:`rnn_jax.distributed.initialize`) the mesh spans every process's devices,
+    process 0's first, so process ``p`` of ``P`` holds rows ``[p B / P, (p + 1) B / P)`` of a batch; with
+    ``n_devices`` below the global count, each process contributes ``n_devices / P`` of its own.
     """
-    devices = jax.devices()
+    devices = sorted(jax.devices(), key=lambda d: (d.process_index, d.id))
     n = len(devices) if n_devices is None else n_devices
-    if not isinstance(n, int) or n < 1:
+    if not isinstance(n, int) or isinstance(n, bool) or n < 1:
         raise UserError(f"the number of devices must be a positive integer, got {n_devices!r}")
     if n > len(devices):
         raise UserError(
             f"asked for {n} devices but only {len(devices)} are visible ({devices[0].platform}); on CPU set "
             f"XLA_FLAGS=--xla_force_host_platform_device_count={n} before starting"
         )
-    return Mesh(np.asarray(devices[:n]), (DATA_AXIS,))
+    processes = jax.process_count()
+    if n % processes:
+        raise UserError(f"the {n} devices of the mesh must divide evenly among the {processes} processes")
+    per_process = n // processes
+    chosen = [d for p in range(processes) for d in [d for d in devices if d.process_index == p][:per_process]]
+    return Mesh(np.asarray(chosen), (DATA_AXIS,))
 
 
-def _check_divisible(tree, mesh: Mesh, what: str):
-    n = mesh.shape[DATA_AXIS]
+def _check_divisible(tree, mesh: Mesh, what: str, *, per_process: bool = False):
+    """Every array's leading size must divide by the mesh's devices (this process's, for its own rows)."""
+    n = len(mesh.local_devices) if per_process else mesh.shape[DATA_AXIS]
     for leaf in jax.tree.leaves(tree):
-        if not jnp.ndim(leaf):
-            continue  # a scalar (a per-batch setting such as a teacher-forcing ratio) is replicated
+        if not jnp.ndim(leaf) or (isinstance(leaf, jax.Array) and not leaf.is_fully_addressable):
+            continue  # a scalar (a per-batch setting) is replicated; a global array was checked when made
         size = jnp.shape(leaf)[0]
+        if size % n and per_process:
+            raise UserError(
+                f"this process's {what} rows ({size}) do not divide by its {n} devices; each process builds "
+                f"the global {what} size / {jax.process_count()} rows (see rnn_jax.distributed.process_rows)"
+            )
         if size % n:
             raise UserError(
                 f"the {what} size {size} does not divide by the {n} devices of the mesh; "
@@ -242,26 +257,43 @@ def _check_divisible(tree, mesh: Mesh, what: str):
             )
 
 
-def _batch_sharding(mesh: Mesh) -> NamedSharding:
+def batch_sharding(mesh: Mesh) -> NamedSharding:
+    """Arrays split over the mesh's ``"data"`` axis along their leading axis."""
     return NamedSharding(mesh, PartitionSpec(DATA_AXIS))
 
 
 def _batch_shardings(batch, mesh: Mesh):
     """Every array of ``batch`` split over ``"data"`` along its leading axis; scalars replicated."""
     replicated = NamedSharding(mesh, PartitionSpec())
-    return jax.tree.map(lambda leaf: _batch_sharding(mesh) if jnp.ndim(leaf) else replicated, batch)
+    return jax.tree.map(lambda leaf: batch_sharding(mesh) if jnp.ndim(leaf) else replicated, batch)
+
+
+def _placed(leaf, sharding) -> bool:
+    return isinstance(leaf, jax.Array) and leaf.sharding.is_equivalent_to(sharding, leaf.ndim)
 
 
 def shard_batch(batch, mesh: Mesh | None):
-    """Place ``batch`` with its leading axis split over the mesh's ``"data"`` axis (no-op without a mesh).
+    """Place this process's rows of ``batch`` on the mesh, split over ``"data"`` (no-op without a mesh).
 
-    Scalar leaves (per-batch settings) are replicated. Raises :class:`UserError` if an array's leading
-    size does not divide by the number of devices.
+    In one process the rows are the whole batch. In a multi-process run each process passes only its own
+    rows (:func:`rnn_jax.distributed.process_rows`) and gets the global batch
+    (``jax.make_array_from_process_local_data``). Scalar leaves (per-batch settings) are replicated and
+    must be equal in every process; arrays already placed are kept. Raises :class:`UserError` if an
+    array's leading size does not divide by the number of devices.
     """
     if mesh is None:
         return batch
-    _check_divisible(batch, mesh, "batch")
-    return jax.device_put(batch, _batch_shardings(batch, mesh))
+    _check_divisible(batch, mesh, "batch", per_process=jax.process_count() > 1)
+    shardings = _batch_shardings(batch, mesh)
+    if jax.process_count() == 1:
+        return jax.device_put(batch, shardings)
+
+    def put(leaf, sharding):
+        if _placed(leaf, sharding):
+            return leaf
+        return jax.make_array_from_process_local_data(sharding, np.asarray(leaf))
+
+    return jax.tree.map(put, batch, shardings)
 
 
 def state_shardings(state: TrainState, mesh: Mesh):
@@ -272,17 +304,35 @@ def state_shardings(state: TrainState, mesh: Mesh):
         opt_state=jax.tree.map(lambda _: replicated, state.opt_state),
         step=replicated,
         key=replicated,
-        carry=jax.tree.map(lambda _: _batch_sharding(mesh), state.carry),
+        carry=jax.tree.map(lambda _: batch_sharding(mesh), state.carry),
     )
 
 
+def _put_global(leaf, sharding):
+    """``leaf`` (the same whole value in every process) placed on a mesh that may span several processes."""
+    if _placed(leaf, sharding):
+        return leaf
+    if jax.dtypes.issubdtype(jnp.result_type(leaf), jax.dtypes.prng_key):
+        # Keys cannot be put on other processes' devices directly: place their bits, rebuild the key there.
+        data = jax.device_put(np.asarray(jax.random.key_data(leaf)), sharding)
+        return jax.random.wrap_key_data(data, impl=jax.random.key_impl(leaf))
+    return jax.device_put(np.asarray(leaf), sharding)
+
+
 def place_state(state: TrainState, mesh: Mesh | None) -> TrainState:
-    """Put ``state`` on the mesh (params replicated, carry split over ``"data"``); no-op without a mesh."""
+    """Put ``state`` on the mesh (params replicated, carry split over ``"data"``); no-op without a mesh.
+
+    ``state`` holds whole (global) values, the same in every process (a fresh init from the same seed, or
+    a restored checkpoint); each process keeps its own devices' part. Arrays already placed are kept.
+    """
     if mesh is None:
         return state
     if state.carry is not None:
         _check_divisible(state.carry, mesh, "batch (carry)")
-    return jax.device_put(state, state_shardings(state, mesh))
+    shardings = state_shardings(state, mesh)
+    if jax.process_count() == 1:
+        return jax.device_put(state, shardings)
+    return jax.tree.map(_put_global, state, shardings)
 
 
 def cast_floating(tree, dtype):

@@ -1,0 +1,410 @@
+"""Multi-process training on JAX's own distributed runtime: one process per host, one mesh over all devices.
+
+JAX's multi-controller model: every process runs the same program; :func:`initialize` connects them
+through a coordinator (process 0), after which ``jax.devices()`` lists the devices of *every* process and
+a jitted step over a mesh spanning them all runs as one program, its collectives (the gradient
+all-reduce) crossing processes (gloo on CPU, NCCL on GPU, ICI on TPU). Each process feeds only the rows
+of the global batch that live on its own devices:
+
+    global batch rows [0, B) = process 0's rows [0, B/P) ++ process 1's rows [B/P, 2B/P) ++ ...
+
+(:func:`process_rows` says which rows a process builds; ``rnn_jax.train.shard_batch`` assembles them
+into one global array with ``jax.make_array_from_process_local_data``). The truncated-BPTT carry is
+split like the batch, so the state carried by a stream stays on the process that builds that stream.
+Params are replicated and the loss is a mean over the global batch, so the step computes the same
+numbers as one process with the same global device count.
+
+Failure: the coordinator's heartbeat time-out is short (:data:`HEARTBEAT_TIMEOUT_S`), so a process that
+dies is noticed within seconds; a collective that loses its peer raises at once, and
+:func:`run_command` turns that into one line on stderr and a non-zero exit, instead of a hang.
+
+Command line: every ``rnn-jax`` command takes ``--coordinator HOST:PORT --num-processes N --process-id I``
+(stripped by :func:`initialize_from_argv` before the command's own parser sees its arguments); under
+SLURM, Open MPI, a Kubernetes indexed job or ``JAX_COORDINATOR_ADDRESS`` no flag is needed, and
+``RNN_JAX_DISTRIBUTED=1`` asks for JAX's own detection (Cloud TPU pod slices). ``rnn-jax launch`` starts
+N processes on this machine, for trying the multi-host path on one computer.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import traceback
+from collections.abc import Callable, Mapping, Sequence
+
+import jax
+import numpy as np
+from jax.sharding import Mesh
+
+from rnn_jax.errors import UserError
+
+__all__ = [
+    "HEARTBEAT_TIMEOUT_S",
+    "initialize",
+    "initialize_from_argv",
+    "split_flags",
+    "cluster_detected",
+    "is_main_process",
+    "process_rows",
+    "host_state",
+    "reduce_metrics",
+    "MainProcessCheckpointer",
+    "run_command",
+    "launch",
+    "cli_main",
+]
+
+HEARTBEAT_TIMEOUT_S = 10  # a process silent this long is declared dead and the others stop
+SHUTDOWN_TIMEOUT_S = 30  # how long a finishing process waits for the others at exit
+INITIALIZATION_TIMEOUT_S = 120  # how long a process waits for all the others to connect
+FLAGS = {"--coordinator": "coordinator", "--num-processes": "num_processes", "--process-id": "process_id"}
+
+
+def _check_coordinator(coordinator: str) -> None:
+    host, sep, port = coordinator.rpartition(":")
+    if not (sep and host and port.isdigit() and 0 < int(port) < 65536):
+        raise UserError(f"--coordinator must be HOST:PORT (e.g. 10.0.0.1:1234), got {coordinator!r}")
+
+
+def initialize(
+    coordinator: str | None = None,
+    num_processes: int | None = None,
+    process_id: int | None = None,
+    *,
+    local_device_ids: Sequence[int] | None = None,
+    heartbeat_timeout_s: int = HEARTBEAT_TIMEOUT_S,
+    shutdown_timeout_s: int = SHUTDOWN_TIMEOUT_S,
+    initialization_timeout_s: int = INITIALIZATION_TIMEOUT_S,
+) -> None:
+    """Connect this process to the others (``jax.distributed.initialize``) before JAX starts its backend.
+
+    Arguments left ``None`` come from the environment, as ``jax.distributed.initialize`` reads it:
+    ``JAX_COORDINATOR_ADDRESS``, SLURM (``SLURM_NTASKS``, ``SLURM_PROCID``, ...), Open MPI, a Kubernetes
+    indexed job, Cloud TPU metadata. On CPU the cross-process collectives are gloo's (TCP).
+
+    Raises:
+      UserError: JAX's backend already started in this process, or the arguments are incomplete and no
+        cluster environment supplies the rest.
+    """
+    if coordinator is not None:
+        _check_coordinator(coordinator)
+    for name, value, low in (("num_processes", num_processes, 1), ("process_id", process_id, 0)):
+        if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < low):
+            raise UserError(f"{name} must be an integer >= {low}, got {value!r}")
+    if None not in (num_processes, process_id) and process_id >= num_processes:
+        raise UserError(f"--process-id must be below --num-processes ({num_processes}), got {process_id}")
+    if jax.distributed.is_initialized():
+        raise UserError("the distributed runtime is already initialised in this process (initialise it once)")
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    try:
+        jax.distributed.initialize(
+            coordinator,
+            num_processes,
+            process_id,
+            local_device_ids=local_device_ids,
+            initialization_timeout=initialization_timeout_s,
+            heartbeat_timeout_seconds=heartbeat_timeout_s,
+            shutdown_timeout_seconds=shutdown_timeout_s,
+        )
+    except (ValueError, TypeError) as err:
+        raise UserError(
+            f"cannot start the distributed runtime ({err}); pass --coordinator HOST:PORT --num-processes N "
+            "--process-id I, or run under SLURM, Open MPI, Kubernetes or Cloud TPU"
+        ) from None
+    except RuntimeError as err:
+        raise UserError(f"cannot start the distributed runtime: {str(err).splitlines()[0]}") from None
+
+
+def split_flags(argv: Sequence[str]) -> tuple[list[str], dict]:
+    """``argv`` without ``--coordinator/--num-processes/--process-id`` (before any ``--``), and their values."""
+    rest, found = [], {}
+    i = 0
+    while i < len(argv):
+        arg = argv[i]
+        if arg == "--":
+            rest.extend(argv[i:])
+            break
+        name, eq, value = arg.partition("=")
+        if name in FLAGS:
+            if not eq:
+                if i + 1 >= len(argv):
+                    raise UserError(f"{name} needs a value")
+                value, i = argv[i + 1], i + 1
+            found[FLAGS[name]] = value
+        else:
+            rest.append(arg)
+        i += 1
+    for name in ("num_processes", "process_id"):
+        if name in found:
+            try:
+                found[name] = int(found[name])
+            except ValueError:
+                raise UserError(f"--{name.replace('_', '-')} must be an integer, got {found[name]!r}") from None
+    return rest, found
+
+
+def cluster_detected(environ: Mapping[str, str] | None = None) -> bool:
+    """Whether the environment describes a multi-process job that ``jax.distributed.initialize`` can read.
+
+    SLURM or Open MPI with more than one task, a Kubernetes indexed job, ``JAX_COORDINATOR_ADDRESS``, a
+    multi-host TPU slice that names its workers, or ``RNN_JAX_DISTRIBUTED=1`` (anything JAX detects).
+    """
+    env = os.environ if environ is None else environ
+
+    def many(name):
+        return env.get(name, "1").isdigit() and int(env.get(name, "1")) > 1
+
+    slurm = all(v in env for v in ("SLURM_JOB_ID", "SLURM_STEP_NODELIST", "SLURM_PROCID")) and many("SLURM_NTASKS")
+    ompi = "OMPI_MCA_orte_hnp_uri" in env and many("OMPI_COMM_WORLD_SIZE")
+    k8s = "KUBERNETES_SERVICE_HOST" in env and "JOB_COMPLETION_INDEX" in env
+    tpu = "," in env.get("TPU_WORKER_HOSTNAMES", "") + env.get("TPU_PROCESS_ADDRESSES", "")
+    forced = env.get("RNN_JAX_DISTRIBUTED", "") not in ("", "0")
+    return slurm or ompi or k8s or tpu or forced or "JAX_COORDINATOR_ADDRESS" in env
+
+
+def initialize_from_argv(argv: Sequence[str]) -> list[str]:
+    """Strip the distributed flags from ``argv``; initialise the runtime if they or a cluster ask for it."""
+    rest, found = split_flags(argv)
+    if found or cluster_detected():
+        initialize(**found)
+    return rest
+
+
+def is_main_process() -> bool:
+    """True in process 0, the one that prints progress and writes checkpoints and logs."""
+    return jax.process_index() == 0
+
+
+def process_rows(global_rows: int, mesh: Mesh) -> slice:
+    """The rows ``[start, stop)`` of a batch of ``global_rows`` rows, split over ``mesh``, that this process builds.
+
+    With the mesh of :func:`rnn_jax.train.make_mesh` (devices ordered by process) process ``p`` of ``P``
+    builds rows ``[p B / P, (p + 1) B / P)``; in one process, all of them.
+    """
+    from rnn_jax.train import DATA_AXIS, batch_sharding
+
+    n = mesh.shape[DATA_AXIS]
+    if global_rows % n:
+        raise UserError(
+            f"the batch size {global_rows} does not divide by the {n} devices of the mesh; "
+            f"use a batch size that is a multiple of {n}"
+        )
+    index_map = batch_sharding(mesh).addressable_devices_indices_map((global_rows,))
+    starts = sorted(index[0].start or 0 for index in index_map.values())
+    stop = starts[-1] + global_rows // n
+    if stop - starts[0] != len(starts) * (global_rows // n):
+        raise UserError("this process's devices do not hold contiguous rows of the mesh; build it with make_mesh")
+    return slice(starts[0], stop)
+
+
+def host_state(tree):
+    """``tree`` with every array readable in this process: split arrays gathered from all processes.
+
+    A collective when some array is split over several processes: every process must call it.
+    """
+    from jax.experimental import multihost_utils
+
+    def gather(leaf):
+        if isinstance(leaf, jax.Array) and not (leaf.is_fully_addressable or leaf.is_fully_replicated):
+            return multihost_utils.process_allgather(leaf, tiled=True)
+        return leaf
+
+    return jax.tree.map(gather, tree)
+
+
+def reduce_metrics(metrics: Mapping[str, float], how: str = "mean") -> dict:
+    """Numbers computed by each process on its own data, combined over processes (``"mean"`` or ``"sum"``).
+
+    A collective in a multi-process run (every process must call it with the same keys); the identity in one.
+    """
+    if how not in ("mean", "sum"):
+        raise UserError(f"how must be 'mean' or 'sum', got {how!r}")
+    if jax.process_count() == 1:
+        return dict(metrics)
+    from jax.experimental import multihost_utils
+
+    keys = sorted(metrics)
+    values = np.asarray([float(metrics[k]) for k in keys], np.float64)
+    gathered = np.asarray(multihost_utils.process_allgather(values))  # [processes, keys]
+    combined = gathered.mean(axis=0) if how == "mean" else gathered.sum(axis=0)
+    return {k: float(v) for k, v in zip(keys, combined, strict=True)}
+
+
+class MainProcessCheckpointer:
+    """A :class:`rnn_jax.checkpoint.Checkpointer` whose files only process 0 writes.
+
+    ``save`` must be called by every process (it gathers the split TBPTT carry, a collective); the
+    gathered state is the global one, so a run restarted with another number of processes (and the same
+    global batch) restores it. ``last_saved_step`` and ``directory`` are kept in every process.
+    """
+
+    def __init__(self, checkpointer):
+        self.checkpointer = checkpointer
+        self.directory = checkpointer.directory
+        self.last_saved_step: int | None = None
+
+    def save(self, state, name: str = "latest", info: Mapping | None = None):
+        state = host_state(state)
+        path = self.checkpointer.save(state, name, info) if is_main_process() else None
+        if name == "latest":
+            self.last_saved_step = int(state.step)
+        return path
+
+
+def _lost_peer(err: BaseException) -> bool:
+    text = str(err)
+    signs = ("Gloo", "Connection reset", "Connection closed", "UNAVAILABLE", "DEADLINE_EXCEEDED", "coordination")
+    return isinstance(err, jax.errors.JaxRuntimeError) and any(s in text for s in signs)
+
+
+def run_command(fn: Callable[..., int | None], *args, prog: str = "rnn-jax", **kwargs) -> int:
+    """Run ``fn(*args, **kwargs)``; in a multi-process run, stop this process at once on any error.
+
+    Without the runtime: ``fn``'s result (errors propagate). With it, after success every process waits
+    for the others (a barrier, so that none shuts down while another still needs it); on an error the
+    process prints one line (and a traceback for an unexpected error) and exits with ``os._exit``, which
+    closes its connections so the other processes fail fast instead of waiting at JAX's exit barrier.
+    A collective that loses its peer becomes ``process I of N: lost contact with another process``.
+    """
+    if not jax.distributed.is_initialized():
+        return int(fn(*args, **kwargs) or 0)
+    from jax.experimental import multihost_utils
+
+    who = f"process {jax.process_index()} of {jax.process_count()}"
+    try:
+        code = int(fn(*args, **kwargs) or 0)
+        multihost_utils.sync_global_devices(f"{prog} done")
+        return code
+    except BaseException as err:  # noqa: BLE001 - every exit path of a multi-process run must end here
+        if _lost_peer(err):
+            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            message = f"{who}: lost contact with another process (it died or was killed): {first}"
+            message, code = message + "; the last checkpoint written is intact", 1
+        elif isinstance(err, UserError):
+            message, code = f"{who}: {err}", 2
+        elif isinstance(err, KeyboardInterrupt):
+            message, code = f"{who}: interrupted", 130
+        else:
+            traceback.print_exc()
+            first = (str(err).strip().splitlines() or [""])[0]
+            message, code = f"{who}: {type(err).__name__}: {first}", 1
+        print(f"{prog}: error: {message}", file=sys.stderr, flush=True)
+        sys.stdout.flush()
+        os._exit(code)
+
+
+# ---------------------------------------------------------------------------------------------------
+# A launcher for one machine: N processes on 127.0.0.1
+# ---------------------------------------------------------------------------------------------------
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _child_env(devices_per_process: int) -> dict:
+    flags = [f for f in os.environ.get("XLA_FLAGS", "").split() if "xla_force_host_platform_device_count" not in f]
+    flags.append(f"--xla_force_host_platform_device_count={devices_per_process}")
+    return dict(os.environ, XLA_FLAGS=" ".join(flags), JAX_PLATFORMS="cpu", PYTHONUNBUFFERED="1")
+
+
+def _relay(stream, prefix: bytes, out) -> None:
+    """Copy a child's output to ``out``, each line (also each ``\\r``-refreshed progress line) prefixed."""
+    at_start = True
+    for chunk in iter(lambda: stream.read1(4096), b""):
+        pieces = []
+        for byte in chunk.splitlines(keepends=True):
+            pieces.append((prefix if at_start else b"") + byte)
+            at_start = byte.endswith((b"\n", b"\r"))
+        out.write(b"".join(pieces))
+        out.flush()
+
+
+def _exit_description(code: int) -> str:
+    if code < 0:
+        return f"was killed by {signal.Signals(-code).name}"
+    return f"exited with status {code}"
+
+
+def _stop(procs: Sequence[subprocess.Popen], grace_s: float = 5.0) -> None:
+    for p in procs:
+        if p.poll() is None:
+            p.terminate()
+    deadline = time.monotonic() + grace_s
+    for p in procs:
+        try:
+            p.wait(timeout=max(deadline - time.monotonic(), 0.1))
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()
+
+
+def launch(command: Sequence[str], processes: int, devices_per_process: int, *, port: int | None = None) -> int:
+    """Run ``rnn-jax COMMAND`` as ``processes`` processes of ``devices_per_process`` CPU devices on 127.0.0.1.
+
+    Each child gets ``--coordinator 127.0.0.1:PORT --num-processes N --process-id I`` and
+    ``XLA_FLAGS=--xla_force_host_platform_device_count=K``; its output is prefixed with ``[pI]``. Returns 0
+    when every child succeeds; when one fails the others are stopped and a one-line error names it.
+    """
+    if not command:
+        raise UserError("give the command to run after --, e.g. rnn-jax launch --processes 2 -- charlm train")
+    for name, value in (("processes", processes), ("devices-per-process", devices_per_process)):
+        if not isinstance(value, int) or value < 1:
+            raise UserError(f"--{name} must be a positive integer, got {value!r}")
+    address = f"127.0.0.1:{port or _free_port()}"
+    env = _child_env(devices_per_process)
+    procs, relays = [], []
+    for i in range(processes):
+        flags = ["--coordinator", address, "--num-processes", str(processes), "--process-id", str(i)]
+        argv = [sys.executable, "-m", "rnn_jax.cli", command[0], *flags, *command[1:]]
+        p = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        relay = threading.Thread(target=_relay, args=(p.stdout, f"[p{i}] ".encode(), sys.stdout.buffer), daemon=True)
+        relay.start()
+        procs.append(p)
+        relays.append(relay)
+    try:
+        return _wait_all(procs)
+    finally:
+        _stop(procs)
+        for relay in relays:
+            relay.join(timeout=5)
+
+
+def _wait_all(procs: Sequence[subprocess.Popen]) -> int:
+    while True:
+        codes = [p.poll() for p in procs]
+        failed = [i for i, c in enumerate(codes) if c not in (None, 0)]
+        if failed:
+            i = failed[0]
+            others = sum(c is None for c in codes)
+            what = f"process {i} {_exit_description(codes[i])}; stopping the {others} still running"
+            print(f"rnn-jax launch: error: {what}", file=sys.stderr, flush=True)
+            return 1
+        if all(c == 0 for c in codes):
+            return 0
+        time.sleep(0.1)
+
+
+def cli_main(argv: Sequence[str], prog: str = "rnn-jax launch") -> int:
+    """``rnn-jax launch --processes N --devices-per-process K -- COMMAND ...``."""
+    parser = argparse.ArgumentParser(
+        prog=prog,
+        description="Run an rnn-jax command as N processes on this machine (CPU devices), connected by JAX's "
+        "distributed runtime: the multi-host path on one computer.",
+        epilog="example: rnn-jax launch --processes 2 --devices-per-process 2 -- charlm train --devices 4 --steps 50",
+    )
+    parser.add_argument("--processes", type=int, default=2, help="number of processes (default 2)")
+    parser.add_argument("--devices-per-process", type=int, default=1, help="CPU devices in each process (default 1)")
+    parser.add_argument("--port", type=int, help="the coordinator's port on 127.0.0.1 (default: a free one)")
+    parser.add_argument("command", nargs=argparse.REMAINDER, help="-- then the rnn-jax command and its arguments")
+    args = parser.parse_args(list(argv))
+    command = args.command[1:] if args.command[:1] == ["--"] else args.command
+    return launch(command, args.processes, args.devices_per_process, port=args.port)
