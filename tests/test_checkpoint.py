@@ -2,15 +2,19 @@
 
 import functools
 import os
+import shutil
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from flax import serialization
 
 import rnn_jax as R
-from rnn_jax import checkpoint
+from rnn_jax import checkpoint, cli
 from rnn_jax import train as T
+from rnn_jax.apps import charlm, seq2seq
 from rnn_jax.errors import UserError
 
 
@@ -85,3 +89,58 @@ def test_unwritable_output_directory_is_a_clear_error(tmp_path):
     (tmp_path / "a_file").write_text("x")
     with pytest.raises(UserError, match="cannot write to the output directory"):
         checkpoint.ensure_writable_dir(tmp_path / "a_file" / "run")
+
+
+# ---------------------------------------------------------------------------------------------------
+# Runs written by an older rnn_jax (tests/fixtures/checkpoints/README.md): they load through the apps'
+# public API, sample or translate, and a char-LM run resumes.
+# ---------------------------------------------------------------------------------------------------
+
+FIXTURES = Path(__file__).parent / "fixtures" / "checkpoints"
+
+
+def _stored_leaves(run: str) -> list[np.ndarray]:
+    """The arrays of a fixture in stored order, read with msgpack alone (independent of rnn_jax)."""
+    payload = serialization.msgpack_restore((FIXTURES / run / "latest.ckpt").read_bytes())
+    leaves = payload["leaves"]
+    return [np.asarray(leaves[str(i)]) for i in range(len(leaves))]
+
+
+def _assert_params_are_stored(params, run: str):
+    """The params are the first leaves of the stored train state, bit for bit and in order."""
+    got = [np.asarray(x) for x in jax.tree.leaves(params)]
+    stored = _stored_leaves(run)[: len(got)]
+    assert len(got) > 4
+    for a, b in zip(got, stored, strict=True):
+        assert a.dtype == b.dtype
+        np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("run", ["charlm_gru1", "charlm_lstm2"])
+def test_old_charlm_runs_load_and_sample(run):
+    params, cfg, vocab, meta = charlm.load_model(str(FIXTURES / run))
+    assert meta["step"] == 3 and meta["kind"] == "charlm"
+    _assert_params_are_stored(params, run)
+    (text,) = charlm.generate(params, cfg, vocab, "he", jax.random.key(0), length=9)
+    assert len(text) == 9 and set(text) <= set(vocab.chars)
+
+
+@pytest.mark.parametrize("run", ["seq2seq_lstm1", "seq2seq_gru2"])
+def test_old_seq2seq_runs_load_and_translate(run):
+    model = seq2seq.load_model(str(FIXTURES / run))
+    _assert_params_are_stored(model.params, run)
+    outputs = seq2seq.translate(model, ["abc", "fed"])
+    target_chars = "abcdef"
+    assert len(outputs) == 2 and all(set(o) <= set(target_chars) for o in outputs)
+
+
+def test_old_charlm_run_resumes_for_one_step(tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(FIXTURES / "charlm_gru1", run)
+    argv = ["charlm", "train", "--resume", "--out", str(run), "--text", str(FIXTURES / "corpus.txt")]
+    assert cli.main([*argv, "--steps", "4", "--no-progress"]) == 0
+    assert checkpoint.read_meta(checkpoint.latest(run))["step"] == 4
+    params, _, _, _ = charlm.load_model(str(run), "latest")
+    before = jax.tree.leaves(charlm.load_model(str(FIXTURES / "charlm_gru1"))[0])
+    changed = [not np.array_equal(a, b) for a, b in zip(jax.tree.leaves(params), before, strict=True)]
+    assert any(changed)  # the step trained the restored params
