@@ -3,8 +3,9 @@
 ``run(cell, params, carry, xs)`` applies ``cell(params, carry, x_t) -> (carry, y_t)`` at every step
 ``t`` with the *same* params, and returns the final carry and every ``y_t``. It is the library's
 one scan over time; everything recurrent (stacks, encoders, decoders with attention) goes through it.
-(For the vanilla RNN on CPU it runs the recurrence through a ``custom_jvp`` whose rule scans the same
-loop and its tangent: see :func:`uses_vanilla_fast_path`.)
+``impl`` names the algorithm: ``"scan"`` (``lax.scan`` differentiated by JAX), ``"custom_jvp"`` (the
+vanilla layer with a hand-written tangent whose weight gradients come after the loop), ``"pallas"``
+(:mod:`rnn_jax.kernels`), or ``"auto"``, which picks per platform (:func:`auto_plan`).
 
 Shapes: ``xs`` is ``[..., T, I]`` (batch-major, the default) or ``[T, ..., I]`` (``time_major=True``),
 with any number of leading batch dimensions ``...`` (none at all for a single sequence). Cells are
@@ -29,7 +30,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from functools import partial
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -37,6 +38,7 @@ import numpy as np
 from jax import lax
 
 from rnn_jax.cells import Cell, vanilla_cell
+from rnn_jax.errors import UserError
 
 __all__ = [
     "run",
@@ -47,7 +49,12 @@ __all__ = [
     "auto_unroll",
     "auto_hoist",
     "auto_saved",
-    "uses_vanilla_fast_path",
+    "auto_plan",
+    "custom_jvp_refusal",
+    "vmap_batch",
+    "identity",
+    "Plan",
+    "IMPLS",
     "REMAT_OPTIONS",
 ]
 
@@ -67,12 +74,12 @@ def _sequence_layout(xs, time_major: bool) -> tuple[int, tuple[int, ...]]:
     """Return ``(T, batch_shape)`` of ``xs``, checking that every leaf agrees."""
     leaves = jax.tree.leaves(xs)
     if not leaves:
-        raise ValueError("xs is empty: run needs at least one input array")
+        raise UserError("xs is empty: run needs at least one input array")
     T = batch = None
     for leaf in leaves:
         shape = jnp.shape(leaf)
         if len(shape) < 2:
-            raise ValueError(
+            raise UserError(
                 f"each input must have a time axis and a feature axis, got shape {_shape_str(shape)}; "
                 "expected [..., T, I] (or [T, ..., I] with time_major=True)"
             )
@@ -80,12 +87,12 @@ def _sequence_layout(xs, time_major: bool) -> tuple[int, tuple[int, ...]]:
         if T is None:
             T, batch = leaf_T, leaf_batch
         elif (leaf_T, leaf_batch) != (T, batch):
-            raise ValueError(
+            raise UserError(
                 f"inputs disagree: one has T={T} and batch shape {_shape_str(batch)}, another T={leaf_T} "
                 f"and batch shape {_shape_str(leaf_batch)}"
             )
     if T < 1:
-        raise ValueError(f"the sequence must have at least one step, got T={T}")
+        raise UserError(f"the sequence must have at least one step, got T={T}")
     return T, tuple(batch)
 
 
@@ -100,7 +107,7 @@ def _check_inputs(cell, params, xs):
                 "embed or one-hot encode token ids first"
             )
         if jnp.shape(leaf)[-1] != expected:
-            raise ValueError(
+            raise UserError(
                 f"input feature size mismatch: the {cell.name} params expect I={expected}, "
                 f"got inputs of shape {_shape_str(jnp.shape(leaf))} (I={jnp.shape(leaf)[-1]})"
             )
@@ -112,12 +119,12 @@ def _check_carry(cell, params, carry, batch: tuple[int, ...]):
         expected = jax.tree.map(lambda s: jax.ShapeDtypeStruct(batch + s.shape, s.dtype), single)
         got_def, want_def = jax.tree.structure(carry), jax.tree.structure(expected)
         if got_def != want_def:
-            raise ValueError(
+            raise UserError(
                 f"carry has the wrong structure for the {cell.name} cell: expected {want_def}, got {got_def}"
             )
         for got, want in zip(jax.tree.leaves(carry), jax.tree.leaves(expected)):
             if jnp.shape(got) != want.shape:
-                raise ValueError(
+                raise UserError(
                     f"carry shape mismatch for the {cell.name} cell: expected {_shape_str(want.shape)} "
                     f"(batch shape {_shape_str(batch)} + {_shape_str(want.shape[len(batch) :])}), "
                     f"got {_shape_str(jnp.shape(got))}"
@@ -125,7 +132,7 @@ def _check_carry(cell, params, carry, batch: tuple[int, ...]):
     else:
         for got in jax.tree.leaves(carry):
             if tuple(jnp.shape(got)[: len(batch)]) != batch:
-                raise ValueError(
+                raise UserError(
                     f"carry leaves must start with the batch shape {_shape_str(batch)}, "
                     f"got {_shape_str(jnp.shape(got))}"
                 )
@@ -136,11 +143,55 @@ def _check_lengths(lengths, T: int, batch: tuple[int, ...]):
     if not jnp.issubdtype(dtype, jnp.integer):
         raise TypeError(f"lengths must be integers, got dtype {dtype}")
     if tuple(jnp.shape(lengths)) != batch:
-        raise ValueError(f"lengths must have the batch shape {_shape_str(batch)}, got {_shape_str(jnp.shape(lengths))}")
+        raise UserError(f"lengths must have the batch shape {_shape_str(batch)}, got {_shape_str(jnp.shape(lengths))}")
     if not isinstance(lengths, jax.core.Tracer):  # values can only be checked outside jit
         values = np.asarray(lengths)
         if values.size and (values.min() < 0 or values.max() > T):
-            raise ValueError(f"lengths must lie in [0, T={T}], got values from {values.min()} to {values.max()}")
+            raise UserError(f"lengths must lie in [0, T={T}], got values from {values.min()} to {values.max()}")
+
+
+# ---------------------------------------------------------------------------------------------------
+# One call's static arguments and the plan that computes it
+# ---------------------------------------------------------------------------------------------------
+
+
+class _Call(NamedTuple):
+    """One call's static arguments, validated: the layout of ``xs`` and the options of :func:`run`."""
+
+    T: int
+    batch: tuple[int, ...]
+    time_major: bool
+    reverse: bool
+    remat: bool | str
+    return_carries: bool
+
+
+class Plan(NamedTuple):
+    """How :func:`run` computes a call on one platform (see :func:`auto_plan`).
+
+    Attributes:
+      impl: ``"scan"`` (``lax.scan`` with autodiff) or ``"custom_jvp"`` (the vanilla layer's fast path).
+      hoist: the input projection of all steps as one matmul before the loop (a ``Cell`` only).
+      unroll: steps per iteration of the compiled loop.
+      saved: names of the step values the backward pass stores (``()``: XLA keeps what it chooses).
+    """
+
+    impl: str
+    hoist: bool
+    unroll: int
+    saved: tuple[str, ...]
+
+
+def vmap_batch(fn: Callable, n_batch_dims: int, in_axes=0, out_axes=0) -> Callable:
+    """``fn`` written for one example, mapped over ``n_batch_dims`` batch dimensions (one ``jax.vmap`` each).
+
+    ``in_axes``/``out_axes`` are those of each ``jax.vmap``: the position of the batch dimension that
+    this level maps. Each level removes one, so the same axes serve every level (``[T, B1, B2, I]``
+    with ``in_axes=1`` maps ``B1``, then ``B2``).
+    """
+    for _ in range(n_batch_dims):
+        fn = jax.vmap(fn, in_axes=in_axes, out_axes=out_axes)
+    return fn
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -157,7 +208,7 @@ def _mask_time(mask_T, ys):
     return jax.tree.map(lambda y: jnp.where(lax.expand_dims(mask_T, range(1, jnp.ndim(y))), y, 0), ys)
 
 
-def _scan_one(step, carry, xs, length, T, *, project, readout, reverse, unroll, remat, return_carries, saved=()):
+def _scan_one(step, carry, xs, length, *, project, readout, call: _Call, plan: Plan):
     """Scan ``step(carry, u) -> (carry, z)`` over the leading axis of ``xs`` for one example.
 
     ``project`` (``[n, I] -> [n, ...]``) and ``readout`` (``[n, ...] -> [n, O]``) map whole blocks of
@@ -170,33 +221,24 @@ def _scan_one(step, carry, xs, length, T, *, project, readout, reverse, unroll, 
         new_c, z = step(c, u)
         if length is not None:
             new_c = _where(t < length, new_c, c)
-        return new_c, ((z, new_c) if return_carries else z)
+        return new_c, ((z, new_c) if call.return_carries else z)
 
-    if remat == "sqrt":
-        return _scan_sqrt(
-            body,
-            carry,
-            xs,
-            T,
-            project=project,
-            readout=readout,
-            reverse=reverse,
-            unroll=unroll,
-            return_carries=return_carries,
-        )
-    if remat in (True, "step"):
+    if call.remat == "sqrt":
+        return _scan_sqrt(body, carry, xs, project=project, readout=readout, call=call, unroll=plan.unroll)
+    if call.remat in (True, "step"):
         body = jax.checkpoint(body)
-    elif saved:  # store only the named pre-activations per step; recompute the elementwise rest
-        body = jax.checkpoint(body, policy=jax.checkpoint_policies.save_only_these_names(*saved))
-    carry, outs = lax.scan(body, carry, (jnp.arange(T), project(xs)), reverse=reverse, unroll=unroll)
-    return carry, _readout_outs(readout, outs, return_carries)
+    elif plan.saved:  # store only the named pre-activations per step; recompute the elementwise rest
+        body = jax.checkpoint(body, policy=jax.checkpoint_policies.save_only_these_names(*plan.saved))
+    ts = jnp.arange(call.T)
+    carry, outs = lax.scan(body, carry, (ts, project(xs)), reverse=call.reverse, unroll=plan.unroll)
+    return carry, _readout_outs(readout, outs, call.return_carries)
 
 
 def _readout_outs(readout, outs, return_carries):
     return (readout(outs[0]), outs[1]) if return_carries else readout(outs)
 
 
-def _scan_sqrt(body, carry, xs, T, *, project, readout, reverse, unroll, return_carries):
+def _scan_sqrt(body, carry, xs, *, project, readout, call: _Call, unroll: int):
     """Nested scan with sqrt(T) checkpointing: store one carry per chunk, recompute inside a chunk.
 
     Memory for the backward pass falls from O(T) step residuals to O(sqrt T) carries plus the residuals
@@ -204,6 +246,7 @@ def _scan_sqrt(body, carry, xs, T, *, project, readout, reverse, unroll, return_
     ``xs`` and the outputs grow with ``T``. Padding steps (``t >= T``) leave the carry alone; their
     outputs are cut off.
     """
+    T = call.T
     chunk = math.isqrt(T - 1) + 1 if T > 1 else 1
     n_chunks = -(-T // chunk)
     pad = n_chunks * chunk - T
@@ -226,16 +269,60 @@ def _scan_sqrt(body, carry, xs, T, *, project, readout, reverse, unroll, return_
     @jax.checkpoint
     def chunk_body(c, inputs):
         ts, xs_chunk = inputs
-        c, outs = lax.scan(step_body, c, (ts, project(xs_chunk)), reverse=reverse, unroll=unroll)
-        return c, _readout_outs(readout, outs, return_carries)
+        c, outs = lax.scan(step_body, c, (ts, project(xs_chunk)), reverse=call.reverse, unroll=unroll)
+        return c, _readout_outs(readout, outs, call.return_carries)
 
-    carry, outs = lax.scan(chunk_body, carry, (ts_c, xs_c), reverse=reverse)
+    carry, outs = lax.scan(chunk_body, carry, (ts_c, xs_c), reverse=call.reverse)
     outs = jax.tree.map(lambda a: a.reshape((n_chunks * chunk,) + a.shape[2:])[:T], outs)
     return carry, outs
 
 
+def identity(x):
+    """``x`` unchanged (the input projection and output head of a cell that has none)."""
+    return x
+
+
+def _run_one(cell, params, carry, xs_T, length, *, call: _Call, plan: Plan):
+    if isinstance(cell, Cell):
+        readout = jax.vmap(partial(cell.readout, params))
+        if plan.hoist:  # the input projection of a block of steps is one matmul outside the sequential loop
+            project, step = jax.vmap(partial(cell.project, params)), partial(cell.step, params)
+        else:
+            project = identity
+
+            def step(c, x):
+                return cell.step(params, c, cell.project(params, x))
+
+    else:
+        project, readout, step = identity, identity, partial(cell, params)
+    if carry is None:
+        carry = cell.init_carry(params)
+    carry, outs = _scan_one(step, carry, xs_T, length, project=project, readout=readout, call=call, plan=plan)
+    ys, carries = outs if call.return_carries else (outs, None)
+    if length is not None:
+        ys = _mask_time(jnp.arange(call.T) < length, ys)
+    return (carry, ys, carries) if call.return_carries else (carry, ys)
+
+
+def _run_scan(cell, params, carry, xs, lengths, call: _Call, plan: Plan):
+    """The plain ``lax.scan`` over time, vmapped over the batch dimensions (the cell sees one example)."""
+    x_axis = 1 if call.time_major else 0
+    fn = vmap_batch(
+        partial(_run_one, cell, params, call=call, plan=plan),
+        len(call.batch),
+        in_axes=(None if carry is None else 0, x_axis, None if lengths is None else 0),
+        out_axes=(0, x_axis, x_axis) if call.return_carries else (0, x_axis),
+    )
+    return fn(carry, xs, lengths)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Defaults per platform
+# ---------------------------------------------------------------------------------------------------
+
+
 def auto_unroll(T: int, state_size: int, backend: str | None = None) -> int:
-    """The default ``unroll`` (steps per compiled loop iteration) by backend and batch carry size.
+    """The default ``unroll`` (steps per compiled loop iteration) by platform and batch carry size.
 
     On GPU/TPU each loop iteration costs kernel launches: unroll 8 (H100 anchors: 1.2-2.3x faster
     than unroll 1). On CPU the loop overhead matters only when a step is tiny: unroll 4 when the
@@ -306,28 +393,67 @@ def auto_saved(cell, state_size: int, backend: str | None = None) -> tuple[str, 
     return cell.saved if backend == "cpu" and state_size > CPU_SMALL_STATE else ()
 
 
+def custom_jvp_refusal(cell, *, lengths=None, reverse=False, remat=False, return_carries=False) -> str | None:
+    """Why ``impl="custom_jvp"`` cannot compute this call, or ``None`` when it can.
+
+    The fast path is the vanilla recurrence (any output head) run forward over every step, storing
+    its own residuals: no ``lengths``, ``reverse``, ``remat`` or ``return_carries``.
+    """
+    if not (isinstance(cell, Cell) and cell.step is vanilla_cell.step and cell.project is vanilla_cell.project):
+        got = f"the {cell.name} cell" if isinstance(cell, Cell) else f"the function {getattr(cell, '__name__', cell)}"
+        return f"runs the vanilla cell only, got {got}"
+    for name, given in (("lengths", lengths is not None), ("reverse", reverse), ("return_carries", return_carries)):
+        if given:
+            return f"takes no {name} (got {name}={'an array' if name == 'lengths' else True})"
+    if remat not in (False, "none"):
+        return f"stores its own residuals, so it takes no remat (got remat={remat!r})"
+    return None
+
+
+def auto_plan(cell, T: int, state_size: int, *, platform: str, impl: str = "auto", hoist=None, unroll=None,
+              **options) -> Plan:  # fmt: skip
+    """The :class:`Plan` that :func:`run` follows on ``platform`` (``"cpu"``, ``"cuda"``, ``"rocm"``, ``"tpu"``).
+
+    ``impl="auto"`` takes the vanilla layer's ``custom_jvp`` fast path on CPU wherever it applies
+    (:func:`custom_jvp_refusal` with ``options``: ``lengths``, ``reverse``, ``remat``, ``return_carries``),
+    whatever ``hoist`` and ``unroll`` say (two idle cores, fwd+bwd: (32, 128, 256, 256) 1.11x and
+    (1, 2048, 32, 32) 2.17x faster than the plain scan, ``experiments/vanilla_custom_jvp.py``); elsewhere,
+    and on GPU/TPU always (not measured there), the plain scan. Unset ``hoist``/``unroll`` and the saved
+    residuals follow :func:`auto_hoist`, :func:`auto_unroll` and :func:`auto_saved` for ``platform``; the
+    fast path keeps ``unroll=1`` unless given.
+    """
+    if impl == "custom_jvp" or (impl == "auto" and platform == "cpu" and custom_jvp_refusal(cell, **options) is None):
+        return Plan("custom_jvp", True, 1 if unroll is None else int(unroll), ())
+    return Plan(
+        "scan",
+        auto_hoist(cell, state_size, platform) if hoist is None else bool(hoist),
+        auto_unroll(T, state_size, platform) if unroll is None else int(unroll),
+        auto_saved(cell, state_size, platform),
+    )
+
+
 # ---------------------------------------------------------------------------------------------------
-# The vanilla RNN's fast path on CPU: the weight gradient after the loop, forward mode kept
+# The vanilla RNN's fast path: the weight gradient after the loop, forward mode kept
 # ---------------------------------------------------------------------------------------------------
 
 
-def _vanilla_forward(W_x, W_h, b, h0, xs):
+def _vanilla_forward(W_x, W_h, b, h0, xs, unroll: int = 1):
     """``h_t = tanh(x_t W_x + h_{t-1} W_h + b)`` over a time-major ``xs [T, N, I]`` from ``h0 [N, H]``."""
 
     def step(h, x):
         h = jnp.tanh(x @ W_x + h @ W_h + b[None, :])
         return h, h
 
-    return lax.scan(step, h0, xs)[1]
+    return lax.scan(step, h0, xs, unroll=unroll)[1]
 
 
-@jax.custom_jvp
-def _vanilla_layer(W_x, W_h, b, h0, xs):
-    return _vanilla_forward(W_x, W_h, b, h0, xs)
+@partial(jax.custom_jvp, nondiff_argnums=(0,))
+def _vanilla_layer(unroll, W_x, W_h, b, h0, xs):
+    return _vanilla_forward(W_x, W_h, b, h0, xs, unroll)
 
 
 @partial(_vanilla_layer.defjvp, symbolic_zeros=True)
-def _vanilla_layer_jvp(primals, tangents):
+def _vanilla_layer_jvp(unroll, primals, tangents):
     """The tangent with every term that does not pass through the recurrence taken out of the loop::
 
         E = X dW_x + H_prev dW_h + db + dX W_x        (big matmuls, all steps at once)
@@ -339,7 +465,7 @@ def _vanilla_layer_jvp(primals, tangents):
     """
     W_x, W_h, b, h0, xs = primals
     dW_x, dW_h, db, dh0, dxs = tangents
-    hs = _vanilla_forward(W_x, W_h, b, h0, xs)
+    hs = _vanilla_forward(W_x, W_h, b, h0, xs, unroll)
     zero = jax.custom_derivatives.SymbolicZero
     E = jnp.zeros_like(hs)
     if not isinstance(dW_x, zero):
@@ -357,83 +483,90 @@ def _vanilla_layer_jvp(primals, tangents):
         dh = slope * (e + dh @ W_h)
         return dh, dh
 
-    _, dhs = lax.scan(step, dh0, (E, 1 - hs * hs))
+    _, dhs = lax.scan(step, dh0, (E, 1 - hs * hs), unroll=unroll)
     return hs, dhs
 
 
-def uses_vanilla_fast_path(cell, *, lengths=None, reverse=False, remat=False, return_carries=False,
-                           hoist=None, unroll=None, backend: str | None = None) -> bool:  # fmt: skip
-    """Whether :func:`run` takes the vanilla RNN's fast path (:func:`_vanilla_layer`) for these arguments.
-
-    On CPU, for the vanilla cell (any output head), with the default ``hoist`` and ``unroll`` and no
-    ``lengths``, ``reverse``, ``remat`` or ``return_carries``. Two idle cores, fwd+bwd:
-    (32, 128, 256, 256) 1.11x and (1, 2048, 32, 32) 2.17x faster than the plain scan
-    (``experiments/vanilla_custom_jvp.py``, ``docs/bench.md``). Not measured elsewhere, so not used there.
-    """
-    backend = backend or jax.default_backend()
-    return (
-        isinstance(cell, Cell)
-        and cell.step is vanilla_cell.step
-        and cell.project is vanilla_cell.project
-        and backend == "cpu"
-        and lengths is None
-        and not reverse
-        and remat in (False, "none")
-        and not return_carries
-        and hoist is None
-        and unroll is None
-    )
+def _to_time_major_flat(a, call: _Call):
+    """``[..., T, I]`` (or ``[T, ..., I]``) to ``[T, N, I]`` with every batch dimension in ``N``."""
+    a_T = a if call.time_major else jnp.moveaxis(a, -2, 0)
+    return jnp.reshape(a_T, (call.T, math.prod(call.batch), a_T.shape[-1]))
 
 
-def _run_vanilla_fast(cell, params, carry, xs, *, batch, time_major):
-    """The fast path: flatten the batch, run :func:`_vanilla_layer` time-major, apply the head."""
-    xs_T = xs if time_major else jnp.moveaxis(xs, -2, 0)  # [T, ..., I]
-    T, N = xs_T.shape[0], math.prod(batch)
-    H = params.W_hh.shape[0]
-    h0 = jnp.zeros((N, H), params.W_hh.dtype) if carry is None else jnp.reshape(carry, (N, H))
-    hs = _vanilla_layer(params.W_xh, params.W_hh, params.b_h, h0, jnp.reshape(xs_T, (T, N, xs_T.shape[-1])))
-    ys = jax.vmap(partial(cell.readout, params))(hs.reshape(T * N, H))
-    ys = ys.reshape((T,) + tuple(batch) + ys.shape[1:])
-    return hs[-1].reshape(tuple(batch) + (H,)), ys if time_major else jnp.moveaxis(ys, 0, -2)
+def _from_time_major_flat(y, call: _Call):
+    """``[T, N, ...]`` back to the layout and batch shape of the call's inputs."""
+    y = jnp.reshape(y, (call.T, *call.batch, *y.shape[2:]))
+    return y if call.time_major else jnp.moveaxis(y, 0, len(call.batch))
 
 
-def _identity(x):
-    return x
-
-
-def _run_one(cell, params, carry, xs_T, length, *, T, hoist, saved, reverse, unroll, remat, return_carries):
-    if isinstance(cell, Cell):
-        readout = jax.vmap(partial(cell.readout, params))
-        if hoist:  # the input projection of a block of steps is one matmul outside the sequential loop
-            project, step = jax.vmap(partial(cell.project, params)), partial(cell.step, params)
-        else:
-            project = _identity
-
-            def step(c, x):
-                return cell.step(params, c, cell.project(params, x))
-
-    else:
-        project, readout, step = _identity, _identity, partial(cell, params)
+def _carry_to_flat(cell, params, carry, call: _Call):
+    """The initial carry with every batch dimension flattened into one leading ``N`` (zeros for ``None``)."""
+    N, n = math.prod(call.batch), len(call.batch)
     if carry is None:
-        carry = cell.init_carry(params)
-    carry, outs = _scan_one(
-        step,
-        carry,
-        xs_T,
-        length,
-        T,
-        project=project,
-        readout=readout,
-        reverse=reverse,
-        unroll=unroll,
-        remat=remat,
-        return_carries=return_carries,
-        saved=saved,
-    )
-    ys, carries = outs if return_carries else (outs, None)
-    if length is not None:
-        ys = _mask_time(jnp.arange(T) < length, ys)
-    return (carry, ys, carries) if return_carries else (carry, ys)
+        return zeros_carry(cell, params, (N,))
+    return jax.tree.map(lambda c: jnp.reshape(c, (N, *jnp.shape(c)[n:])), carry)
+
+
+def _run_vanilla_fast(cell, params, carry, xs, call: _Call, plan: Plan):
+    """The fast path: flatten the batch, run :func:`_vanilla_layer` time-major, apply the head."""
+    T, H = call.T, params.W_hh.shape[0]
+    h0 = _carry_to_flat(cell, params, carry, call)
+    hs = _vanilla_layer(plan.unroll, params.W_xh, params.W_hh, params.b_h, h0, _to_time_major_flat(xs, call))
+    ys = jax.vmap(partial(cell.readout, params))(hs.reshape(T * hs.shape[1], H))
+    ys = ys.reshape((T, hs.shape[1], *ys.shape[1:]))
+    return hs[-1].reshape((*call.batch, H)), _from_time_major_flat(ys, call)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Pallas kernels (rnn_jax.kernels)
+# ---------------------------------------------------------------------------------------------------
+
+
+def _run_pallas(cell, params, carry, xs, lengths, call: _Call):
+    """Flatten the batch, run :func:`rnn_jax.kernels.run_pallas` time-major, restore the layout."""
+    try:
+        from rnn_jax import kernels
+    except ImportError as e:
+        raise ImportError(f"impl='pallas' needs rnn_jax.kernels, which did not import ({e}); use impl='scan'") from e
+    xs_TNI = jax.tree.map(lambda a: _to_time_major_flat(a, call), xs)
+    lengths_N = None if lengths is None else jnp.reshape(lengths, (math.prod(call.batch),))
+    reason = kernels.unsupported_reason(
+        cell, params, xs_TNI, lengths=lengths_N, reverse=call.reverse, remat=call.remat,
+        return_carries=call.return_carries,
+    )  # fmt: skip
+    if reason is not None:
+        raise UserError(f"impl='pallas' cannot run this call: {reason}; use impl='scan'")
+    carry_N = _carry_to_flat(cell, params, carry, call)
+    final_N, ys_TNO = kernels.run_pallas(cell, params, carry_N, xs_TNI, lengths_N, reverse=call.reverse)
+    final = jax.tree.map(lambda c: jnp.reshape(c, (*call.batch, *jnp.shape(c)[1:])), final_N)
+    return final, jax.tree.map(lambda y: _from_time_major_flat(y, call), ys_TNO)
+
+
+# ---------------------------------------------------------------------------------------------------
+# run
+# ---------------------------------------------------------------------------------------------------
+
+IMPLS = ("auto", "scan", "custom_jvp", "pallas")
+"""The algorithms :func:`run` can follow (its ``impl``)."""
+
+
+def _check_options(cell, *, remat, unroll, impl):
+    if not callable(cell):
+        raise TypeError(
+            f"cell must be a Cell or a function (params, carry, x) -> (carry, y), got {type(cell).__name__}"
+        )
+    if impl not in IMPLS:
+        raise UserError(f"impl must be one of {IMPLS}, got {impl!r}; impl='auto' picks one per platform")
+    if remat not in REMAT_OPTIONS:
+        raise UserError(f"remat must be one of {REMAT_OPTIONS}, got {remat!r}")
+    if unroll is not None and (not isinstance(unroll, (int, np.integer)) or isinstance(unroll, bool) or unroll < 1):
+        raise UserError(f"unroll must be a positive integer, got {unroll!r} (or None: chosen by platform and size)")
+
+
+def _execute(cell, params, carry, xs, lengths, call: _Call, plan: Plan):
+    if plan.impl == "custom_jvp":
+        return _run_vanilla_fast(cell, params, carry, xs, call, plan)
+    return _run_scan(cell, params, carry, xs, lengths, call, plan)
 
 
 def run(
@@ -449,6 +582,7 @@ def run(
     remat: bool | str = False,
     return_carries: bool = False,
     hoist: bool | None = None,
+    impl: str = "auto",
 ):
     """Run ``cell`` over a sequence with ``lax.scan``: ``h_t, y_t = cell(params, h_{t-1}, x_t)``.
 
@@ -465,67 +599,44 @@ def run(
       time_major: whether time is the first axis of ``xs`` (and of the outputs).
       reverse: run from the last step to the first (outputs stay at their own positions).
       unroll: steps per iteration of the compiled loop (a speed knob; results do not change);
-        ``None`` picks it by backend and carry size (:func:`auto_unroll`).
+        ``None`` picks it by platform and carry size (:func:`auto_unroll`).
       remat: ``False``/``"none"``: store every step's residuals for BPTT; ``True``/``"step"``:
         recompute each step in the backward pass (``jax.checkpoint``); ``"sqrt"``: nested scan that
         stores one carry per chunk of ``ceil(sqrt(T))`` steps (memory ``O(sqrt T)``).
       return_carries: also return the carry after every step.
       hoist: for a ``Cell``, compute the input projection of all steps as one matmul before the loop
         (``True``) or inside each step (``False``); a speed knob, results agree to float rounding.
-        ``None`` picks it by cell, backend and carry size (:func:`auto_hoist`). Ignored for plain functions.
+        ``None`` picks it by cell, platform and carry size (:func:`auto_hoist`). Ignored for plain functions.
+      impl: the algorithm, and so the gradient rule (``unroll``, ``hoist`` and ``remat`` never change it):
+        ``"scan"``: ``lax.scan`` differentiated by JAX; ``"custom_jvp"``: the vanilla layer with its
+        hand-written tangent (weight gradients after the loop; vanilla cell only, no ``lengths``,
+        ``reverse``, ``remat``, ``return_carries``); ``"pallas"``: the kernels of :mod:`rnn_jax.kernels`
+        (``unroll`` and ``hoist`` do not apply); ``"auto"``: :func:`auto_plan`.
 
     Returns:
       ``(final_carry, ys)``, or ``(final_carry, ys, carries)`` with ``return_carries``; ``ys`` and
       ``carries`` have the time axis where ``xs`` has it.
     """
-    if not callable(cell):
-        raise TypeError(
-            f"cell must be a Cell or a function (params, carry, x) -> (carry, y), got {type(cell).__name__}"
-        )
-    if remat not in REMAT_OPTIONS:
-        raise ValueError(f"remat must be one of {REMAT_OPTIONS}, got {remat!r}")
-    if unroll is not None and (not isinstance(unroll, (int, np.integer)) or isinstance(unroll, bool) or unroll < 1):
-        raise ValueError(f"unroll must be a positive integer, got {unroll!r} (or None: chosen by backend and size)")
+    _check_options(cell, remat=remat, unroll=unroll, impl=impl)
     T, batch = _sequence_layout(xs, time_major)
     _check_inputs(cell, params, xs)
     if carry is None:
         if not isinstance(cell, Cell):
-            raise ValueError("carry=None (zeros) needs a Cell; pass an explicit initial carry for a plain function")
+            raise UserError("carry=None (zeros) needs a Cell; pass an explicit initial carry for a plain function")
     else:
         _check_carry(cell, params, carry, batch)
     if lengths is not None:
         _check_lengths(lengths, T, batch)
-    if uses_vanilla_fast_path(
-        cell, lengths=lengths, reverse=reverse, remat=remat, return_carries=return_carries, hoist=hoist, unroll=unroll
-    ):
-        return _run_vanilla_fast(cell, params, carry, xs, batch=batch, time_major=time_major)
+    call = _Call(T, batch, bool(time_major), bool(reverse), remat, bool(return_carries))
+    if impl == "pallas":
+        return _run_pallas(cell, params, carry, xs, lengths, call)
+    options = dict(lengths=lengths, reverse=reverse, remat=remat, return_carries=return_carries)
+    if impl == "custom_jvp" and (reason := custom_jvp_refusal(cell, **options)) is not None:
+        raise UserError(f"impl='custom_jvp' {reason}; use impl='scan' (or impl='auto')")
     state_size = _carry_size(cell, params, carry, batch)
-    if unroll is None:
-        unroll = auto_unroll(T, state_size)
-    if hoist is None:
-        hoist = auto_hoist(cell, state_size)
-
-    fn = partial(
-        _run_one,
-        cell,
-        params,
-        T=T,
-        hoist=bool(hoist),
-        saved=auto_saved(cell, state_size),
-        reverse=reverse,
-        unroll=int(unroll),
-        remat=remat,
-        return_carries=return_carries,
-    )
-    x_axis = 1 if time_major else 0
-    out_axes = (0, x_axis, x_axis) if return_carries else (0, x_axis)
-    for _ in batch:  # one vmap per batch dimension: the cell itself sees one example
-        fn = jax.vmap(
-            fn,
-            in_axes=(None if carry is None else 0, x_axis, None if lengths is None else 0),
-            out_axes=out_axes,
-        )
-    return fn(carry, xs, lengths)
+    plan = auto_plan(cell, T, state_size, platform=jax.default_backend(), impl=impl, hoist=hoist, unroll=unroll,
+                     **options)  # fmt: skip
+    return _execute(cell, params, carry, xs, lengths, call, plan)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -578,22 +689,22 @@ def run_stack(
       dropout_rate: inverted dropout on the inputs of layers ``2..L`` (between layers), applied only
         when ``key`` is given; pass no key at evaluation time.
       key: PRNG key for dropout.
-      **run_kwargs: passed to :func:`run` for every layer (``lengths``, ``time_major``, ``unroll``...).
+      **run_kwargs: passed to :func:`run` for every layer (``lengths``, ``time_major``, ``unroll``, ``impl``...).
 
     Returns:
       ``(final_carries, ys)``: a list with each layer's final carry, and the last layer's outputs.
     """
     n_layers = len(params)
     if n_layers < 1:
-        raise ValueError("run_stack needs at least one layer of params")
+        raise UserError("run_stack needs at least one layer of params")
     cells = [cells] * n_layers if isinstance(cells, Cell) or not isinstance(cells, Sequence) else list(cells)
     if len(cells) != n_layers:
-        raise ValueError(f"got {len(cells)} cells for {n_layers} layers of params")
+        raise UserError(f"got {len(cells)} cells for {n_layers} layers of params")
     carries = [None] * n_layers if carries is None else list(carries)
     if len(carries) != n_layers:
-        raise ValueError(f"got {len(carries)} initial carries for {n_layers} layers")
+        raise UserError(f"got {len(carries)} initial carries for {n_layers} layers")
     if not 0.0 <= dropout_rate < 1.0:
-        raise ValueError(f"dropout_rate must lie in [0, 1), got {dropout_rate}")
+        raise UserError(f"dropout_rate must lie in [0, 1), got {dropout_rate}")
     keys = jax.random.split(key, n_layers) if key is not None else [None] * n_layers
     finals = []
     ys = xs
@@ -624,13 +735,14 @@ def bidirectional(
       params: ``(params_forward, params_backward)``.
       carries: ``None`` or ``(carry_forward, carry_backward)``.
       merge: ``"concat"`` (feature axis), ``"sum"``, or ``"none"`` for the pair ``(ys_fw, ys_bw)``.
+      **run_kwargs: passed to :func:`run` for both directions (``time_major``, ``unroll``, ``impl``...).
 
     Returns:
       ``((carry_fw, carry_bw), ys)``; ``carry_bw`` is the state after reading each sequence back to
       its first step.
     """
     if merge not in ("concat", "sum", "none"):
-        raise ValueError(f"merge must be 'concat', 'sum' or 'none', got {merge!r}")
+        raise UserError(f"merge must be 'concat', 'sum' or 'none', got {merge!r}")
     if "reverse" in run_kwargs:
         raise TypeError("bidirectional runs both directions; do not pass reverse")
     params_fw, params_bw = params

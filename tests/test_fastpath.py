@@ -1,5 +1,7 @@
 """The default (fast) path against the plain one: same values and gradients; the unroll heuristic."""
 
+from functools import partial
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -89,35 +91,84 @@ def test_saved_pre_activations_do_not_change_gradients(name):
         jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6), grad, ref[1])
 
 
-def test_vanilla_fast_path_is_taken_only_where_it_applies():
-    from rnn_jax.scan import uses_vanilla_fast_path as fast
+def test_auto_plan_takes_the_fast_path_only_where_it_applies():
+    from rnn_jax.scan import auto_plan
+
+    def impl(cell, platform="cpu", **kw):
+        return auto_plan(cell, T, B * H, platform=platform, **kw).impl
 
     head_free = bench.bench_cell("vanilla")  # another output head: still the vanilla recurrence
-    assert fast(R.vanilla_cell, backend="cpu") and fast(head_free, backend="cpu")
-    assert not fast(R.vanilla_cell, backend="gpu") and not fast(R.lstm_cell, backend="cpu")
-    for kw in (dict(lengths=1), dict(reverse=True), dict(remat="sqrt"), dict(return_carries=True), dict(unroll=1)):
-        assert not fast(R.vanilla_cell, backend="cpu", **kw), kw
-    assert not fast(R.vanilla_cell, backend="cpu", hoist=True)
+    assert impl(R.vanilla_cell) == impl(head_free) == "custom_jvp"
+    assert impl(R.vanilla_cell, "cuda") == impl(R.vanilla_cell, "tpu") == impl(R.lstm_cell) == "scan"
+    for kw in (dict(lengths=1), dict(reverse=True), dict(remat="sqrt"), dict(return_carries=True)):
+        assert impl(R.vanilla_cell, **kw) == "scan", kw
+    # speed knobs never change the algorithm (and so the gradient rule)
+    for kw in (dict(unroll=1), dict(hoist=True), dict(hoist=False), dict(unroll=3, hoist=False)):
+        assert impl(R.vanilla_cell, **kw) == "custom_jvp", kw
+    assert auto_plan(R.vanilla_cell, T, B * H, platform="cpu", unroll=3).unroll == 3
+    assert impl(R.vanilla_cell, impl="scan") == "scan"
 
 
 @pytest.mark.parametrize("batch, time_major", [((), False), ((B,), False), ((2, B), True)])
 def test_vanilla_fast_path_equals_the_scan_in_values_gradients_and_forward_mode(batch, time_major, x64):
-    """Float64: the fast path (defaults on CPU) against the plain scan (unroll=1 takes it), for params, h0
-    and xs, in reverse mode (jit) and forward mode (eager), for 0, 1 and 2 batch dimensions."""
+    """Float64: impl="custom_jvp" (the default on CPU) against impl="scan", for params, h0 and xs, in
+    reverse mode (jit) and forward mode (eager), for 0, 1 and 2 batch dimensions."""
     k = jax.random.split(jax.random.key(11), 4)
     params = R.vanilla_init(k[0], I, H, 6, jnp.float64)
     shape = (T, *batch, I) if time_major else (*batch, T, I)
     xs = jax.random.normal(k[1], shape, jnp.float64)
     h0 = jax.random.normal(k[2], (*batch, H), jnp.float64)
 
-    def loss(p, h0, xs, unroll):
-        final, ys = R.run(R.vanilla_cell, p, h0, xs, time_major=time_major, unroll=unroll)
+    def loss(p, h0, xs, impl):
+        final, ys = R.run(R.vanilla_cell, p, h0, xs, time_major=time_major, impl=impl)
         return jnp.sum(jnp.sin(ys)) + jnp.sum(final**2)
 
-    fast = jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 2)), static_argnums=3)(params, h0, xs, None)
-    plain = jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 2)), static_argnums=3)(params, h0, xs, 1)
+    value_and_grad = jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 2)), static_argnums=3)
+    fast, plain = value_and_grad(params, h0, xs, "custom_jvp"), value_and_grad(params, h0, xs, "scan")
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-12), fast, plain)
     tangents = jax.tree.map(lambda a: jax.random.normal(k[3], a.shape, a.dtype), (params, h0, xs))
-    jvp_fast = jax.jvp(lambda *a: loss(*a, None), (params, h0, xs), tangents)
-    jvp_plain = jax.jvp(lambda *a: loss(*a, 1), (params, h0, xs), tangents)
+    jvp_fast = jax.jvp(lambda *a: loss(*a, "custom_jvp"), (params, h0, xs), tangents)
+    jvp_plain = jax.jvp(lambda *a: loss(*a, "scan"), (params, h0, xs), tangents)
     np.testing.assert_allclose(jvp_fast, jvp_plain, rtol=1e-10)
+
+
+def test_auto_takes_the_fast_path_whatever_unroll_says():
+    """impl="auto" with unroll=1 (a speed knob) is impl="custom_jvp" with unroll=1, bit for bit; the fast
+    path honours unroll (unroll 3 agrees to rounding)."""
+    k = jax.random.split(jax.random.key(12), 2)
+    params = R.vanilla_init(k[0], I, H, 6)
+    xs = jax.random.normal(k[1], (B, T, I))
+
+    def loss(p, xs, impl, unroll):
+        final, ys = R.run(R.vanilla_cell, p, None, xs, impl=impl, unroll=unroll)
+        return jnp.sum(jnp.sin(ys)) + jnp.sum(final**2)
+
+    value_and_grad = jax.jit(jax.value_and_grad(loss, argnums=(0, 1)), static_argnums=(2, 3))
+    auto, fast = value_and_grad(params, xs, "auto", 1), value_and_grad(params, xs, "custom_jvp", 1)
+    jax.tree.map(np.testing.assert_array_equal, auto, fast)
+    unrolled = value_and_grad(params, xs, "custom_jvp", 3)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6), unrolled, fast)
+    assert "custom_jvp_call" in str(jax.make_jaxpr(partial(loss, impl="auto", unroll=1))(params, xs))
+
+
+@pytest.mark.parametrize(
+    "cell, kw, message",
+    [
+        (R.lstm_cell, {}, "runs the vanilla cell only, got the lstm cell"),
+        (R.vanilla_cell, dict(lengths=jnp.array([9, 4, 1])), "takes no lengths"),
+        (R.vanilla_cell, dict(reverse=True), "takes no reverse"),
+        (R.vanilla_cell, dict(remat="sqrt"), "stores its own residuals, so it takes no remat"),
+        (R.vanilla_cell, dict(return_carries=True), "takes no return_carries"),
+    ],
+)
+def test_custom_jvp_refuses_what_it_cannot_run_and_names_impl_scan(cell, kw, message):
+    params = R.lstm_init(jax.random.key(0), I, H) if cell is R.lstm_cell else R.vanilla_init(jax.random.key(0), I, H, 6)
+    with pytest.raises(ValueError, match=f"impl='custom_jvp' {message}.*use impl='scan'"):
+        R.run(cell, params, None, jnp.ones((B, T, I)), impl="custom_jvp", **kw)
+
+
+@pytest.mark.parametrize("bad", ["fast", "Scan", None, 1])
+def test_unknown_impl_is_refused(bad):
+    params = R.vanilla_init(jax.random.key(0), I, H, 6)
+    with pytest.raises(ValueError, match=r"impl must be one of \('auto', 'scan', 'custom_jvp', 'pallas'\)"):
+        R.run(R.vanilla_cell, params, None, jnp.ones((B, T, I)), impl=bad)
