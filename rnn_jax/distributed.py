@@ -347,8 +347,18 @@ def _stop(procs: Sequence[subprocess.Popen], grace_s: float = 5.0) -> None:
             p.wait()
 
 
+def _child_argv(command: Sequence[str], flags: list[str]) -> list[str]:
+    """``rnn-jax CMD FLAGS ARGS``, or ``python SCRIPT ARGS FLAGS`` (a script that calls initialize_from_argv)."""
+    if command[0] in ("python", "python3"):
+        return [sys.executable, *command[1:], *flags]
+    return [sys.executable, "-m", "rnn_jax.cli", command[0], *flags, *command[1:]]
+
+
 def launch(command: Sequence[str], processes: int, devices_per_process: int, *, port: int | None = None) -> int:
     """Run ``rnn-jax COMMAND`` as ``processes`` processes of ``devices_per_process`` CPU devices on 127.0.0.1.
+
+    ``COMMAND`` is an ``rnn-jax`` command (``["charlm", "train", ...]``) or ``["python", SCRIPT, ...]`` for a
+    script of your own that passes its arguments through :func:`initialize_from_argv`.
 
     Each child gets ``--coordinator 127.0.0.1:PORT --num-processes N --process-id I`` and
     ``XLA_FLAGS=--xla_force_host_platform_device_count=K``; its output is prefixed with ``[pI]``. Returns 0
@@ -363,8 +373,9 @@ def launch(command: Sequence[str], processes: int, devices_per_process: int, *, 
     env = _child_env(devices_per_process)
     procs, relays = [], []
     for i in range(processes):
-        flags = ["--coordinator", address, "--num-processes", str(processes), "--process-id", str(i)]
-        argv = [sys.executable, "-m", "rnn_jax.cli", command[0], *flags, *command[1:]]
+        argv = _child_argv(
+            command, ["--coordinator", address, "--num-processes", str(processes), "--process-id", str(i)]
+        )
         p = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
         relay = threading.Thread(target=_relay, args=(p.stdout, f"[p{i}] ".encode(), sys.stdout.buffer), daemon=True)
         relay.start()
@@ -404,7 +415,11 @@ def cli_main(argv: Sequence[str], prog: str = "rnn-jax launch") -> int:
     parser.add_argument("--processes", type=int, default=2, help="number of processes (default 2)")
     parser.add_argument("--devices-per-process", type=int, default=1, help="CPU devices in each process (default 1)")
     parser.add_argument("--port", type=int, help="the coordinator's port on 127.0.0.1 (default: a free one)")
-    parser.add_argument("command", nargs=argparse.REMAINDER, help="-- then the rnn-jax command and its arguments")
+    parser.add_argument(
+        "command",
+        nargs=argparse.REMAINDER,
+        help="-- then an rnn-jax command, or python SCRIPT ARGS",
+    )
     args = parser.parse_args(list(argv))
     command = args.command[1:] if args.command[:1] == ["--"] else args.command
     return launch(command, args.processes, args.devices_per_process, port=args.port)
