@@ -74,7 +74,7 @@ def test_beam_never_scores_worse_than_greedy_and_log_probs_are_the_models(traine
         finished = [bool(t) and t[-1] == P.EOS for t in ids]
         assert sum(finished) >= 16
         b = P.pad_batch(sources, [t[:-1] if f else t[:7] for t, f in zip(ids, finished, strict=True)], batch_size=32)
-        logits = S._teacher_forced_batch(params, b)[3]
+        logits = S.teacher_forced_batch(params, b)[3]
         ce = np.asarray(token_cross_entropy(logits, jnp.asarray(b.tgt_out)))
         for r, t in enumerate(ids):
             if finished[r]:  # every generated token is in tgt_out
@@ -84,7 +84,7 @@ def test_beam_never_scores_worse_than_greedy_and_log_probs_are_the_models(traine
 def test_scheduled_sampling_loss(key):
     params = S.init_params(S.Config(**TINY), 6, 7, key)
     b = P.pad_batch([[3, 4], [5, 3, 4]], [[4, 5, 6], [6]])
-    batch = {**S._arrays(b), "teacher_forcing": jnp.float32(1.0)}
+    batch = {**S.batch_arrays(b), "teacher_forcing": jnp.float32(1.0)}
     grad_fn = jax.jit(
         jax.value_and_grad(lambda p, r: S.loss_fn(p, {**batch, "teacher_forcing": r}, key, scheduled=True)[0])
     )

@@ -1,0 +1,75 @@
+"""Sequence-to-sequence trainer: reversal, sorting, addition, dates, grapheme-to-phoneme, or any TSV of pairs.
+
+The model is :func:`rnn_jax.topologies.encoder_decoder_apply`: embeddings -> encoder (LSTM or GRU,
+bidirectional by default, ``--layers`` deep) -> decoder (as deep) with attention over the top encoder
+layer's outputs (Luong by default, Bahdanau or none on request) -> output layer; ``--dropout`` between
+stacked layers and before the output layer. Training minimises the per-token mean of the masked
+cross-entropy of ``y_1 .. y_n </s>`` given ``<s> y_1 .. y_n``, with teacher forcing; scheduled sampling
+(``teacher_forcing < 1``) lets each decoder step read the model's own previous prediction with
+probability ``1 - r``, ``r`` decaying linearly from 1 over ``teacher_forcing_decay_steps``.
+
+Decoding (:mod:`rnn_jax.decode`, compiled, one example vmapped over the batch): greedy, and beam search
+of width ``K``. The beam result is the best *finished* hypothesis among the ``K`` beams and the greedy
+one, ranked by ``log p / length ** length_penalty``: a beam can lose the greedy path along the way, and
+adding it back makes "beam is never worse than greedy" hold by construction (the test suite checks it).
+
+Metrics (:mod:`rnn_jax.metrics`): exact match (word accuracy), WER = 1 - exact match, and token error
+rate (edit distance over reference length: the phoneme error rate for G2P), where a source with several
+references (several pronunciations) is right if the output matches any of them.
+
+Command line::
+
+    rnn-jax seq2seq train --task addition --minutes 4 --out runs/addition
+    rnn-jax seq2seq train --task g2p --minutes 60 --beam 5 --out runs/g2p
+    rnn-jax seq2seq train --pairs my_pairs.tsv --steps 3000
+    rnn-jax seq2seq translate --ckpt runs/g2p --beam 5 hello world
+
+``train`` prints progress and periodic validation (with a few decoded examples) on stderr and, as its
+last stdout line, one JSON object with the test metrics; it writes ``metrics.jsonl``, ``loss.png``,
+``attention.png`` and the ``latest``/``best`` checkpoints into ``--out``.
+
+The package, one concern per module: :mod:`~rnn_jax.apps.seq2seq.config` (the :class:`Config` and its checks),
+:mod:`~rnn_jax.apps.seq2seq.data` (vocabularies and batches), :mod:`~rnn_jax.apps.seq2seq.model` (params and
+loss), :mod:`~rnn_jax.apps.seq2seq.decoding` (greedy and beam), :mod:`~rnn_jax.apps.seq2seq.evaluation`
+(metrics and attention), :mod:`~rnn_jax.apps.seq2seq.training` (:func:`train`),
+:mod:`~rnn_jax.apps.seq2seq.inference` (:func:`load_model`, :func:`translate`), :mod:`~rnn_jax.apps.seq2seq.plots`
+and :mod:`~rnn_jax.apps.seq2seq.cli`.
+"""
+
+from rnn_jax.apps.seq2seq.cli import cli_main, config_from_args
+from rnn_jax.apps.seq2seq.config import ATTENTIONS, CELL_KINDS, MODEL_FIELDS, Config, check_config, model_meta
+from rnn_jax.apps.seq2seq.data import EpochBatches, Prepared, batch_arrays, prepare, teacher_forcing_schedule
+from rnn_jax.apps.seq2seq.decoding import decode_pairs, make_decoder
+from rnn_jax.apps.seq2seq.evaluation import attention_maps, evaluate
+from rnn_jax.apps.seq2seq.inference import Model, load_model, translate
+from rnn_jax.apps.seq2seq.model import init_params, loss_fn, teacher_forced_batch
+from rnn_jax.apps.seq2seq.plots import plot_attention
+from rnn_jax.apps.seq2seq.training import train
+
+__all__ = [
+    "Config",
+    "Model",
+    "Prepared",
+    "EpochBatches",
+    "CELL_KINDS",
+    "ATTENTIONS",
+    "MODEL_FIELDS",
+    "check_config",
+    "model_meta",
+    "prepare",
+    "batch_arrays",
+    "teacher_forcing_schedule",
+    "init_params",
+    "loss_fn",
+    "teacher_forced_batch",
+    "make_decoder",
+    "decode_pairs",
+    "evaluate",
+    "attention_maps",
+    "train",
+    "load_model",
+    "translate",
+    "plot_attention",
+    "cli_main",
+    "config_from_args",
+]

@@ -1,0 +1,85 @@
+"""The seq2seq trainer's data: vocabularies, encoded splits, the step-indexed batcher, the teacher-forcing schedule."""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import numpy as np
+
+from rnn_jax.apps.seq2seq.config import Config
+from rnn_jax.data import pairs as P
+
+__all__ = ["Prepared", "prepare", "EpochBatches", "batch_arrays", "teacher_forcing_schedule"]
+
+
+class Prepared(NamedTuple):
+    task: P.Task
+    src_vocab: P.Vocab
+    tgt_vocab: P.Vocab
+    train: P.Encoded
+    val: P.Encoded  # every target (teacher-forced validation loss)
+    max_len: int  # decoding length: longest target + </s> + slack
+
+
+def prepare(config: Config, task: P.Task | None = None) -> Prepared:
+    """Load the task (unless given) and build vocabularies over the symbols of all splits.
+
+    Symbols that only occur in validation or test get an (untrained) id rather than failing: a TSV file
+    may hold a rare character in its test part alone.
+    """
+    if task is None:
+        task = P.load_task(
+            config.task,
+            keep_stress=config.keep_stress,
+            pairs_file=config.pairs,
+            **({"source_unit": config.source_unit, "target_unit": config.target_unit} if config.pairs else {}),
+        )
+    every = task.train + task.val + task.test
+    src_vocab = P.Vocab.build(p.source for p in every)
+    tgt_vocab = P.Vocab.build(t for p in every for t in p.targets)
+    longest = max(len(t) for p in every for t in p.targets)
+    return Prepared(
+        task,
+        src_vocab,
+        tgt_vocab,
+        P.encode_pairs(task.train, src_vocab, tgt_vocab),
+        P.encode_pairs(task.val, src_vocab, tgt_vocab),
+        longest + 1 + max(2, longest // 4),
+    )
+
+
+class EpochBatches:
+    """``batches(step)``: a pure function of the step (the fit loop's data cursor), for exact resumption.
+
+    Epoch ``e = step // n`` is a fresh bucketed shuffle seeded by ``(seed, e)``; one epoch is cached.
+    """
+
+    def __init__(self, data: P.Encoded, batch_size: int, seed: int, pad_multiple: int, tf_schedule):
+        self.data, self.batch_size, self.seed, self.pad_multiple = data, batch_size, seed, pad_multiple
+        self.tf_schedule = tf_schedule
+        self._epoch, self._batches = None, []
+        self.n = len(self._make(0))
+
+    def _make(self, epoch: int) -> list[P.Batch]:
+        if epoch != self._epoch:
+            rng = np.random.default_rng([self.seed, epoch])
+            self._batches = list(P.batches(self.data, self.batch_size, rng=rng, pad_multiple=self.pad_multiple))
+            self._epoch = epoch
+        return self._batches
+
+    def __call__(self, step: int) -> dict:
+        b = self._make(step // self.n)[step % self.n]
+        return {**batch_arrays(b), "teacher_forcing": np.float32(self.tf_schedule(step))}
+
+
+def batch_arrays(b: P.Batch) -> dict:
+    """The train step's batch dict of a padded :class:`~rnn_jax.data.pairs.Batch`."""
+    return {"src": b.src, "src_len": b.src_len, "tgt_in": b.tgt_in, "tgt_out": b.tgt_out, "tgt_len": b.tgt_len}
+
+
+def teacher_forcing_schedule(config: Config):
+    """``r(step)``: linear from 1 to ``teacher_forcing`` over ``teacher_forcing_decay_steps``, then constant."""
+    r, n = config.teacher_forcing, config.teacher_forcing_decay_steps
+    if n <= 0:
+        return lambda step: r
+    return lambda step: 1.0 + (r - 1.0) * min(step / n, 1.0)
