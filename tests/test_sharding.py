@@ -1,4 +1,6 @@
-"""Data parallelism on 4 simulated CPU devices: the sharded train step equals the single-device one.
+"""Data parallelism on 4 simulated CPU devices in one process: the sharded train step equals the one-device step.
+
+Many processes: tests/test_distributed.py.
 
 ``XLA_FLAGS=--xla_force_host_platform_device_count=4`` only takes effect before JAX starts, so the
 checks run in one fresh Python process; it reports numbers as JSON and the assertions are made here.
@@ -10,7 +12,10 @@ import subprocess
 import sys
 import textwrap
 
+import numpy as np
 import pytest
+
+from rnn_jax import train as T
 
 CHILD = textwrap.dedent(
     """
@@ -77,6 +82,36 @@ CHILD = textwrap.dedent(
         float(T.make_train_step(scaled_loss, tx, mesh=m)(fresh, scalar_batch)[1]["loss"]) for m in (None, mesh)
     ]
 
+    # Three AdamW steps with dropout noise (which must not depend on the sharding) and an aux metric.
+    def noisy_loss(params, carry_B, batch, key):
+        x_BI, y_B = batch
+        keep_BI = jax.random.bernoulli(key, 0.8, x_BI.shape)
+        h_B = jnp.tanh(carry_B + (jnp.where(keep_BI, x_BI, 0.0) @ params["w"]) + params["b"])
+        loss = jnp.mean((h_B - y_B) ** 2)
+        return loss, ({"h_mean": jnp.mean(h_B)}, h_B)
+
+    k = jax.random.split(jax.random.key(4), 3)
+    lin = {"w": jax.random.normal(k[0], (3,)), "b": jnp.zeros(())}
+    lin_batch = (jax.random.normal(k[1], (B, 3)), jax.random.normal(k[2], (B,)))
+    adam = T.make_optimizer(1e-2, total_steps=10, warmup_steps=0)
+    s1 = s4 = T.init_state(lin, adam, jax.random.key(3), carry=jnp.zeros((B,)))
+    one = T.make_train_step(noisy_loss, adam, has_carry=True)
+    many = T.make_train_step(noisy_loss, adam, has_carry=True, mesh=mesh)
+    for _ in range(3):
+        s1, m1 = one(s1, lin_batch)
+        s4, m4 = many(s4, lin_batch)
+    out["adam"] = {
+        "metrics": [[float(m[k]) for k in ("loss", "grad_norm", "h_mean")] for m in (m1, m4)],
+        "params": [np.concatenate([np.ravel(x) for x in jax.tree.leaves(s.params)]).tolist() for s in (s1, s4)],
+        "carry": [np.asarray(s.carry).tolist() for s in (s1, s4)],
+        "steps": [int(s1.step), int(s4.step)],
+    }
+    try:
+        T.make_mesh(5)
+        out["too_many_devices_error"] = None
+    except UserError as err:
+        out["too_many_devices_error"] = str(err)
+
     state = T.init_state(params, tx, jax.random.key(3), carry=carry0[:6])
     step = T.make_train_step(loss_fn, tx, mesh=mesh, has_carry=True)
     try:
@@ -98,7 +133,7 @@ def report():
 
 
 @pytest.mark.parametrize("dtype, rtol", [("float32", 1e-5), ("bfloat16", 3e-2)])
-def test_sharded_step_equals_single_device_step(report, dtype, rtol):
+def test_one_sharded_step_equals_one_device_step(report, dtype, rtol):
     r = report[dtype]
     assert abs(r["loss_sharded"] - r["loss_single"]) <= rtol * abs(r["loss_single"])
     # bf16 keeps 8 significant bits: summing the batch in another order moves a gradient by ~1% of its scale.
@@ -121,3 +156,20 @@ def test_batch_not_divisible_by_devices_is_a_clear_error(report):
 def test_scalar_batch_leaves_are_replicated(report):
     single, sharded = report["scalar_leaf_losses"]
     assert abs(single - sharded) <= 1e-5 * abs(single)
+
+
+def test_adam_steps_with_dropout_on_the_mesh_equal_one_device(report):
+    r = report["adam"]
+    assert r["steps"] == [3, 3]
+    np.testing.assert_allclose(r["metrics"][1], r["metrics"][0], rtol=1e-5)
+    np.testing.assert_allclose(r["params"][1], r["params"][0], rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(r["carry"][1], r["carry"][0], rtol=1e-6)
+
+
+def test_more_devices_than_visible_is_a_clear_error(report):
+    assert "asked for 5 devices but only 4" in report["too_many_devices_error"]
+
+
+def test_shard_batch_is_a_no_op_without_mesh():
+    x = np.ones((5, 2))
+    assert T.shard_batch(x, None) is x

@@ -2,10 +2,6 @@
 
 import functools
 import json
-import os
-import subprocess
-import sys
-import textwrap
 
 import jax
 import jax.numpy as jnp
@@ -122,67 +118,6 @@ def test_bfloat16_compute_matches_float32_loosely():
     assert s16.params["w"].dtype == jnp.float32  # master params stay float32
     np.testing.assert_allclose(m16["loss"], m32["loss"], rtol=2e-2)
     np.testing.assert_allclose(s16.params["w"], s32.params["w"], rtol=5e-2, atol=1e-3)
-
-
-MESH_SCRIPT = textwrap.dedent(
-    """
-    import jax, jax.numpy as jnp, numpy as np
-    from rnn_jax import train as T
-    from rnn_jax.errors import UserError
-    assert len(jax.devices()) == 4, jax.devices()
-
-    def loss_fn(params, carry_B, batch, key):
-        x_BI, y_B = batch
-        keep_BI = jax.random.bernoulli(key, 0.8, x_BI.shape)  # noise must not depend on the sharding
-        h_B = jnp.tanh(carry_B + (jnp.where(keep_BI, x_BI, 0.0) @ params["w"]) + params["b"])
-        loss = jnp.mean((h_B - y_B) ** 2)
-        return loss, ({"h_mean": jnp.mean(h_B)}, h_B)
-
-    B = 8
-    k = jax.random.split(jax.random.key(0), 3)
-    params = {"w": jax.random.normal(k[0], (3,)), "b": jnp.zeros(())}
-    batch = (jax.random.normal(k[1], (B, 3)), jax.random.normal(k[2], (B,)))
-    opt = T.make_optimizer(1e-2, total_steps=10, warmup_steps=0)
-    state = T.init_state(params, opt, jax.random.key(3), carry=jnp.zeros((B,)))
-    one = T.make_train_step(loss_fn, opt, has_carry=True)
-    mesh = T.make_mesh(4)
-    many = T.make_train_step(loss_fn, opt, has_carry=True, mesh=mesh)
-    s1, s4 = state, state
-    for _ in range(3):
-        s1, m1 = one(s1, batch)
-        s4, m4 = many(s4, batch)
-    np.testing.assert_allclose(m4["loss"], m1["loss"], rtol=1e-6)
-    np.testing.assert_allclose(m4["grad_norm"], m1["grad_norm"], rtol=1e-5)
-    for a, b in zip(jax.tree.leaves(s4.params), jax.tree.leaves(s1.params)):
-        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
-    np.testing.assert_allclose(s4.carry, s1.carry, rtol=1e-6)
-    assert len(s4.carry.sharding.device_set) == 4 and s4.params["w"].sharding.is_fully_replicated
-    try:
-        many(state._replace(carry=jnp.zeros((6,))), (batch[0][:6], batch[1][:6]))
-    except UserError as err:
-        print("ERROR:", err)
-    try:
-        T.make_mesh(5)
-    except UserError as err:
-        print("ERROR:", err)
-    print("OK")
-    """
-)
-
-
-def test_sharded_step_equals_single_device_step(tmp_path):
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4", JAX_PLATFORMS="cpu")
-    out = subprocess.run([sys.executable, "-c", MESH_SCRIPT], env=env, capture_output=True, text=True, timeout=120)
-    assert out.returncode == 0, out.stderr[-3000:]
-    lines = out.stdout.strip().splitlines()
-    assert lines[-1] == "OK"
-    assert "batch size 6 does not divide by the 4 devices" in lines[0]
-    assert "asked for 5 devices but only 4" in lines[1]
-
-
-def test_shard_batch_is_a_no_op_without_mesh():
-    x = jnp.ones((5, 2))
-    assert T.shard_batch(x, None) is x
 
 
 _jit_loss = jax.jit(_linear_loss)
