@@ -3,8 +3,8 @@
 Four suites of :mod:`rnn_jax.tools.bench`, written as JSON lines to ``runs/bench/`` and printed as tables:
 
 1. one layer (LSTM and vanilla RNN), forward+backward, at the issue's CPU sizes (B=32, T=128,
-   I=H=256) and (B=1, T=2048, I=H=32): the default path, the projection inside the step, the
-   ``custom_vjp`` variant, flax ``nn.RNN`` cells and torch ``nn.RNN``/``nn.LSTM`` (when installed);
+   I=H=256) and (B=1, T=2048, I=H=32): the default path, ``run(..., impl="scan")``, the projection inside
+   the step, flax ``nn.RNN`` cells and torch ``nn.RNN``/``nn.LSTM`` (when installed);
 2. the default path's ``unroll`` swept over 1, 2, 4, 8 (figure ``docs/bench_unroll.png``);
 3. compile time of the scan against T (64, 512, 4096), and of a Python loop under ``jit`` (up to 512);
 4. the linear cells (minGRU, diagonal) by the sequential scan and by ``lax.associative_scan``.
@@ -26,7 +26,7 @@ from rnn_jax.tools import bench
 class Config:
     shapes: tuple[str, ...] = ("32,128,256,256", "1,2048,32,32")
     cells: tuple[str, ...] = ("lstm", "vanilla")
-    impls: tuple[str, ...] = ("rnn_jax", "scan inside", "custom_vjp")
+    impls: tuple[str, ...] = ("rnn_jax", "rnn_jax impl=scan", "scan inside")
     peers: tuple[str, ...] = ("torch", "flax")
     unrolls: tuple[int, ...] = (1, 2, 4, 8)
     unroll_shapes: tuple[str, ...] = ("32,128,256,256", "1,2048,32,32", "8,512,64,64")

@@ -5,6 +5,9 @@ import io
 import json
 import os
 
+import jax
+import jax.numpy as jnp
+import numpy as np
 import pytest
 
 from rnn_jax.cli import main as cli
@@ -123,6 +126,29 @@ def test_acceptance_command_at_tiny_sizes(tmp_path, capsys):
     assert len(lines["raw"]) == 2 * len(lines["summary"])
     table = capsys.readouterr().out
     assert "over 2 run(s)" in table and table.count("| rnn_jax ") == 3
+
+
+def test_impls_time_run_with_each_impl_and_skip_the_cells_an_impl_does_not_run():
+    rows = bench._impl_rows("auto,scan,custom_jvp")
+    assert rows == ["rnn_jax", "rnn_jax impl=scan", "rnn_jax impl=custom_jvp"]
+    notes = []
+    records = bench.measure_layers(
+        [bench.Shape(2, 3, 4, 5)], cells=("vanilla", "lstm"), impls=rows, modes=("fwd",), warmup=1, reps=1,
+        rounds=1, log=notes.append,
+    )  # fmt: skip
+    assert [(r["cell"], r["impl"]) for r in records] == [("vanilla", i) for i in rows] + [("lstm", i) for i in rows[:2]]
+    assert any(
+        "rnn_jax impl=custom_jvp skipped for lstm: impl='custom_jvp' runs the vanilla cell only" in n for n in notes
+    )
+    # Each row is run(..., impl=...): the same loss and gradient as the default, by another algorithm.
+    s, key = bench.Shape(2, 3, 4, 5), jax.random.key(0)
+    xs = jax.random.normal(key, (2, 3, 4))
+    ref = jax.value_and_grad(bench._run_impl("vanilla", s, jnp.float32, key)[0])
+    for row in rows[1:]:
+        loss, params = bench._jax_impl(row)("vanilla", s, jnp.float32, key)
+        (v, g), (v0, g0) = jax.value_and_grad(loss)(params, xs), ref(params, xs)
+        np.testing.assert_allclose(v, v0, rtol=1e-6)
+        jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7), g, g0)
 
 
 def test_help_shows_the_default_suite_and_every_default(capsys):

@@ -1,12 +1,17 @@
 """Benchmark harness: time one recurrent layer, forward and forward+backward, against its peers.
 
 ``rnn-jax bench`` (or :func:`measure_layers`) times each implementation on the same inputs in one
-process: the library's default path, its variants (input projection inside the step or hoisted,
-explicit ``unroll``, ``remat``, a hand-written ``custom_vjp`` with the weight gradient as one matmul, a
-Python loop under ``jit``), flax ``nn.RNN`` with its cells, and torch ``nn.RNN``/``nn.LSTM``/``nn.GRU`` when
-torch is installed. Every measurement is the median over interleaved rounds of repeats, after
-compilation (timed apart) and warm-up. The loss is ``mean(h**2)`` over every output, as in
-``shared/bench/rnn_anchor.py``; ``fwd_bwd`` differentiates it with respect to the params only.
+process: ``rnn_jax.run`` with each ``impl=`` asked for (``--impls``; ``auto`` is the row ``rnn_jax``),
+harness variants (``--variants``: the input projection inside the step or hoisted, ``remat``, a Python
+loop under ``jit``; ``--unrolls``), every flax ``nn.RNN`` cell of the kind and torch
+``nn.RNN``/``nn.LSTM``/``nn.GRU`` (``--peers``). Everything is compiled first (timed apart); then the
+whole comparison runs ``--runs`` times, each run warming up and timing all items of one shape and cell
+in interleaved rounds. The loss is ``mean(h**2)`` over every output, as in ``shared/bench/rnn_anchor.py``;
+``fwd_bwd`` differentiates it with respect to the params only.
+
+Ratios (:func:`summarize`): for each run ``k``, ``r_k = t_peer,k / t_k`` where ``t_peer,k`` is the fastest
+cell of that peer library and kind in run ``k``; the table gives ``median_k r_k (min_k r_k - max_k r_k)``,
+and calls it parity when that range contains 1.
 
 ``rnn-jax bench compile`` times compilation against ``T`` (the scan's does not grow, a Python loop's
 does); ``rnn-jax bench linear`` times the linear cells of :mod:`rnn_jax.linear` sequentially and with
@@ -34,12 +39,11 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
-from jax import lax
 
 from rnn_jax import linear
 from rnn_jax.cells import CELLS, Cell, gru_init, lstm_init, vanilla_init
 from rnn_jax.errors import UserError
-from rnn_jax.scan import auto_unroll, run
+from rnn_jax.scan import IMPLS, run
 
 __all__ = [
     "Shape",
@@ -297,82 +301,6 @@ def _python_loop_impl(name, s, dtype, key):
     return loss, _params(name, key, s, dtype)
 
 
-# The custom_vjp variant: the weight gradient as one matmul after the backward loop (vanilla, LSTM).
-
-
-def _vanilla_post(h, a):
-    h = jnp.tanh(a)
-    return h, h
-
-
-def _lstm_post(carry, a):
-    h, c = carry
-    i, f, g, o = jnp.split(a, 4, axis=-1)
-    c = jax.nn.sigmoid(f) * c + jax.nn.sigmoid(i) * jnp.tanh(g)
-    h = jax.nn.sigmoid(o) * jnp.tanh(c)
-    return (h, c), h
-
-
-def _read_h(carry):
-    return carry[0] if isinstance(carry, tuple) else carry
-
-
-@partial(jax.custom_vjp, nondiff_argnums=(0, 4))
-def _cvjp_scan(post, W, c0, us, unroll):
-    """``a_t = u_t + h_{t-1} W``, ``c_t, h_t = post(c_{t-1}, a_t)`` over a time-major ``[T, B, G]``."""
-
-    def body(c, u):
-        return post(c, u + _read_h(c) @ W)
-
-    return lax.scan(body, c0, us, unroll=unroll)
-
-
-def _cvjp_fwd(post, W, c0, us, unroll):
-    def body(c, u):
-        a = u + _read_h(c) @ W
-        c2, h = post(c, a)
-        return c2, (h, c, a)
-
-    cT, (hs, cprev, a) = lax.scan(body, c0, us, unroll=unroll)
-    return (cT, hs), (W, cprev, a)
-
-
-def _cvjp_bwd(post, unroll, res, ct):
-    W, cprev, a = res
-    dcT, dhs = ct
-
-    def body(dc, x):
-        c, a_t, dh = x
-        dc_prev, da = jax.vjp(post, c, a_t)[1]((dc, dh))
-        dh_prev = da @ W.T
-        dc_prev = (dc_prev[0] + dh_prev, dc_prev[1]) if isinstance(dc_prev, tuple) else dc_prev + dh_prev
-        return dc_prev, da
-
-    dc0, da = lax.scan(body, dcT, (cprev, a, dhs), reverse=True, unroll=unroll)
-    dW = jnp.einsum("tbh,tbg->hg", _read_h(cprev), da)  # all steps' weight gradient: one matmul
-    return dW, dc0, da
-
-
-_cvjp_scan.defvjp(_cvjp_fwd, _cvjp_bwd)
-
-
-def _custom_vjp_impl(name, s, dtype, key, unroll=None):
-    if name not in ("vanilla", "lstm"):
-        return None
-    params = _params(name, key, s, dtype)
-    post = _vanilla_post if name == "vanilla" else _lstm_post
-    u = auto_unroll(s.T, s.B * s.H * (2 if name == "lstm" else 1)) if unroll is None else unroll
-
-    def loss(p, xs):
-        W_x, W_h, b = (p.W_xh, p.W_hh, p.b_h) if name == "vanilla" else (p.W_x, p.W_h, p.b)
-        us = jnp.swapaxes(xs, 0, 1) @ W_x  # time-major [T, B, G], one matmul
-        us = us + jnp.broadcast_to(b, us.shape)
-        z = jnp.zeros((s.B, s.H), dtype)
-        return _mean_square(_cvjp_scan(post, W_h, z if name == "vanilla" else (z, z), us, u)[1])
-
-    return loss, params
-
-
 def _flax_impl(name, s, dtype, key, cell_name):
     import flax.linen as nn
 
@@ -394,7 +322,6 @@ JAX_IMPLS: dict[str, Callable] = {
     "rnn_jax remat=sqrt": partial(_run_impl, remat="sqrt"),
     "scan inside": _inside_impl,
     "scan hoisted": _hoisted_impl,
-    "custom_vjp": _custom_vjp_impl,
     "python loop": _python_loop_impl,
     "flax LSTMCell": partial(_flax_impl, cell_name="LSTMCell"),
     "flax OptimizedLSTMCell": partial(_flax_impl, cell_name="OptimizedLSTMCell"),
@@ -405,7 +332,7 @@ JAX_IMPLS: dict[str, Callable] = {
 where the implementation has no such cell. ``rnn_jax unroll=U`` is added for every ``--unrolls`` value."""
 
 DEFAULT_IMPLS = ("rnn_jax",)
-RUN_IMPLS = ("auto",)
+RUN_IMPLS = IMPLS
 """``rnn_jax.run(..., impl=...)`` values ``--impls`` takes; ``auto`` is the row ``rnn_jax``."""
 _IMPL_ROW = "rnn_jax impl={}"
 FLAX_IMPLS = ("flax LSTMCell", "flax OptimizedLSTMCell", "flax SimpleCell", "flax GRUCell")
@@ -414,6 +341,8 @@ FLAX_IMPLS = ("flax LSTMCell", "flax OptimizedLSTMCell", "flax SimpleCell", "fla
 def _jax_impl(impl: str):
     if impl.startswith("rnn_jax unroll="):
         return partial(_run_impl, unroll=int(impl.split("=")[1]))
+    if impl.startswith(_IMPL_ROW.format("")):
+        return partial(_run_impl, impl=impl.split("=")[1])
     return JAX_IMPLS[impl]
 
 
@@ -469,7 +398,7 @@ def _torch_items(cell: str, s: Shape, dtype_name: str, modes, threads: int) -> l
 # ---------------------------------------------------------------------------------------------------
 
 
-def _jax_items(impls, cell, s: Shape, dtype_name: str, modes, key, max_loop_T: int) -> list[_Timed]:
+def _jax_items(impls, cell, s: Shape, dtype_name: str, modes, key, max_loop_T: int, log=None) -> list[_Timed]:
     dtype = DTYPES[dtype_name]
     xs = jax.random.normal(jax.random.fold_in(key, 1), (s.B, s.T, s.I), dtype)
     items = []
@@ -482,7 +411,14 @@ def _jax_items(impls, cell, s: Shape, dtype_name: str, modes, key, max_loop_T: i
         loss, params = built
         for mode in modes:
             fn = loss if mode == "fwd" else jax.grad(loss)
-            compiled, compile_s, peak = _compile_jax(fn, (params, xs))
+            try:
+                compiled, compile_s, peak = _compile_jax(fn, (params, xs))
+            except UserError as err:  # an impl= that does not run this cell, e.g. custom_jvp for an LSTM
+                if not impl.startswith(_IMPL_ROW.format("")):
+                    raise
+                if log:
+                    log(f"  {impl} skipped for {cell}: {err}")
+                break
             meta = dict(impl=impl, lib="flax" if impl in FLAX_IMPLS else "jax", mode=mode, device=jax_device())
             meta.update(compile_s=round(compile_s, 3), peak_mb=None if peak is None else round(peak, 2))
             meta.update(threads=n_threads())
@@ -529,7 +465,7 @@ def measure_layers(
         for cell in cells:
             if log:
                 log(f"B={s.B} T={s.T} I={s.I} H={s.H} {cell}: compiling")
-            items = _jax_items(impls, cell, s, dtype, modes, key, max_loop_T)
+            items = _jax_items(impls, cell, s, dtype, modes, key, max_loop_T, log)
             if "torch" in peers:
                 items += _torch_items(cell, s, dtype, modes, n_threads())
             for item in items:
