@@ -1,7 +1,13 @@
 """The Pallas kernels (rnn_jax.kernels) against the scan: values and gradients in interpret mode on CPU,
 lowering for CUDA from CPU at the anchor configurations, and (marked ``gpu``) on a real GPU."""
 
+import importlib.util
+import json
+import os
+import subprocess
+import sys
 from functools import partial
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -11,7 +17,7 @@ import pytest
 
 import rnn_jax
 from rnn_jax import kernels
-from rnn_jax.cells import gru_cell, gru_init, lstm_cell, lstm_init, vanilla_cell, vanilla_init
+from rnn_jax.cells import LSTMParams, gru_cell, gru_init, lstm_cell, lstm_init, vanilla_cell, vanilla_init
 from rnn_jax.errors import UserError
 from rnn_jax.kernels.anchors import ANCHORS
 from rnn_jax.train import init_state, make_train_step
@@ -137,14 +143,15 @@ def test_kernel_forward_mode_raises_naming_scan(key):
 def test_unsupported_reasons(key):
     xs = jnp.zeros((2, 1, 8))
     assert kernels.unsupported_reason(lstm_cell, lstm_init(key, 8, 64), xs) is None
-    reason = kernels.unsupported_reason(lstm_cell, lstm_init(key, 8, 256), xs)
+    big = LSTMParams(W_x=jnp.zeros((8, 4 * 256)), W_h=jnp.zeros((256, 4 * 256)), b=jnp.zeros((4 * 256,)))
+    reason = kernels.unsupported_reason(lstm_cell, big, xs)
     assert "H=256 does not fit on chip" in reason
     assert "remat" in kernels.unsupported_reason(lstm_cell, lstm_init(key, 8, 8), xs, remat="sqrt")
     assert "return_carries" in kernels.unsupported_reason(gru_cell, gru_init(key, 8, 8), xs, return_carries=True)
     assert "float16" in kernels.unsupported_reason(gru_cell, gru_init(key, 8, 8, jnp.float16), xs)
     assert "built-in" in kernels.unsupported_reason(lambda p, c, x: (c, x), None, xs)
     with pytest.raises(UserError, match="impl='scan'"):
-        rnn_jax.run(lstm_cell, lstm_init(key, 8, 256), None, xs, time_major=True, impl="pallas")
+        rnn_jax.run(lstm_cell, big, None, xs, time_major=True, impl="pallas")
 
 
 def test_padding_rounds_hidden_to_a_power_of_two():
@@ -230,17 +237,50 @@ def test_char_lm_train_step_with_pallas_lowers_for_cuda():
 on_gpu = pytest.mark.skipif(jax.default_backend() != "gpu", reason="needs a GPU (run experiments/device_check.sh)")
 
 
+def _relative_errors(got, want):
+    """Per leaf: max |got - want| / max |want| (in float32)."""
+    return [
+        float(np.max(np.abs(np.float32(g) - np.float32(w))) / max(float(np.max(np.abs(np.float32(w)))), 1e-30))
+        for g, w in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True)
+    ]
+
+
 @pytest.mark.gpu
 @on_gpu
-@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
 @pytest.mark.parametrize("name", CELLS)
-def test_kernel_equals_scan_on_gpu(name, dtype, key):
-    """The compiled Triton kernels against the scan on the device (matmuls at the highest precision)."""
+def test_kernel_equals_scan_on_gpu(name, key):
+    """The compiled Triton kernels against the scan on the device: float32 equal (matmuls at the highest
+    precision); bfloat16 at most twice as far from the float32 scan as the bfloat16 scan is (plus 1%)."""
     B, T, lengths, reverse = CASES["two_blocks_lengths"]
-    params, carry, xs = _problem(name, key, B, T, 16, 48, jnp.dtype(dtype))
+    params, carry, xs = _problem(name, key, B, T, 16, 48)
     lengths = jnp.asarray(lengths)
+    to_bf16 = partial(jax.tree.map, lambda a: a.astype(jnp.bfloat16))
     with jax.default_matmul_precision("highest"):
-        got = _loss_and_grads("pallas", name, lengths, reverse)(params, carry, xs)
         want = _loss_and_grads("scan", name, lengths, reverse)(params, carry, xs)
-    tol = dict(rtol=1e-4, atol=1e-4) if dtype == "float32" else dict(rtol=5e-2, atol=1e-1)
-    _assert_trees_close(got, want, **tol)
+        got = _loss_and_grads("pallas", name, lengths, reverse)(params, carry, xs)
+        got_bf16 = _loss_and_grads("pallas", name, lengths, reverse)(*to_bf16((params, carry, xs)))
+        scan_bf16 = _loss_and_grads("scan", name, lengths, reverse)(*to_bf16((params, carry, xs)))
+    _assert_trees_close(got, want, rtol=1e-4, atol=1e-5)
+    for err_kernel, err_scan in zip(_relative_errors(got_bf16, want), _relative_errors(scan_bf16, want)):
+        assert err_kernel <= 2 * err_scan + 1e-2
+
+
+# ---------------------------------------------------------------------------------------------------
+# The one-call device check, dry run on CPU (so the script cannot rot)
+# ---------------------------------------------------------------------------------------------------
+
+
+def test_device_check_dry_run(tmp_path):
+    """DRY_RUN=1: the same steps at a tiny size on CPU; the tables and JSON lines come out, no step fails."""
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "DRY_RUN": "1", "PYTHON": sys.executable}
+    subprocess.run(["bash", "experiments/device_check.sh", str(tmp_path)], cwd=root, env=env, timeout=900, check=True)
+    md = (tmp_path / "device_check.md").read_text()
+    assert "step failed" not in md and "| impl" in md
+    records = [json.loads(line) for line in (tmp_path / "bench.jsonl").read_text().splitlines()]
+    impls = {r.get("impl") for r in records if r.get("kind") == "summary"}
+    assert {"rnn_jax impl=scan", "rnn_jax impl=pallas"} <= impls
+    if importlib.util.find_spec("torch") is not None:
+        assert "torch nn.RNN" in impls
+    dtypes = {r.get("dtype") for r in records if r.get("kind") == "summary"}
+    assert dtypes == {"float32", "bfloat16", "float16"}

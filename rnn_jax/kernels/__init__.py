@@ -138,7 +138,8 @@ def run_pallas(cell, params, carry_N, xs_TNI, lengths_N=None, *, reverse=False):
     Args:
       cell: the built-in vanilla, LSTM or GRU cell (see :func:`unsupported_reason`).
       params: its params.
-      carry_N: the initial carry with one leading batch axis ``N`` (LSTM: :class:`~rnn_jax.cells.LSTMState`).
+      carry_N: the initial carry with one leading batch axis ``N`` (LSTM: :class:`~rnn_jax.cells.LSTMState`),
+        or ``None`` for zeros.
       xs_TNI: time-major inputs ``[T, N, I]``.
       lengths_N: optional int ``[N]``: steps ``t >= length`` keep the carry and output zeros.
       reverse: run from ``T-1`` down to ``0`` (padded steps first, leaving the initial carry alone).
@@ -151,6 +152,8 @@ def run_pallas(cell, params, carry_N, xs_TNI, lengths_N=None, *, reverse=False):
         raise ValueError(unsupported_reason(cell, params, xs_TNI))
     T, N = xs_TNI.shape[:2]
     H = _recurrent_weight(name, params).shape[0]
+    if carry_N is None:
+        carry_N = jax.tree.map(lambda z: jnp.zeros((N, *z.shape), z.dtype), cell.init_carry(params))
     u, W, extra, carries, lengths = _kernel_inputs(name, cell, params, carry_N, xs_TNI, lengths_N)
     seq = layer(LayerConfig(name, bool(reverse), BLOCK_N), u, W, extra, carries, lengths)
     seq = tuple(s[:, :N, :H] for s in seq)
