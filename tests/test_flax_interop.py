@@ -8,6 +8,7 @@ import pytest
 from flax import nnx
 
 import rnn_jax as R
+from rnn_jax.errors import UserError
 from rnn_jax.flax_interop import RNN, RNNCell, from_flax_cell, to_flax_cell
 
 B, T, I, H = 3, 7, 4, 5
@@ -97,6 +98,272 @@ def test_conversions_refuse_what_would_change_the_function():
         RNNCell("elman", I, H, rngs=nnx.Rngs(0))
     with pytest.raises(ValueError, match="out_features"):
         RNNCell("lstm", I, H, 6, rngs=nnx.Rngs(0))
+
+
+# ---------------------------------------------------------------------------------------------------
+# RNN as a drop-in for nnx.RNN: any cell with flax's protocol, every option, rngs, promotion
+# ---------------------------------------------------------------------------------------------------
+
+FLAX_CELLS = {"LSTMCell": nnx.LSTMCell, "OptimizedLSTMCell": nnx.OptimizedLSTMCell, "GRUCell": nnx.GRUCell}
+FLAX_CELLS["SimpleCell"] = nnx.SimpleCell
+
+
+def _close(ours, theirs, atol=1e-7):
+    """float32 equality to rounding, leaf by leaf (the issue's bar: rtol 1e-6)."""
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=atol), ours, theirs)
+
+
+def _per_example(cell, xs, lengths, **options):
+    """The reference with padding: nnx.RNN on each example cut to its length, outputs padded with zeros."""
+    carries, ys = [], []
+    for b, n in enumerate(np.asarray(lengths)):
+        carry, y = nnx.RNN(cell, return_carry=True, **options)(xs[b : b + 1, :n])
+        carries.append(carry)
+        ys.append(jnp.pad(y, ((0, 0), (0, xs.shape[1] - n), (0, 0))))
+    return jax.tree.map(lambda *a: jnp.concatenate(a), *carries), jnp.concatenate(ys)
+
+
+@pytest.mark.parametrize("kind", sorted(FLAX_CELLS))
+def test_flax_cells_run_as_under_nnx_rnn(kind):
+    cell, xs = FLAX_CELLS[kind](I, H, rngs=nnx.Rngs(0)), _xs(2)
+    _close(RNN(cell, return_carry=True)(xs), nnx.RNN(cell, return_carry=True)(xs))
+    # With padding: each example equals nnx.RNN on that example alone; past its length, zeros.
+    ours = RNN(cell, return_carry=True)(xs, seq_lengths=LENGTHS)
+    _close(ours, _per_example(cell, xs, LENGTHS))
+
+
+OPTIONS = [
+    dict(reverse=True),
+    dict(reverse=True, keep_order=True),
+    dict(time_major=True),
+    dict(unroll=3),
+    dict(remat="step"),
+    dict(remat="sqrt", reverse=True),
+]
+
+
+@pytest.mark.parametrize("options", OPTIONS, ids=lambda o: ",".join(f"{k}={v}" for k, v in o.items()))
+def test_options_follow_nnx_rnn(options):
+    cell, xs = nnx.GRUCell(I, H, rngs=nnx.Rngs(1)), _xs(3)
+    ours_options = options
+    flax_options = {k: v for k, v in options.items() if k != "remat"}
+    if options.get("time_major"):
+        xs = np.swapaxes(xs, 0, 1)
+    _close(RNN(cell, return_carry=True, **ours_options)(xs), nnx.RNN(cell, return_carry=True, **flax_options)(xs))
+    if not options.get("time_major"):
+        ours = RNN(cell, return_carry=True, **ours_options)(xs, seq_lengths=LENGTHS)
+        _close(ours, _per_example(cell, xs, LENGTHS, **flax_options))
+
+
+def test_call_time_arguments_and_initial_carry_follow_nnx_rnn():
+    cell, xs = nnx.OptimizedLSTMCell(I, H, rngs=nnx.Rngs(2)), _xs(4)
+    h0 = tuple(np.random.default_rng(5).standard_normal((2, B, H), np.float32))  # flax's (c, h)
+    ours, theirs = RNN(cell), nnx.RNN(cell)
+    call = dict(initial_carry=h0, return_carry=True, reverse=True, keep_order=True)
+    _close(ours(xs, **call), theirs(xs, **call))
+    _close(ours(np.swapaxes(xs, 0, 1), time_major=True), theirs(np.swapaxes(xs, 0, 1), time_major=True))
+    assert not isinstance(ours(xs), tuple) and len(RNN(cell, return_carry=True)(xs)) == 2
+
+
+def test_bidirectional_takes_our_rnn():
+    def layer(make):
+        cells = [nnx.GRUCell(I, H, rngs=nnx.Rngs(seed)) for seed in (3, 4)]
+        return nnx.Bidirectional(make(cells[0]), make(cells[1]), return_carry=True)
+
+    _close(layer(RNN)(_xs(5)), layer(nnx.RNN)(_xs(5)))
+
+
+class TwoAxisCell(nnx.RNNCellBase):
+    """A cell whose inputs have two feature axes ``[..., 2, I]`` (like a convolutional cell's)."""
+
+    def __init__(self, rngs):
+        self.dense = nnx.Linear(2 * I + H, H, rngs=rngs)
+
+    def __call__(self, carry, x):
+        x = x.reshape(x.shape[:-2] + (2 * I,))
+        h = jnp.tanh(self.dense(jnp.concatenate([x, carry], axis=-1)))
+        return h, h
+
+    def initialize_carry(self, input_shape, rngs=None):
+        return jnp.zeros(input_shape[:-2] + (H,))
+
+    @property
+    def num_feature_axes(self):
+        return 2
+
+
+def test_cells_with_several_feature_axes():
+    cell = TwoAxisCell(nnx.Rngs(6))
+    xs = np.random.default_rng(7).standard_normal((B, T, 2, I), np.float32)
+    _close(RNN(cell, return_carry=True)(xs), nnx.RNN(cell, return_carry=True)(xs))
+
+
+class MinimalCell(nnx.RNNCellBase):
+    """A user's cell as in flax's docs: ``h' = relu(W [h, x] + b)``."""
+
+    def __init__(self, in_features, hidden_features, rngs):
+        self.linear = nnx.Linear(hidden_features + in_features, hidden_features, rngs=rngs)
+        self.hidden_features = hidden_features
+
+    def __call__(self, carry, x):
+        h = jax.nn.relu(self.linear(jnp.concatenate([carry, x], axis=-1)))
+        return h, h
+
+    def initialize_carry(self, input_shape, rngs=None):
+        return jnp.zeros(input_shape[:-1] + (self.hidden_features,))
+
+    @property
+    def num_feature_axes(self):
+        return 1
+
+
+def _loss(rnn, xs, lengths):
+    carry, ys = rnn(xs, seq_lengths=lengths, return_carry=True)
+    return jnp.sum(ys**2) + jnp.sum(jnp.sin(carry))
+
+
+def test_user_cell_with_lengths_and_sqrt_remat_and_its_gradients():
+    cell, xs = MinimalCell(I, H, rngs=nnx.Rngs(8)), _xs(9)
+    ours = RNN(cell, remat="sqrt")
+    _close(ours(xs, seq_lengths=LENGTHS, return_carry=True), _per_example(cell, xs, LENGTHS))
+    # No padding: the gradients (params and inputs) are nnx.RNN's.
+    full = jnp.full((B,), T)
+    grads = [nnx.grad(_loss, argnums=(0, 1))(rnn, xs, full) for rnn in (ours, nnx.RNN(cell))]
+    _close(grads[0][0]["cell"], grads[1][0]["cell"])
+    _close(grads[0][1], grads[1][1])
+    # With padding: the sum of nnx.RNN's gradients on each example cut to its length.
+    ours_grad = nnx.grad(_loss)(ours, xs, LENGTHS)
+    per_example = [nnx.grad(_loss)(nnx.RNN(cell), xs[b : b + 1, :n], None) for b, n in enumerate(LENGTHS.tolist())]
+    reference = jax.tree.map(lambda *g: sum(g), *[g["cell"] for g in per_example])
+    close = lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)  # noqa: E731 (sums in another order)
+    jax.tree.map(close, ours_grad["cell"], reference)
+
+
+def test_jit_and_eager_agree():
+    cell, xs = MinimalCell(I, H, rngs=nnx.Rngs(10)), _xs(11)
+    model = RNN(cell, return_carry=True)
+    jitted = nnx.jit(lambda m, x, n: m(x, seq_lengths=n))(model, xs, LENGTHS)
+    _close(jitted, model(xs, seq_lengths=LENGTHS))
+
+
+def test_integer_features_are_promoted_as_flax_promotes_them():
+    ints = jnp.arange(B * T * I).reshape(B, T, I) % 5  # flax's tests feed jnp.arange values
+    cell = nnx.LSTMCell(I, H, rngs=nnx.Rngs(12))
+    ours, theirs = RNN(cell)(ints), nnx.RNN(cell)(ints)
+    assert ours.dtype == theirs.dtype == jnp.float32
+    _close(ours, theirs)
+    fused = RNNCell("gru", I, H, rngs=nnx.Rngs(13))
+    ys = RNN(fused)(ints, seq_lengths=LENGTHS)
+    assert ys.dtype == jnp.float32
+    np.testing.assert_array_equal(ys, RNN(fused)(ints.astype(jnp.float32), seq_lengths=LENGTHS))
+    _close(nnx.RNN(fused)(ints), RNN(fused)(ints))  # the cell promotes under flax's nnx.RNN too
+    with pytest.raises(TypeError, match="floating point"):  # the functional run keeps refusing them
+        R.run(fused.cell, fused.params, None, ints)
+
+
+class MaskCell(nnx.RNNCellBase):
+    """Outputs its dropout mask (scaled by 2) at every step: ``y_t = dropout(1)``."""
+
+    def __init__(self, rngs):
+        self.drop = nnx.Dropout(0.5, rngs=rngs)
+
+    def __call__(self, carry, x):
+        return carry, self.drop(jnp.ones(x.shape[:-1] + (16,)))
+
+    def initialize_carry(self, input_shape, rngs=None):
+        return jnp.zeros(input_shape[:-1])
+
+    @property
+    def num_feature_axes(self):
+        return 1
+
+
+def test_broadcast_rngs_keep_one_dropout_mask_per_sequence_and_split_rngs_draw_every_step():
+    xs = _xs(14)
+    split = RNN(MaskCell(nnx.Rngs(dropout=0)))(xs)  # [B, T, 16] of 0 and 2
+    assert set(np.unique(split).tolist()) == {0.0, 2.0}
+    assert all(not np.array_equal(split[b, 0], split[b, t]) for b in range(B) for t in range(1, T))
+    cell = MaskCell(nnx.Rngs(dropout=0))
+    broadcast = RNN(cell, broadcast_rngs="dropout")
+    masks = broadcast(xs)
+    np.testing.assert_array_equal(masks, np.broadcast_to(masks[:, :1], masks.shape))  # the same at every step
+    assert not np.array_equal(masks[0, 0], masks[1, 0])  # each example its own
+    assert not np.array_equal(broadcast(xs), masks)  # and each call new ones
+    flax_masks = nnx.RNN(MaskCell(nnx.Rngs(dropout=0)), broadcast_rngs="dropout")(xs)  # flax: the same behaviour
+    np.testing.assert_array_equal(flax_masks, np.broadcast_to(flax_masks[:, :1], flax_masks.shape))
+
+
+class CountingCell(MinimalCell):
+    def __init__(self, rngs):
+        super().__init__(I, H, rngs)
+        self.steps = nnx.Variable(jnp.zeros((), jnp.int32))
+
+    def __call__(self, carry, x):
+        self.steps.set_value(self.steps.get_value() + 1)
+        return super().__call__(carry, x)
+
+
+def test_refusals_are_clear():
+    with pytest.raises(TypeError, match="cell protocol"):
+        RNN(lambda carry, x: (carry, x))
+    with pytest.raises(UserError, match="read-only"):
+        RNN(CountingCell(nnx.Rngs(0)))(_xs())
+    with pytest.raises(UserError, match="state scanned along time"):
+        RNN(nnx.GRUCell(I, H, rngs=nnx.Rngs(0)), state_axes={nnx.Param: 0})
+    with pytest.raises(UserError, match="no time axis"):
+        RNN(nnx.GRUCell(I, H, rngs=nnx.Rngs(0)))(jnp.zeros((I,)))
+    with pytest.raises(UserError, match="remat"):
+        RNN(RNNCell("gru", I, H, rngs=nnx.Rngs(0)), remat="log")
+    with pytest.raises(UserError, match="impl"):
+        RNN(RNNCell("gru", I, H, rngs=nnx.Rngs(0)), impl="cudnn")
+
+
+# ---------------------------------------------------------------------------------------------------
+# RNNCell takes flax's constructor arguments
+# ---------------------------------------------------------------------------------------------------
+
+
+def test_rnn_cell_takes_flax_initializers_dtypes_and_carry_init():
+    ones, zeros = nnx.initializers.ones_init(), nnx.initializers.zeros_init()
+    cell = RNNCell(
+        "gru", in_features=I, hidden_features=H, kernel_init=ones, recurrent_kernel_init=zeros,
+        bias_init=ones, param_dtype=jnp.bfloat16, rngs=nnx.Rngs(0),
+    )  # fmt: skip
+    p = cell.params
+    assert all(a.dtype == jnp.bfloat16 for a in p)
+    assert bool(jnp.all(p.W_x == 1)) and bool(jnp.all(p.W_h == 0)) and bool(jnp.all(p.b == 1))
+    assert bool(jnp.all(p.b_hn == 1)) and (cell.in_features, cell.hidden_features) == (I, H)
+    assert RNN(cell)(_xs()).dtype == jnp.float32  # float32 inputs with bfloat16 params: promoted, as flax does
+    assert RNN(RNNCell("lstm", I, H, dtype=jnp.bfloat16, rngs=nnx.Rngs(0)))(_xs()).dtype == jnp.bfloat16
+    default = RNNCell("lstm", I, H, rngs=nnx.Rngs(0))  # no initializer given: the library's init
+    jax.tree.map(np.testing.assert_array_equal, default.params, R.lstm_init(nnx.Rngs(0).params(), I, H))
+    carry = default.initialize_carry((B, I), nnx.Rngs(carry=1))
+    assert carry.h.shape == (B, H) and not bool(jnp.any(carry.c))
+    drawn = default.initialize_carry((B, I), nnx.Rngs(carry=1), carry_init=nnx.initializers.normal())
+    assert drawn.h.shape == (B, H) and bool(jnp.all(drawn.h != 0))
+
+
+@pytest.mark.parametrize("kind", ["lstm", "gru", "vanilla"])
+def test_rnn_cell_gate_and_activation_functions_equal_flax_cells(kind):
+    fns = (
+        dict(activation_fn=jax.nn.relu)
+        if kind == "vanilla"
+        else dict(gate_fn=jax.nn.hard_sigmoid, activation_fn=jax.nn.relu)
+    )
+    if kind == "vanilla":  # flax's SimpleCell has no head: the identity one
+        base = R.vanilla_init(jax.random.key(0), I, H, H)
+        ours = RNNCell.from_params("vanilla", base._replace(W_hy=jnp.eye(H), b_y=jnp.zeros(H)), **fns)
+    else:
+        ours = RNNCell(kind, I, H, rngs=nnx.Rngs(0), **fns)
+    theirs = to_flax_cell(RNNCell.from_params(ours.cell.name, ours.params))
+    for name, fn in fns.items():
+        setattr(theirs, name, fn)
+    xs = _xs(15)
+    ys = RNN(ours)(xs)
+    _close(ys, nnx.RNN(theirs)(xs), atol=1e-6)  # unit-scale outputs; the fused cell sums in another order
+    assert not np.allclose(ys, RNN(RNNCell.from_params(ours.cell.name, ours.params))(xs))  # the functions matter
+    with pytest.raises(UserError, match="takes activation_fn"):
+        RNNCell("vanilla", I, H, gate_fn=jax.nn.hard_sigmoid, rngs=nnx.Rngs(0))
 
 
 # ---------------------------------------------------------------------------------------------------
