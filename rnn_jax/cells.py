@@ -76,7 +76,8 @@ class Cell:
         return carry, self.readout(params, z)
 
 
-def _identity_readout(params, z):
+def identity_readout(params, z):
+    """The output head of a cell that has none: ``y = z``."""
     del params
     return z
 
@@ -85,8 +86,8 @@ def _split_keys(key, n):
     return jax.random.split(key, n)
 
 
-def _input_weight(key, in_size, out_size, dtype):
-    # Scaled so that x @ W has unit variance per unit when x does (LeCun normal).
+def input_weight(key, in_size, out_size, dtype):
+    """An ``[in_size, out_size]`` LeCun-normal weight: ``x @ W`` has unit variance per unit when ``x`` does."""
     return jax.nn.initializers.lecun_normal()(key, (in_size, out_size), dtype)
 
 
@@ -99,7 +100,8 @@ def _recurrent_weight(key, hidden_size, n_blocks, dtype):
     return jnp.concatenate(blocks, axis=1).astype(dtype)
 
 
-def _check_sizes(**sizes):
+def check_sizes(**sizes):
+    """Raise a ValueError naming the first size that is not a positive integer."""
     for name, value in sizes.items():
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
             raise ValueError(f"{name} must be a positive integer, got {value!r}")
@@ -122,13 +124,13 @@ class VanillaParams(NamedTuple):
 
 def vanilla_init(key, in_size: int, hidden_size: int, out_size: int, dtype=jnp.float32) -> VanillaParams:
     """Orthogonal ``W_hh``, LeCun-normal ``W_xh`` and ``W_hy``, zero biases, all in ``dtype``."""
-    _check_sizes(in_size=in_size, hidden_size=hidden_size, out_size=out_size)
+    check_sizes(in_size=in_size, hidden_size=hidden_size, out_size=out_size)
     k_xh, k_hh, k_hy = _split_keys(key, 3)
     return VanillaParams(
-        W_xh=_input_weight(k_xh, in_size, hidden_size, dtype),
+        W_xh=input_weight(k_xh, in_size, hidden_size, dtype),
         W_hh=_recurrent_weight(k_hh, hidden_size, 1, dtype),
         b_h=jnp.zeros((hidden_size,), dtype),
-        W_hy=_input_weight(k_hy, hidden_size, out_size, dtype),
+        W_hy=input_weight(k_hy, hidden_size, out_size, dtype),
         b_y=jnp.zeros((out_size,), dtype),
     )
 
@@ -185,11 +187,11 @@ class LSTMParams(NamedTuple):
 
 def lstm_init(key, in_size: int, hidden_size: int, dtype=jnp.float32) -> LSTMParams:
     """Orthogonal recurrent blocks, LeCun-normal input weights, forget-gate bias 1, other biases 0."""
-    _check_sizes(in_size=in_size, hidden_size=hidden_size)
+    check_sizes(in_size=in_size, hidden_size=hidden_size)
     k_x, k_h = _split_keys(key, 2)
     H = hidden_size
     b = jnp.zeros((4 * H,), dtype).at[H : 2 * H].set(1.0)
-    return LSTMParams(W_x=_input_weight(k_x, in_size, 4 * H, dtype), W_h=_recurrent_weight(k_h, H, 4, dtype), b=b)
+    return LSTMParams(W_x=input_weight(k_x, in_size, 4 * H, dtype), W_h=_recurrent_weight(k_h, H, 4, dtype), b=b)
 
 
 def _lstm_project(p: LSTMParams, x_I):
@@ -221,7 +223,7 @@ lstm_cell = Cell(
 """,
     project=_lstm_project,
     step=_lstm_step,
-    readout=_identity_readout,
+    readout=identity_readout,
     init_carry=_lstm_zero,
     input_size=lambda p: p.W_x.shape[0],
     saved=("lstm_gates",),
@@ -244,11 +246,11 @@ class GRUParams(NamedTuple):
 
 def gru_init(key, in_size: int, hidden_size: int, dtype=jnp.float32) -> GRUParams:
     """Orthogonal recurrent blocks, LeCun-normal input weights, zero biases."""
-    _check_sizes(in_size=in_size, hidden_size=hidden_size)
+    check_sizes(in_size=in_size, hidden_size=hidden_size)
     k_x, k_h = _split_keys(key, 2)
     H = hidden_size
     return GRUParams(
-        W_x=_input_weight(k_x, in_size, 3 * H, dtype),
+        W_x=input_weight(k_x, in_size, 3 * H, dtype),
         W_h=_recurrent_weight(k_h, H, 3, dtype),
         b=jnp.zeros((3 * H,), dtype),
         b_hn=jnp.zeros((H,), dtype),
@@ -283,7 +285,7 @@ gru_cell = Cell(
 """,
     project=_gru_project,
     step=_gru_step,
-    readout=_identity_readout,
+    readout=identity_readout,
     init_carry=lambda p: jnp.zeros(p.W_h.shape[:1], p.W_h.dtype),
     input_size=lambda p: p.W_x.shape[0],
     saved=("gru_x", "gru_h"),

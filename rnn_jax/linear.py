@@ -30,8 +30,8 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from rnn_jax.cells import Cell, _check_sizes, _input_weight, _split_keys
-from rnn_jax.scan import _check_carry, _check_inputs, _check_lengths, _sequence_layout, run
+from rnn_jax.cells import Cell, check_sizes, identity_readout, input_weight
+from rnn_jax.scan import check_run_args, run, vmap_batch
 
 Array = jax.Array
 
@@ -49,11 +49,6 @@ __all__ = [
 ]
 
 METHODS = ("sequential", "associative")
-
-
-def _identity(params, z):
-    del params
-    return z
 
 
 def _linear_step(params, h_H, ab):
@@ -80,12 +75,12 @@ class MinGRUParams(NamedTuple):
 
 def mingru_init(key, in_size: int, hidden_size: int, dtype=jnp.float32) -> MinGRUParams:
     """LeCun-normal input weights, zero biases."""
-    _check_sizes(in_size=in_size, hidden_size=hidden_size)
-    k_z, k_h = _split_keys(key, 2)
+    check_sizes(in_size=in_size, hidden_size=hidden_size)
+    k_z, k_h = jax.random.split(key, 2)
     return MinGRUParams(
-        W_z=_input_weight(k_z, in_size, hidden_size, dtype),
+        W_z=input_weight(k_z, in_size, hidden_size, dtype),
         b_z=jnp.zeros((hidden_size,), dtype),
-        W_h=_input_weight(k_h, in_size, hidden_size, dtype),
+        W_h=input_weight(k_h, in_size, hidden_size, dtype),
         b_h=jnp.zeros((hidden_size,), dtype),
     )
 
@@ -105,7 +100,7 @@ mingru_cell = Cell(
 """,
     project=_mingru_project,
     step=_linear_step,
-    readout=_identity,
+    readout=identity_readout,
     init_carry=lambda p: jnp.zeros(p.W_h.shape[1:], p.W_h.dtype),
     input_size=lambda p: p.W_h.shape[0],
 )
@@ -126,11 +121,11 @@ class DiagParams(NamedTuple):
 
 def diag_init(key, in_size: int, hidden_size: int, dtype=jnp.float32) -> DiagParams:
     """Decays spread over ``[0.5, 0.99]`` (short and long memories), LeCun-normal ``W_x``, zero bias."""
-    _check_sizes(in_size=in_size, hidden_size=hidden_size)
+    check_sizes(in_size=in_size, hidden_size=hidden_size)
     decay = jnp.linspace(0.5, 0.99, hidden_size)
     return DiagParams(
         nu=jnp.log(decay / (1 - decay)).astype(dtype),
-        W_x=_input_weight(key, in_size, hidden_size, dtype),
+        W_x=input_weight(key, in_size, hidden_size, dtype),
         b=jnp.zeros((hidden_size,), dtype),
     )
 
@@ -149,7 +144,7 @@ diag_cell = Cell(
 """,
     project=_diag_project,
     step=_linear_step,
-    readout=_identity,
+    readout=identity_readout,
     init_carry=lambda p: jnp.zeros(p.nu.shape, p.nu.dtype),
     input_size=lambda p: p.W_x.shape[0],
 )
@@ -223,15 +218,12 @@ def run_linear(
         raise ValueError(f"run_linear needs a linear cell ({', '.join(LINEAR_CELLS)}), got the {cell.name} cell")
     if method == "sequential":
         return run(cell, params, carry, xs, lengths=lengths, time_major=time_major, reverse=reverse)
-    T, batch = _sequence_layout(xs, time_major)
-    _check_inputs(cell, params, xs)
-    if carry is not None:
-        _check_carry(cell, params, carry, batch)
-    if lengths is not None:
-        _check_lengths(lengths, T, batch)
-    fn = lambda c, x, n: _run_linear_one(cell, params, c, x, n, T=T, reverse=reverse)  # noqa: E731
+    T, batch = check_run_args(cell, params, carry, xs, lengths=lengths, time_major=time_major)
     x_axis = 1 if time_major else 0
-    for _ in batch:  # the cell sees one example; vmap adds each batch dimension
-        in_axes = (None if carry is None else 0, x_axis, None if lengths is None else 0)
-        fn = jax.vmap(fn, in_axes=in_axes, out_axes=(0, x_axis))
+    fn = vmap_batch(
+        lambda c, x, n: _run_linear_one(cell, params, c, x, n, T=T, reverse=reverse),
+        len(batch),
+        in_axes=(None if carry is None else 0, x_axis, None if lengths is None else 0),
+        out_axes=(0, x_axis),
+    )
     return fn(carry, xs, lengths)

@@ -52,7 +52,8 @@ __all__ = [
     "auto_plan",
     "custom_jvp_refusal",
     "vmap_batch",
-    "identity",
+    "check_run_args",
+    "inverted_dropout",
     "Plan",
     "IMPLS",
     "REMAT_OPTIONS",
@@ -150,6 +151,24 @@ def _check_lengths(lengths, T: int, batch: tuple[int, ...]):
             raise UserError(f"lengths must lie in [0, T={T}], got values from {values.min()} to {values.max()}")
 
 
+def check_run_args(cell, params, carry, xs, *, lengths=None, time_major: bool = False) -> tuple[int, tuple[int, ...]]:
+    """Check :func:`run`'s array arguments against each other and the cell; return ``(T, batch_shape)``.
+
+    Raises :class:`~rnn_jax.errors.UserError` (a ValueError) or TypeError naming what was expected,
+    what came and the fix. Shared by every function that runs a cell over time.
+    """
+    T, batch = _sequence_layout(xs, time_major)
+    _check_inputs(cell, params, xs)
+    if carry is None:
+        if not isinstance(cell, Cell):
+            raise UserError("carry=None (zeros) needs a Cell; pass an explicit initial carry for a plain function")
+    else:
+        _check_carry(cell, params, carry, batch)
+    if lengths is not None:
+        _check_lengths(lengths, T, batch)
+    return T, batch
+
+
 # ---------------------------------------------------------------------------------------------------
 # One call's static arguments and the plan that computes it
 # ---------------------------------------------------------------------------------------------------
@@ -211,8 +230,8 @@ def _mask_time(mask_T, ys):
 def _scan_one(step, carry, xs, length, *, project, readout, call: _Call, plan: Plan):
     """Scan ``step(carry, u) -> (carry, z)`` over the leading axis of ``xs`` for one example.
 
-    ``project`` (``[n, I] -> [n, ...]``) and ``readout`` (``[n, ...] -> [n, O]``) map whole blocks of
-    steps: all ``T`` at once around the loop, or one chunk at a time inside the checkpointed chunk of
+    ``project`` (``[n, I] -> [n, ...]``) and ``readout`` (``[n, ...] -> [n, O]``), where not ``None``, map whole
+    blocks of steps: all ``T`` at once around the loop, or one chunk at a time inside the checkpointed chunk of
     ``remat="sqrt"`` (so that no ``[T, 4H]`` projection or readout is kept alive there).
     """
 
@@ -230,12 +249,17 @@ def _scan_one(step, carry, xs, length, *, project, readout, call: _Call, plan: P
     elif plan.saved:  # store only the named pre-activations per step; recompute the elementwise rest
         body = jax.checkpoint(body, policy=jax.checkpoint_policies.save_only_these_names(*plan.saved))
     ts = jnp.arange(call.T)
-    carry, outs = lax.scan(body, carry, (ts, project(xs)), reverse=call.reverse, unroll=plan.unroll)
+    carry, outs = lax.scan(body, carry, (ts, _apply(project, xs)), reverse=call.reverse, unroll=plan.unroll)
     return carry, _readout_outs(readout, outs, call.return_carries)
 
 
+def _apply(fn, block):
+    """``fn(block)``, or the block itself where there is no ``fn``."""
+    return block if fn is None else fn(block)
+
+
 def _readout_outs(readout, outs, return_carries):
-    return (readout(outs[0]), outs[1]) if return_carries else readout(outs)
+    return (_apply(readout, outs[0]), outs[1]) if return_carries else _apply(readout, outs)
 
 
 def _scan_sqrt(body, carry, xs, *, project, readout, call: _Call, unroll: int):
@@ -269,17 +293,12 @@ def _scan_sqrt(body, carry, xs, *, project, readout, call: _Call, unroll: int):
     @jax.checkpoint
     def chunk_body(c, inputs):
         ts, xs_chunk = inputs
-        c, outs = lax.scan(step_body, c, (ts, project(xs_chunk)), reverse=call.reverse, unroll=unroll)
+        c, outs = lax.scan(step_body, c, (ts, _apply(project, xs_chunk)), reverse=call.reverse, unroll=unroll)
         return c, _readout_outs(readout, outs, call.return_carries)
 
     carry, outs = lax.scan(chunk_body, carry, (ts_c, xs_c), reverse=call.reverse)
     outs = jax.tree.map(lambda a: a.reshape((n_chunks * chunk,) + a.shape[2:])[:T], outs)
     return carry, outs
-
-
-def identity(x):
-    """``x`` unchanged (the input projection and output head of a cell that has none)."""
-    return x
 
 
 def _run_one(cell, params, carry, xs_T, length, *, call: _Call, plan: Plan):
@@ -288,13 +307,13 @@ def _run_one(cell, params, carry, xs_T, length, *, call: _Call, plan: Plan):
         if plan.hoist:  # the input projection of a block of steps is one matmul outside the sequential loop
             project, step = jax.vmap(partial(cell.project, params)), partial(cell.step, params)
         else:
-            project = identity
+            project = None
 
             def step(c, x):
                 return cell.step(params, c, cell.project(params, x))
 
     else:
-        project, readout, step = identity, identity, partial(cell, params)
+        project, readout, step = None, None, partial(cell, params)
     if carry is None:
         carry = cell.init_carry(params)
     carry, outs = _scan_one(step, carry, xs_T, length, project=project, readout=readout, call=call, plan=plan)
@@ -618,15 +637,7 @@ def run(
       ``carries`` have the time axis where ``xs`` has it.
     """
     _check_options(cell, remat=remat, unroll=unroll, impl=impl)
-    T, batch = _sequence_layout(xs, time_major)
-    _check_inputs(cell, params, xs)
-    if carry is None:
-        if not isinstance(cell, Cell):
-            raise UserError("carry=None (zeros) needs a Cell; pass an explicit initial carry for a plain function")
-    else:
-        _check_carry(cell, params, carry, batch)
-    if lengths is not None:
-        _check_lengths(lengths, T, batch)
+    T, batch = check_run_args(cell, params, carry, xs, lengths=lengths, time_major=time_major)
     call = _Call(T, batch, bool(time_major), bool(reverse), remat, bool(return_carries))
     if impl == "pallas":
         return _run_pallas(cell, params, carry, xs, lengths, call)
@@ -664,7 +675,14 @@ def broadcast_carry(carry, batch_shape: Sequence[int]):
 # ---------------------------------------------------------------------------------------------------
 
 
-def _dropout(key, rate: float, x):
+def inverted_dropout(key, rate: float, x):
+    """Zero each element of ``x`` with probability ``rate`` and scale the rest by ``1 / (1 - rate)``.
+
+    The expected value is ``x`` itself, so evaluation needs no rescaling: with ``key=None`` or
+    ``rate == 0`` it returns ``x`` unchanged.
+    """
+    if key is None or rate == 0.0:
+        return x
     keep = jax.random.bernoulli(key, 1.0 - rate, jnp.shape(x))
     return jnp.where(keep, x / (1.0 - rate), 0).astype(x.dtype)
 
@@ -709,8 +727,8 @@ def run_stack(
     finals = []
     ys = xs
     for layer, (cell, p, c, k) in enumerate(zip(cells, params, carries, keys)):
-        if layer > 0 and k is not None and dropout_rate > 0:
-            ys = _dropout(k, dropout_rate, ys)
+        if layer > 0:
+            ys = inverted_dropout(k, dropout_rate, ys)
         c, ys = run(cell, p, c, ys, **run_kwargs)
         finals.append(c)
     return finals, ys

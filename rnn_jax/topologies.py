@@ -47,7 +47,7 @@ from rnn_jax.cells import (
     vanilla_init,
 )
 from rnn_jax.errors import UserError
-from rnn_jax.scan import bidirectional, run, zeros_carry
+from rnn_jax.scan import bidirectional, inverted_dropout, run, vmap_batch, zeros_carry
 
 Array = jax.Array
 
@@ -259,10 +259,10 @@ class LuongParams(NamedTuple):
 class Seq2SeqParams(NamedTuple):
     """Params of :func:`encoder_decoder_apply`; the structure is read from the leaf types.
 
-    ``encoder`` is one layer (a cell's params or :class:`Bidirectional`) or a ``tuple`` of layers, bottom
-    first; ``decoder`` is a cell's params or a ``tuple`` of them, with one ``bridge`` :class:`Dense` per
-    decoder layer (a tuple exactly when ``decoder`` is one); ``attention`` is ``None``,
-    :class:`BahdanauParams` or :class:`LuongParams`.
+    ``encoder`` is a ``tuple`` of layers (a cell's params or :class:`Bidirectional`), bottom first;
+    ``decoder`` is a ``tuple`` of cell params, with one ``bridge`` :class:`Dense` per decoder layer;
+    ``attention`` is ``None``, :class:`BahdanauParams` or :class:`LuongParams`. Params built by hand may
+    give one layer without the tuple: it is read as a stack of one.
     """
 
     src_embed: Array  # [V_src, E]
@@ -321,8 +321,8 @@ def encoder_decoder_init(
 
     ``M`` (memory features) is ``encoder_hidden_size`` (default ``hidden_size``), doubled when bidirectional.
     A layer above the first reads the ``M`` features of the encoder layer below it (the decoder: the
-    ``H`` of the one below); attention reads the top encoder layer and the top decoder layer. With one
-    layer each, the params are exactly the single-layer structure (no tuples).
+    ``H`` of the one below); attention reads the top encoder layer and the top decoder layer. Every depth
+    gives tuples (one layer: a tuple of one).
     """
     for name, v in dict(
         src_vocab=src_vocab,
@@ -340,8 +340,8 @@ def encoder_decoder_init(
     He = encoder_hidden_size or H
     M = 2 * He if bidirectional else He
     A = attention_size or H
-    # The first layer of each side draws from the same 12 keys as a single-layer model always has
-    # (same seed, same init); deeper layers draw from a second stream.
+    # The first layer of each side draws from the same 12 keys whatever the depth (a model's bottom
+    # layers do not depend on how many layers sit above them); deeper layers draw from a second stream.
     k = iter(jax.random.split(key, 12))
     deeper = iter(jax.random.split(jax.random.fold_in(key, 1), 2 * (encoder_layers + decoder_layers)))
     embed = jax.nn.initializers.normal(1.0)
@@ -368,15 +368,12 @@ def encoder_decoder_init(
         bridge.append(dense_init(next(deeper), M, H, dtype))
         decoder.append(cell_init(cell, next(deeper), H, H, dtype))
 
-    def layers(stack):  # one layer: the plain structure (checkpoints of single-layer models stay loadable)
-        return stack[0] if len(stack) == 1 else tuple(stack)
-
     return Seq2SeqParams(
         src_embed=src_embed,
         tgt_embed=tgt_embed,
-        encoder=layers(encoder),
-        bridge=layers(bridge),
-        decoder=layers(decoder),
+        encoder=tuple(encoder),
+        bridge=tuple(bridge),
+        decoder=tuple(decoder),
         attention=att,
         out=out,
     )
@@ -385,14 +382,6 @@ def encoder_decoder_init(
 def _layers(x) -> tuple:
     """A stack's layers, bottom first (a single layer is a stack of one)."""
     return x if type(x) is tuple else (x,)
-
-
-def _dropout(key, rate, x):
-    """Inverted dropout: zero each feature with probability ``rate``, scale the rest by ``1 / (1 - rate)``."""
-    if key is None or rate == 0.0:
-        return x
-    keep = jax.random.bernoulli(key, 1.0 - rate, jnp.shape(x))
-    return jnp.where(keep, x / (1.0 - rate), 0).astype(x.dtype)
 
 
 def encode(params: Seq2SeqParams, src_S, src_len, *, dropout: float = 0.0, key=None) -> tuple[Array, Array]:
@@ -407,7 +396,7 @@ def encode(params: Seq2SeqParams, src_S, src_len, *, dropout: float = 0.0, key=N
     keys = jax.random.split(key, len(layers)) if key is not None else [None] * len(layers)
     for i, layer in enumerate(layers):
         if i > 0:
-            x = _dropout(keys[i], dropout, x)
+            x = inverted_dropout(keys[i], dropout, x)
         if isinstance(layer, Bidirectional):
             (c_fw, c_bw), x = bidirectional(cell_of(layer.fw), tuple(layer), None, x, lengths=src_len)
             summary = jnp.concatenate([hidden_of(c_fw), hidden_of(c_bw)], axis=-1)
@@ -444,7 +433,7 @@ def _decoder_cells(p: Seq2SeqParams, carries, x, *, dropout: float, key):
     new = []
     for i, (layer, c) in enumerate(zip(layers, carries, strict=True)):
         if i > 0:
-            x = _dropout(keys[i], dropout, x)
+            x = inverted_dropout(keys[i], dropout, x)
         c, x = cell_of(layer)(layer, c, x)
         new.append(c)
     return (tuple(new) if stacked else new[0]), x
@@ -466,16 +455,17 @@ def _decoder_step(ctx: DecoderContext, state: DecoderState, token, *, dropout: f
         top = hidden_of(_layers(state.cell)[-1])
         ctx_M, w_S = attend(p.attention, top, ctx.memory_SM, ctx.src_len)
         c, s_H = cells(state.cell, jnp.concatenate([e_E, ctx_M]))
-        features = _dropout(k_out, dropout, jnp.concatenate([s_H, ctx_M]))
+        features = inverted_dropout(k_out, dropout, jnp.concatenate([s_H, ctx_M]))
         return DecoderState(c, state.feed), dense(p.out, features), w_S
     if isinstance(p.attention, LuongParams):
         # Luong: read [embedding; previous attentional state], attend with the new state, combine.
         c, s_H = cells(state.cell, jnp.concatenate([e_E, state.feed]))
         ctx_M, w_S = attend(p.attention, s_H, ctx.memory_SM, ctx.src_len)
         h_att = jnp.tanh(dense(p.attention.combine, jnp.concatenate([ctx_M, s_H])))
-        return DecoderState(c, h_att), dense(p.out, _dropout(k_out, dropout, h_att)), w_S
+        return DecoderState(c, h_att), dense(p.out, inverted_dropout(k_out, dropout, h_att)), w_S
     c, s_H = cells(state.cell, e_E)
-    return DecoderState(c, state.feed), dense(p.out, _dropout(k_out, dropout, s_H)), jnp.zeros((S,), jnp.float32)
+    y = dense(p.out, inverted_dropout(k_out, dropout, s_H))
+    return DecoderState(c, state.feed), y, jnp.zeros((S,), jnp.float32)
 
 
 def decoder_step_fn(ctx: DecoderContext, state: DecoderState, token) -> tuple[DecoderState, Array]:
@@ -610,9 +600,7 @@ def encoder_decoder_apply(
         _, (logits, w, toks) = run(step, ctx, (state, jnp.zeros((V,), jnp.float32)), xs, lengths=n_tgt)
         return logits, w, toks[:, 0]
 
-    fn = one
-    for _ in batch:
-        fn = jax.vmap(fn, in_axes=(0, 0, 0, None if tgt_len is None else 0, 0 if needs_key else None))
+    fn = vmap_batch(one, len(batch), in_axes=(0, 0, 0, None if tgt_len is None else 0, 0 if needs_key else None))
     keys = None
     if needs_key:
         keys = jax.random.split(key, int(np.prod(batch, dtype=int))).reshape(batch) if batch else key
@@ -696,8 +684,5 @@ def glimpse_apply(params: GlimpseParams, parts, *, steps: int, hard: bool = Fals
         c, looks = run(step, params, cell.init_carry(params.cell), jnp.zeros((steps, 0), x_NF.dtype))
         return dense(params.head, hidden_of(c)), looks
 
-    fn = one
-    for _ in parts.shape[:-2]:
-        fn = jax.vmap(fn)
-    logits, looks = fn(parts)
+    logits, looks = vmap_batch(one, len(parts.shape[:-2]))(parts)
     return GlimpseOutput(logits, looks)
