@@ -316,6 +316,23 @@ def _flax_impl(name, s, dtype, key, cell_name):
     return loss, params
 
 
+def _nnx_rnn_impl(name, s, dtype, key, ours: bool):
+    """flax's ``nnx.OptimizedLSTMCell`` under ``rnn_jax.flax_interop.RNN`` (``ours``) or flax's ``nnx.RNN``."""
+    from flax import nnx
+
+    from rnn_jax.flax_interop import RNN
+
+    if name != "lstm":
+        return None
+    cell = nnx.OptimizedLSTMCell(s.I, s.H, dtype=dtype, param_dtype=dtype, rngs=nnx.Rngs(params=key))
+    graphdef, params, rest = nnx.split((RNN if ours else nnx.RNN)(cell), nnx.Param, ...)
+
+    def loss(params, xs):
+        return _mean_square(nnx.merge(graphdef, params, rest, copy=True)(xs))  # copies: calls update the rngs
+
+    return loss, params
+
+
 JAX_IMPLS: dict[str, Callable] = {
     "rnn_jax": _run_impl,
     "rnn_jax remat=step": partial(_run_impl, remat="step"),
@@ -327,6 +344,8 @@ JAX_IMPLS: dict[str, Callable] = {
     "flax OptimizedLSTMCell": partial(_flax_impl, cell_name="OptimizedLSTMCell"),
     "flax SimpleCell": partial(_flax_impl, cell_name="SimpleCell"),
     "flax GRUCell": partial(_flax_impl, cell_name="GRUCell"),
+    "flax_interop.RNN OptimizedLSTMCell": partial(_nnx_rnn_impl, ours=True),
+    "nnx.RNN OptimizedLSTMCell": partial(_nnx_rnn_impl, ours=False),
 }
 """Implementations by name: ``builder(cell, shape, dtype, key) -> (loss(params, xs), params)`` or ``None``
 where the implementation has no such cell. ``rnn_jax unroll=U`` is added for every ``--unrolls`` value."""
