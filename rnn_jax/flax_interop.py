@@ -52,7 +52,7 @@ from rnn_jax.cells import (
     vanilla_init,
 )
 from rnn_jax.errors import UserError
-from rnn_jax.scan import IMPLS, REMAT_OPTIONS, run, zeros_carry
+from rnn_jax.scan import IMPLS, REMAT_OPTIONS, run, vmap_batch, zeros_carry
 
 __all__ = ["RNNCell", "RNN", "from_flax_cell", "to_flax_cell"]
 
@@ -190,9 +190,7 @@ class RNNCell(nnx.RNNCellBase):
     def __call__(self, carry, inputs):
         """One time step over any leading batch dims: ``carry [..., H], inputs [..., I]``."""
         params, inputs = self.promoted(inputs)
-        step = self.cell
-        for _ in range(jnp.ndim(inputs) - 1):  # the cell is written for one example
-            step = jax.vmap(step, in_axes=(None, 0, 0))
+        step = vmap_batch(self.cell, jnp.ndim(inputs) - 1, in_axes=(None, 0, 0))  # the cell sees one example
         return step(params, carry, inputs)
 
     def initialize_carry(self, input_shape: tuple[int, ...], rngs=None, carry_init: Initializer | None = None):
@@ -289,8 +287,7 @@ def _run_flax_cell(cell, carry, xs, batch: tuple[int, ...], broadcast_rngs, opti
 
     def step(rest, carry, x):
         inner, fixed_rngs, moving_rngs = carry
-        # merge reuses the Variables it is given, and a step updates them: give it copies.
-        module = nnx.merge(graphdef, *jax.tree.map(lambda a: a, (fixed_rngs, moving_rngs, rest)))
+        module = nnx.merge(graphdef, fixed_rngs, moving_rngs, rest, copy=True)  # a step updates the rng counts
         inner, y = module(inner, jnp.reshape(x, feature_shape))
         _, _, moving_rngs, after = nnx.split(module, fixed, nnx.RngState, ...)
         _check_read_only(rest, after)

@@ -433,3 +433,21 @@ def test_flax_model_trains_and_matches_functional_training():
     fresh.head.kernel.set_value(params[1][0])
     fresh.head.bias.set_value(params[1][1])
     np.testing.assert_array_equal(module_logits(fresh), functional_logits(params, xs))
+
+
+def test_bench_times_our_rnn_against_nnx_rnn_on_flax_optimized_lstm():
+    from rnn_jax.tools import bench
+
+    impls = ["flax_interop.RNN OptimizedLSTMCell", "nnx.RNN OptimizedLSTMCell"]
+    s, key = bench.Shape(2, 3, 4, 5), jax.random.key(0)
+    records = bench.measure_layers([s], cells=("lstm", "gru"), impls=impls, warmup=0, reps=1, rounds=1)
+    assert sorted((r["cell"], r["impl"], r["mode"]) for r in records) == [
+        ("lstm", impl, mode) for impl in impls for mode in sorted(bench.MODES)
+    ]  # the flax cell is an LSTM: no GRU rows
+    # Both time the same function: one loss and gradient on the same weights.
+    xs = jax.random.normal(key, (s.B, s.T, s.I))
+    (ours, g_ours), (theirs, g_theirs) = (
+        jax.value_and_grad(loss)(params, xs)
+        for loss, params in (bench._jax_impl(i)("lstm", s, jnp.float32, key) for i in impls)
+    )
+    _close((ours, g_ours["cell"]), (theirs, g_theirs["cell"]))
