@@ -41,7 +41,7 @@ import jax
 import jax.numpy as jnp
 
 from rnn_jax import linear
-from rnn_jax.cells import CELLS, Cell, gru_init, lstm_init, vanilla_init
+from rnn_jax.cells import CELLS, Cell, gru_init, identity_readout, lstm_init, vanilla_init
 from rnn_jax.errors import UserError
 from rnn_jax.scan import IMPLS, run
 
@@ -226,15 +226,10 @@ def _record(meta: dict, item: _Timed, flops: float | None) -> dict:
 # ---------------------------------------------------------------------------------------------------
 
 
-def _identity(params, z):
-    del params
-    return z
-
-
 def bench_cell(name: str) -> Cell:
     """The library cell timed as ``name``; the vanilla RNN without its output head, like torch's nn.RNN."""
     cell = CELLS[name]
-    return dataclasses.replace(cell, readout=_identity) if name == "vanilla" else cell
+    return dataclasses.replace(cell, readout=identity_readout) if name == "vanilla" else cell
 
 
 def _params(name: str, key, s: Shape, dtype):
