@@ -56,7 +56,11 @@ def test_train_prints_json_summary_last(trained):
     assert evals[0]["val_loss"] > 2.0 > evals[-1]["val_loss"]  # ln(15) = 2.7 at the start
     assert (out / "loss.png").is_file() and checkpoint.latest(out) and checkpoint.best(out)
     meta = checkpoint.read_meta(out)
-    assert meta["vocab"] == "".join(sorted(set(TINY))) and meta["config"]["hidden"] == 32 and meta["cursor"] == 150
+    assert meta["vocab"] == "".join(sorted(set(TINY))) and meta["config"]["hidden_size"] == 32 and meta["cursor"] == 150
+    assert summary["val_chars"] == len(TINY) - round(len(TINY) * 0.9)  # every validation character, 336 of them
+    assert summary["best_val_loss"] == min(r["val_loss"] for r in evals) and summary["best_step"] in (0, 75, 150)
+    assert records[-1] == {"kind": "summary", "final_val_loss": summary["val_loss"], "final_step": 150,
+                           "best_val_loss": summary["best_val_loss"], "best_step": summary["best_step"]}  # fmt: skip
 
 
 def test_sample_continues_the_prime(trained, capsys):
@@ -87,25 +91,44 @@ def test_bad_inputs_are_one_line_errors(trained, text_file, tmp_path, capsys):
         (["train", "--text", str(tmp_path / "short.txt")], "too short: 120 characters"),
         (["train", "--text", str(tmp_path / "latin1.txt")], "not UTF-8 text: byte 0xe9 at offset 3"),
         (["train", *text, "--out", str(tmp_path / "a_file" / "run")], "cannot write to the output directory"),
-        (["train", *text, "--hidden", "0"], "hidden must be an integer >= 1, got 0"),
-        (["train", *text, "--batch", "-3"], "batch must be an integer >= 1, got -3"),
+        (["train", *text, "--hidden", "0"], "hidden_size must be an integer >= 1, got 0"),
+        (["train", *text, "--batch", "-3"], "batch_size must be an integer >= 1, got -3"),
         (["train", *text, "--steps", "0"], "steps must be an integer >= 1, got 0"),
-        (["train", *text, "--minutes", "-1"], "minutes must be a positive number"),
-        (["train", *text, "--lr", "0"], "lr must be a positive number"),
-        (["train", *text, "--devices", "64", "--out", str(tmp_path / "r")], "asked for 64 devices but only"),
+        (["train", *text, "--minutes", "-1"], "minutes must be a number in (0, inf)"),
+        (["train", *text, "--steps", "3", "--minutes", "1"], "give one budget, steps or minutes, not both"),
+        (["train", *text, "--lr", "0"], "learning_rate must be a number in (0, inf)"),
+        (["train", *text, "--text", "a.txt", "--corpus", "tinyshakespeare"], "not text_path and corpus"),
+        (["train", *text, "--devices", "64", "--batch", "64", "--out", str(tmp_path / "r")], "asked for 64 devices"),
         (["train", *text, "--resume", "--out", str(tmp_path / "fresh")], "nothing to resume"),
-        (["train", *text, "--resume", "--out", str(out), "--hidden", "33"], "trained with hidden=32, this run asks"),
+        (["train", *text, "--resume", "--out", str(out), "--hidden", "33"],
+         "trained with hidden_size=32, this run asks for 33"),
         (["sample", "--ckpt", str(tmp_path / "missing")], "no such checkpoint directory"),
+        (["sample", "--ckpt", str(tmp_path / "a_file")], "a_file is not a"),
         (["sample", "--ckpt", str(out), "--prime", "hello ZQ"], r"outside the vocabulary: ['Q', 'Z']"),
         (["sample", "--ckpt", str(out), "--top-p", "1.5"], "top-p must lie in (0, 1]"),
         (["sample", "--ckpt", str(out), "--length", "0"], "length must be an integer >= 1"),
-    ]
+    ]  # fmt: skip
     for argv, message in cases:
         err = _cli_error(capsys, ["charlm", *argv])
         assert message in err, (argv, err)
     # A checkpoint of something else is refused.
     checkpoint.save(tmp_path / "other" / "latest.ckpt", {"w": np.zeros(3)}, {"kind": "seq2seq"})
-    assert "not a char-LM checkpoint" in _cli_error(capsys, ["charlm", "sample", "--ckpt", str(tmp_path / "other")])
+    assert "is not a charlm checkpoint" in _cli_error(capsys, ["charlm", "sample", "--ckpt", str(tmp_path / "other")])
+    # No failed validation leaves a run directory behind.
+    assert not (tmp_path / "r").exists() and not (tmp_path / "fresh").exists()
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [(b"\x00" * 4000, "looks like a binary file"), (bytes(range(256)) * 20, "looks like a binary file"),
+     (b"a" * 4000, "holds 1 distinct character(s)"), (b"\n" * 4000, "holds 1 distinct character(s)")],
+)  # fmt: skip
+def test_texts_that_cannot_train_exit_2_with_one_line_and_write_nothing(tmp_path, capsys, content, message):
+    (tmp_path / "data").write_bytes(content)
+    out = tmp_path / "run"
+    err = _cli_error(capsys, ["charlm", "train", "--text", str(tmp_path / "data"), "--out", str(out), *SMALL])
+    assert message in err and str(tmp_path / "data") in err
+    assert not out.exists() and sorted(p.name for p in tmp_path.iterdir()) == ["data"]
 
 
 def test_nan_stops_cleanly_with_last_good_checkpoint(text_file, tmp_path, monkeypatch):
@@ -118,25 +141,95 @@ def test_nan_stops_cleanly_with_last_good_checkpoint(text_file, tmp_path, monkey
         return loss + jnp.where(batch.reset_B[0] & live, jnp.nan, 0.0), aux
 
     monkeypatch.setattr(charlm, "loss_fn", poisoned)
-    cfg = charlm.CharLMConfig(text=str(text_file), hidden=8, embed=4, batch=2, seq_len=8, steps=200, samples=0,
-                              checkpoint_every=50, eval_every=1000, out=str(tmp_path), progress=False)  # fmt: skip
-    with pytest.raises(UserError, match=r"stopped at step 189: the loss is nan .*last good checkpoint \(step 150\)"):
+    cfg = charlm.CharLMConfig(text_path=str(text_file), hidden_size=8, embed_size=4, batch_size=2, seq_len=8,
+                              steps=200, samples=0, checkpoint_every=50, eval_every=1000, out=str(tmp_path),
+                              verbose=False)  # fmt: skip
+    with pytest.raises(
+        UserError,
+        match=r"stopped at step 189: the loss is nan .*last good checkpoint \(step 150\).*the best \(step 0, val_loss",
+    ):
         charlm.train(cfg)
     params, *_ = charlm.load_model(str(tmp_path), "latest")
     assert checkpoint.read_meta(tmp_path)["step"] == 150
     assert all(np.isfinite(np.asarray(p)).all() for p in jax.tree.leaves(params))
 
 
-def test_other_cells_bf16_and_random_windows_train(text_file, tmp_path):
-    cfg = charlm.CharLMConfig(text=str(text_file), cell="gru", layers=2, dropout=0.2, embed=0, hidden=16, batch=4,
-                              seq_len=8, dtype="bfloat16", batching="random", steps=4, samples=0,
-                              out=str(tmp_path / "gru"), progress=False)  # fmt: skip
-    summary = charlm.train(cfg)
-    assert summary["steps"] == 4 and np.isfinite(summary["val_loss"])
-    vanilla = charlm.init_params(jax.random.key(0), charlm.CharLMConfig(cell="vanilla", layers=2, hidden=5, embed=0), 7)
+def _reference_nll(params, cfg, ids):
+    """Mean next-character NLL of ``ids[1:]`` given ``ids[:-1]``: one stream, a Python loop over the
+    decoding step in float64 numpy (independent of run_stack, the evaluation windows and the masks)."""
+    step = charlm.token_step(cfg)
+    carries = jax.tree.map(lambda c: c[0], charlm.zero_carries(cfg, params, 1))
+    total = 0.0
+    for x, y in zip(ids[:-1], ids[1:], strict=True):
+        carries, logits = step(params, carries, jnp.int32(x))
+        logits = np.asarray(logits, np.float64)
+        total += np.log(np.sum(np.exp(logits - logits.max()))) + logits.max() - logits[y]
+    return total / (len(ids) - 1)
+
+
+@pytest.mark.parametrize("cell", ["lstm", "vanilla"])
+def test_validation_loss_covers_every_character_and_equals_a_loop(cell):
+    # 23 validation characters (22 predictions) over 4 streams of windows of 5: nothing divides.
+    cfg = charlm.CharLMConfig(cell=cell, layers=2, hidden_size=5, embed_size=3 if cell == "lstm" else 0)
+    params = charlm.init_params(jax.random.key(3), cfg, 7)
+    ids = np.asarray(jax.random.randint(jax.random.key(4), (23,), 0, 7), np.int32)
+    windows = charlm.textdata.eval_windows(ids, streams=4, window=5)
+    assert windows.mask_NEW.sum() == 22
+    # The reference runs each of the evaluator's streams alone from a zero carry.
+    L = -(-22 // 4)
+    expected = sum(_reference_nll(params, cfg, ids[b * L : min(b * L + L, 22) + 1]) * (min(b * L + L, 22) - b * L)
+                   for b in range(4)) / 22  # fmt: skip
+    got = charlm.make_evaluator(cfg, windows, None)(params)
+    np.testing.assert_allclose(got, expected, rtol=1e-5)
+    one_stream = charlm.make_evaluator(cfg, charlm.textdata.eval_windows(ids, streams=1, window=5), None)(params)
+    np.testing.assert_allclose(one_stream, _reference_nll(params, cfg, ids), rtol=1e-5)
+
+
+def test_bf16_random_windows_and_python_text_train(text_file, tmp_path, capsys):
+    cfg = charlm.CharLMConfig(text=TINY, cell="gru", layers=2, dropout=0.2, embed_size=0, hidden_size=16,
+                              batch_size=4, seq_len=8, dtype="bfloat16", batching="random", steps=40,
+                              learning_rate=2e-2, warmup_steps=5, samples=1, eval_every=20, eval_streams=5,
+                              out=str(tmp_path / "gru"), verbose=False)  # fmt: skip
+    result = charlm.train(cfg)
+    assert capsys.readouterr().err == ""  # verbose=False: no bar, no samples, no evaluation lines
+    assert result.steps == 40 and result.val_chars == 336 and result.n_params > 0
+    records = [json.loads(line) for line in (tmp_path / "gru" / "metrics.jsonl").read_text().splitlines()]
+    first = next(r for r in records if r["kind"] == "eval")
+    assert first["val_loss"] == pytest.approx(np.log(15), rel=0.3) and result.val_loss < first["val_loss"] - 0.5
+    # The reported loss is the loss of the returned model on every validation character (bf16 compute).
+    val_ids = result.vocab.encode(TINY)[len(TINY) - 336 - 1 :]
+    expected = _reference_nll(result.params, cfg, val_ids)
+    np.testing.assert_allclose(result.val_loss, expected, atol=0.05)
+    assert result.best_val_loss <= result.val_loss and result.summary()["val_bpc"] == result.val_loss / np.log(2)
+    # Loaded back, the model is the run's best (a NamedTuple); generate says whether the prime is included.
+    model = charlm.load_model(result.out)
+    assert model.config.text is None and model.config.hidden_size == 16 and model.meta["step"] == result.best_step
+    (alone,) = charlm.generate(model.params, model.config, model.vocab, "hel", jax.random.key(0), length=6)
+    (whole,) = charlm.generate(model.params, model.config, model.vocab, "hel", jax.random.key(0), length=6,
+                               include_prime=True)  # fmt: skip
+    assert len(alone) == 6 and whole == "hel" + alone
+
+
+def test_python_errors_name_fields_and_paths(tmp_path):
+    long_text = "to be or not to be\n" * 300
+    with pytest.raises(UserError) as err:
+        charlm.train(charlm.CharLMConfig(text_path=long_text, out=str(tmp_path / "r")))
+    message = str(err.value)
+    assert "'to be or not to be" in message and "pass a text itself as text=" in message and len(message) < 300
+    with pytest.raises(UserError, match="hidden_size must be an integer >= 1"):
+        charlm.train(charlm.CharLMConfig(text=TINY, hidden_size=0, out=str(tmp_path / "r")))
+    with pytest.raises(UserError, match="give one text source: text, text_path or corpus, not text and text_path"):
+        charlm.train(charlm.CharLMConfig(text=TINY, text_path="x.txt", out=str(tmp_path / "r")))
+    assert not (tmp_path / "r").exists()
+
+
+def test_vanilla_stack_emits_logits_from_its_own_head():
+    vanilla = charlm.init_params(jax.random.key(0), charlm.CharLMConfig(cell="vanilla", layers=2, hidden_size=5,
+                                                                         embed_size=0), 7)  # fmt: skip
     assert vanilla.head_W is None and vanilla.layers[-1].W_hy.shape == (5, 7)  # the lecture's cell emits the logits
-    carries = charlm.zero_carries(charlm.CharLMConfig(cell="vanilla"), vanilla, 3)
-    _, logits = charlm.forward(vanilla, charlm.CharLMConfig(cell="vanilla", layers=2), carries, np.zeros((3, 4), int))
+    assert vanilla.layers[0].W_hy.shape == (5, 5)
+    cfg = charlm.CharLMConfig(cell="vanilla", layers=2)
+    _, logits = charlm.forward(vanilla, cfg, charlm.zero_carries(cfg, vanilla, 3), np.zeros((3, 4), int))
     assert logits.shape == (3, 4, 7)
 
 
@@ -171,19 +264,8 @@ def test_resume_after_sigkill_is_exact(text_file, tmp_path):
     assert json.loads(resumed.stdout.strip().splitlines()[-1])["steps"] == steps
 
     whole = tmp_path / "whole"
-    charlm.train(charlm.config_from_args(vars(_parse(_train_argv(text_file, whole, steps)))))
+    charlm.train(charlm.config_from_args(charlm._parser("t").parse_args(_train_argv(text_file, whole, steps))))
     a, *_ = charlm.load_model(str(killed), "latest")
     b, *_ = charlm.load_model(str(whole), "latest")
     for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
         np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
-
-
-def _parse(argv):
-    import argparse
-
-    parser = argparse.ArgumentParser()
-    sub = parser.add_subparsers(dest="action")
-    charlm._train_parser(sub)
-    args = parser.parse_args(argv)
-    del args.action
-    return args

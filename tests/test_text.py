@@ -73,11 +73,49 @@ def test_random_windows_are_deterministic_per_cursor():
 
 def test_eval_windows_predict_every_character_once():
     ids = np.arange(1, 102, dtype=np.int32)  # 101 characters: 100 predictions
-    x, y = D.eval_windows(ids, streams=4, window=5)
-    assert x.shape == (5, 4, 5)  # 5 windows of 4 streams
+    x, y, m = D.eval_windows(ids, streams=4, window=5)
+    assert x.shape == (5, 4, 5) and m.all()  # 5 windows of 4 streams, nothing padded
     per_stream = np.concatenate(list(y), axis=1)  # [streams, 25]
     np.testing.assert_array_equal(per_stream.reshape(-1), ids[1:])
     np.testing.assert_array_equal(np.concatenate(list(x), axis=1).reshape(-1), ids[:-1])
+
+
+@pytest.mark.parametrize("n, streams, window", [(24, 4, 5), (102, 4, 5), (111, 64, 256), (8, 64, 3), (2, 5, 5)])
+def test_eval_windows_count_every_character_when_nothing_divides(n, streams, window):
+    ids = np.arange(1, n + 1, dtype=np.int32)  # n - 1 predictions, prime to the streams and the window
+    x, y, m = D.eval_windows(ids, streams=streams, window=window)
+    assert m.sum() == n - 1 and m.dtype == np.float32
+    stream_major = lambda a: np.concatenate(list(a), axis=1)  # noqa: E731  [streams, N * W]
+    xs, ys, ms = stream_major(x), stream_major(y), stream_major(m)
+    np.testing.assert_array_equal(np.sort(ys[ms > 0]), ids[1:])  # every target exactly once
+    np.testing.assert_array_equal(xs[ms > 0] + 1, ys[ms > 0])  # each read after its predecessor
+    for row_m, row_y in zip(ms, ys, strict=True):  # a stream is one contiguous run, padded at its end only
+        k = int(row_m.sum())
+        assert row_m[:k].all() and not row_m[k:].any()
+        np.testing.assert_array_equal(np.diff(row_y[:k]), np.ones(max(k - 1, 0)))
+    with pytest.raises(UserError, match="at least 2 characters"):
+        D.eval_windows(ids[:1], streams, window)
+
+
+def test_texts_a_language_model_cannot_learn_are_refused(tmp_path):
+    (tmp_path / "nul.bin").write_bytes(b"\x00" * 5000)
+    (tmp_path / "binary.bin").write_bytes(bytes(range(256)) * 10)
+    (tmp_path / "one.txt").write_text("a" * 5000)
+    cases = {"nul.bin": "looks like a binary file (a NUL byte at offset 0)",
+             "binary.bin": "looks like a binary file (a NUL byte at offset 0)",
+             "one.txt": "holds 1 distinct character(s); a language model needs at least 2"}  # fmt: skip
+    for name, message in cases.items():
+        with pytest.raises(UserError) as err:
+            D.load_text(tmp_path / name)
+        assert message in str(err.value) and str(tmp_path / name) in str(err.value)
+    with pytest.raises(UserError, match="the text given holds 1 distinct"):
+        D.load_corpus(text="zzzz")
+    long_text = "to be or not to be\n" * 500  # a text where a path belongs: the message shows its start only
+    with pytest.raises(UserError) as err:
+        D.load_text(long_text)
+    assert "'to be or not to be" in str(err.value) and len(str(err.value)) < 300 and "text_path" in str(err.value)
+    with pytest.raises(UserError, match="give one text source, not text and text_path"):
+        D.load_corpus(text="ab", text_path="x.txt")
 
 
 def test_default_corpus_is_deterministic_python_source():

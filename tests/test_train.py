@@ -1,14 +1,10 @@
-"""The shared training machinery: schedule, train step (carry, NaN guard, bf16, mesh), the fit loop."""
-
-import functools
-import json
+"""The training core: schedule, optimiser, train step (carry, NaN guard, bf16). The fit loop: test_harness.py."""
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from rnn_jax import checkpoint
 from rnn_jax import train as T
 from rnn_jax.errors import UserError
 
@@ -118,86 +114,3 @@ def test_bfloat16_compute_matches_float32_loosely():
     assert s16.params["w"].dtype == jnp.float32  # master params stay float32
     np.testing.assert_allclose(m16["loss"], m32["loss"], rtol=2e-2)
     np.testing.assert_allclose(s16.params["w"], s32.params["w"], rtol=5e-2, atol=1e-3)
-
-
-_jit_loss = jax.jit(_linear_loss)
-
-
-class _Crash(Exception):
-    pass
-
-
-@functools.cache
-def _fresh_and_step(steps):
-    """One compiled step per schedule length, shared by the runs that must agree."""
-    fresh, opt = _state(total=steps)
-    return fresh, T.make_train_step(_linear_loss, opt)
-
-
-def _fit(out, steps, state=None, crash_at=None):
-    fresh, step = _fresh_and_step(steps)
-    x, y = _data(n=24)
-
-    def batches(i):
-        if i == crash_at:
-            raise _Crash
-        return x[(i % 4) * 6 : (i % 4) * 6 + 6], y[(i % 4) * 6 : (i % 4) * 6 + 6]
-
-    ck = checkpoint.Checkpointer(out, {"config": {"model": "linear"}})
-    evaluate = lambda s: {"val_loss": float(_jit_loss(s.params, (x, y), None)[0])}  # noqa: E731
-    result = T.fit(state if state is not None else fresh, step, batches, steps=steps, out_dir=out, evaluate=evaluate,
-                   eval_every=10, checkpointer=ck, checkpoint_every=10, log_every=5, progress=False)  # fmt: skip
-    return result, fresh
-
-
-def test_fit_logs_checkpoints_and_resumes_exactly(tmp_path):
-    full, fresh = _fit(tmp_path / "full", 30)
-    assert full.steps == 30 and full.last_eval["step"] == 30
-    assert full.best_eval["val_loss"] <= full.last_eval["val_loss"] + 1e-12
-    records = [json.loads(line) for line in (tmp_path / "full" / "metrics.jsonl").read_text().splitlines()]
-    assert [r["step"] for r in records if r["kind"] == "eval"] == [0, 10, 20, 30]
-    assert (tmp_path / "full" / "loss.png").stat().st_size > 1000
-    assert checkpoint.latest(tmp_path / "full") and checkpoint.best(tmp_path / "full")
-
-    # A run that dies at step 25 (after its checkpoint at 20), restored and continued to 30: same params, bit for bit.
-    with pytest.raises(_Crash):
-        _fit(tmp_path / "part", 30, crash_at=25)
-    restored, meta = checkpoint.restore(tmp_path / "part", fresh, expect={"config": {"model": "linear"}})
-    assert meta["step"] == 20 and meta["cursor"] == 20 and int(restored.step) == 20
-    resumed, _ = _fit(tmp_path / "part", 30, state=restored)
-    assert resumed.steps == 30
-    for a, b in zip(jax.tree.leaves(resumed.state.params), jax.tree.leaves(full.state.params), strict=True):
-        np.testing.assert_array_equal(a, b)
-
-
-def test_fit_stops_on_nan_and_keeps_the_last_good_checkpoint(tmp_path):
-    state, opt = _state(total=30)
-    step = T.make_train_step(_linear_loss, opt)
-    x, y = _data()
-    batches = lambda i: (x, y.at[0].set(jnp.inf) if i == 17 else y)  # noqa: E731
-    ck = checkpoint.Checkpointer(tmp_path)
-    with pytest.raises(T.TrainingDiverged, match=r"step 18.*not finite.*last good checkpoint \(step 15\)"):
-        T.fit(state, step, batches, steps=30, checkpointer=ck, checkpoint_every=5, progress=False, out_dir=tmp_path)
-    restored, meta = checkpoint.restore(tmp_path, state)
-    assert meta["step"] == 15 and int(restored.step) == 15
-    assert np.all(np.isfinite(restored.params["w"]))
-    assert json.loads((tmp_path / "metrics.jsonl").read_text().splitlines()[-1])["kind"] == "diverged"
-
-
-def test_fit_time_budget_stops_and_sets_the_schedule_end(tmp_path):
-    state, opt = _state(total=10**6)
-    step = T.make_train_step(_linear_loss, opt)
-    batch = _data()
-    step(state, batch)  # compile outside the budget
-    result = T.fit(state, step, lambda i: batch, minutes=0.02, log_every=5, progress=False)
-    assert 0 < result.steps and result.elapsed_s < 10
-    total = [s for s in jax.tree.leaves(result.state.opt_state, is_leaf=lambda s: isinstance(s, T.WarmupCosineState))
-             if isinstance(s, T.WarmupCosineState)][0].total_steps  # fmt: skip
-    assert int(total) < 10**6  # re-estimated from the measured speed
-
-
-@pytest.mark.parametrize("budget", [dict(), dict(steps=5, minutes=1.0), dict(steps=0), dict(minutes=-1.0)])
-def test_fit_rejects_bad_budgets(budget):
-    state, opt = _state()
-    with pytest.raises(UserError, match="budget"):
-        T.fit(state, T.make_train_step(_linear_loss, opt), lambda i: _data(), progress=False, **budget)

@@ -30,74 +30,99 @@ import numpy as np
 import optax
 
 from rnn_jax import checkpoint, decode
+from rnn_jax import harness as H
 from rnn_jax import train as T
-from rnn_jax.cells import CELLS, gru_init, lstm_init, vanilla_init
+from rnn_jax.cells import CELLS
 from rnn_jax.data import text as textdata
 from rnn_jax.errors import UserError
+from rnn_jax.harness import field, shared_field
 from rnn_jax.scan import run_stack, zeros_carry
 
 __all__ = [
     "CharLMConfig",
+    "SampleConfig",
     "LMParams",
+    "TrainResult",
+    "LoadedModel",
     "init_params",
     "forward",
     "loss_fn",
     "token_step",
+    "make_evaluator",
     "train",
     "load_model",
     "generate",
     "cli_main",
 ]
 
+KIND = "charlm"
 LN2 = math.log(2.0)
-DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
-MODEL_FIELDS = ("cell", "hidden", "layers", "embed")
-DATA_FIELDS = ("batch", "seq_len", "batching", "seed", "val_fraction")
+MODEL_FIELDS = ("cell", "hidden_size", "layers", "embed_size")
+DATA_FIELDS = ("batch_size", "seq_len", "batching", "seed", "val_fraction")
 
 
 @dataclasses.dataclass(frozen=True)
 class CharLMConfig:
-    """Everything a char-LM run depends on. Budget: ``steps`` or ``minutes`` (``minutes=2`` if neither)."""
+    """Everything a char-LM run depends on; the command line's flags are these fields (``--hidden-size``,
+    old spellings such as ``--hidden`` too). Budget: ``steps`` or ``minutes`` (2 minutes if neither).
+
+    The text comes from one of ``text`` (the text itself, Python only), ``text_path`` (a UTF-8 file; the
+    CLI's ``--text``) or ``corpus`` (a name; the default corpus when all three are ``None``).
+    """
 
     # data
-    text: str | None = None  # a UTF-8 file; None: the corpus below
-    corpus: str | None = None  # "python-stdlib" (default), "tinyshakespeare"
-    val_fraction: float = 0.1
-    batching: str = "tbptt"  # "tbptt" (B streams, carry passed on) or "random" (independent windows)
-    # model
-    cell: str = "gru"  # defaults by measurement: see docs/charlm.md
-    hidden: int = 384
-    layers: int = 1
-    embed: int = 64  # 0: one-hot inputs, as in the lecture
-    dropout: float = 0.0  # between layers
+    text_path: str | None = field(None, "a UTF-8 text file to train on", aliases=("text",), metavar="PATH")
+    text: str | None = field(None, "the training text itself (from Python)", cli=False)
+    corpus: str | None = field(None, f"python-stdlib (the default, no download) or {', '.join(textdata.CORPORA)}")
+    val_fraction: float = field(0.1, "the last fraction of the text validates")
+    batching: str = field("tbptt", "tbptt: B streams, carry passed on; random: windows", choices=("tbptt", "random"))
+    # model (defaults by measurement: see docs/charlm.md)
+    cell: str = shared_field("cell", "gru")
+    hidden_size: int = shared_field("hidden_size", 384)
+    layers: int = shared_field("layers", 1)
+    embed_size: int = shared_field("embed_size", 64)  # 0: one-hot inputs, as in the lecture
+    dropout: float = shared_field("dropout", 0.0)
     # optimisation
-    batch: int = 64
-    seq_len: int = 32
-    lr: float = 4e-3
-    warmup: int = 100
-    weight_decay: float = 0.0
-    clip: float = 1.0
-    final_lr_fraction: float = 0.05
-    steps: int | None = None
-    minutes: float | None = None
+    batch_size: int = shared_field("batch_size", 64)
+    seq_len: int = shared_field("seq_len", 32)
+    learning_rate: float = shared_field("learning_rate", 4e-3)
+    warmup_steps: int = shared_field("warmup_steps", 100)
+    weight_decay: float = shared_field("weight_decay", 0.0)
+    clip_norm: float = shared_field("clip_norm", 1.0)
+    final_lr_fraction: float = shared_field("final_lr_fraction", 0.05)
+    steps: int | None = shared_field("steps")
+    minutes: float | None = shared_field("minutes")
     # machinery
-    dtype: str = "float32"  # compute dtype; params, carry and optimiser stay float32
-    devices: int | None = None  # split the batch over this many devices (None: one device, no mesh)
-    unroll: int = 1
-    eval_every: int = 250
-    checkpoint_every: int = 250
-    eval_streams: int = 64
-    eval_window: int = 256
-    eval_chars: int | None = None  # evaluate on the first N validation characters (None: all)
-    samples: int = 2  # lines sampled at each evaluation
-    sample_len: int = 160
-    seed: int = 0
-    out: str = "runs/charlm"
-    resume: bool = False
-    progress: bool = True
+    dtype: str = shared_field("dtype", "float32")
+    devices: int | None = shared_field("devices")
+    unroll: int | None = shared_field("unroll")
+    impl: str = shared_field("impl", "auto")
+    eval_every: int = shared_field("eval_every", 250)
+    checkpoint_every: int = shared_field("checkpoint_every", 250)
+    eval_streams: int = field(64, "parallel carried streams of the validation text")
+    eval_window: int = field(256, "characters per validation window")
+    eval_chars: int | None = field(None, "validate on the first N validation characters (none: all)")
+    samples: int = field(2, "lines sampled at each evaluation")
+    sample_len: int = field(160, "characters per sampled line")
+    seed: int = shared_field("seed", 0)
+    out: str = shared_field("out", "runs/charlm")
+    resume: bool = shared_field("resume", False)
+    verbose: bool = shared_field("verbose", True)
 
 
-DEFAULT_MINUTES = 2.0
+@dataclasses.dataclass(frozen=True)
+class SampleConfig:
+    """``rnn-jax charlm sample``: what to sample from which run."""
+
+    ckpt: str | None = field(None, "a run directory (its best checkpoint) or a .ckpt file", metavar="DIR",
+                             required=True)  # fmt: skip
+    which: str = field("best", "which checkpoint of the run directory", choices=("best", "latest"))
+    prime: str | None = field(None, "text to start from (none: a newline)", metavar="TEXT")
+    length: int = field(500, "characters to generate")
+    temperature: float = field(1.0, "softmax temperature; 0 is greedy")
+    top_k: int | None = field(None, "sample among the k most likely characters (none: all)")
+    top_p: float | None = field(None, "nucleus sampling: the smallest set with this probability (none: all)")
+    seed: int = field(0, "seed of the sampling")
 
 
 class LMParams(NamedTuple):
@@ -115,45 +140,20 @@ class LMParams(NamedTuple):
 # ---------------------------------------------------------------------------------------------------
 
 
-def _positive_int(name, value, minimum=1):
-    if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < minimum:
-        raise UserError(f"{name} must be an integer >= {minimum}, got {value!r}")
-
-
 def check_config(cfg: CharLMConfig) -> CharLMConfig:
-    """Reject bad values with one clear line; fill in the default budget."""
-    if cfg.cell not in CELLS:
-        raise UserError(f"cell must be one of {sorted(CELLS)}, got {cfg.cell!r}")
+    """Reject bad values with one line naming the field; fill in the default budget."""
+    cfg = H.check_config(cfg)
     if cfg.batching not in ("tbptt", "random"):
         raise UserError(f"batching must be 'tbptt' or 'random', got {cfg.batching!r}")
-    if cfg.dtype not in DTYPES:
-        raise UserError(f"dtype must be one of {sorted(DTYPES)}, got {cfg.dtype!r}")
-    for name in ("hidden", "layers", "batch", "seq_len", "eval_every", "checkpoint_every", "eval_streams"):
-        _positive_int(name.replace("_", " "), getattr(cfg, name))
-    for name in ("eval_window", "sample_len", "unroll"):
-        _positive_int(name.replace("_", " "), getattr(cfg, name))
-    _positive_int("embed size", cfg.embed, minimum=0)
-    _positive_int("samples per evaluation", cfg.samples, minimum=0)
-    if cfg.eval_chars is not None:
-        _positive_int("eval chars", cfg.eval_chars, minimum=2)
-    if cfg.devices is not None:
-        _positive_int("devices", cfg.devices)
-    if not 0.0 <= cfg.dropout < 1.0:
-        raise UserError(f"dropout must lie in [0, 1), got {cfg.dropout}")
-    for name in ("lr", "clip"):
-        value = getattr(cfg, name)
-        if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
-            raise UserError(f"{name} must be a positive number, got {value!r}")
-    if cfg.steps is not None and cfg.minutes is not None:
-        raise UserError("give either --steps or --minutes, not both")
-    if cfg.steps is not None:
-        _positive_int("steps", cfg.steps)
-    if cfg.minutes is not None and not (math.isfinite(cfg.minutes) and cfg.minutes > 0):
-        raise UserError(f"minutes must be a positive number, got {cfg.minutes!r}")
-    if cfg.steps is None and cfg.minutes is None:
-        cfg = dataclasses.replace(cfg, minutes=DEFAULT_MINUTES)
-    if cfg.text is not None and cfg.corpus is not None:
-        raise UserError("give either --text or --corpus, not both")
+    for name in ("eval_streams", "eval_window", "sample_len"):
+        H.check_int(name, getattr(cfg, name))
+    H.check_int("samples", cfg.samples, minimum=0)
+    H.check_int("eval_chars", cfg.eval_chars, minimum=2, optional=True)
+    sources = [name for name in ("text", "text_path", "corpus") if getattr(cfg, name) is not None]
+    if len(sources) > 1:
+        raise UserError(f"give one text source: text, text_path or corpus, not {' and '.join(sources)}")
+    if cfg.devices is not None and cfg.batch_size % cfg.devices:
+        raise UserError(f"batch_size {cfg.batch_size} does not divide by the {cfg.devices} devices; use a multiple")
     return cfg
 
 
@@ -165,20 +165,17 @@ def check_config(cfg: CharLMConfig) -> CharLMConfig:
 def init_params(key, cfg: CharLMConfig, vocab_size: int) -> LMParams:
     """Embedding ``N(0, 1)``, cells as their own ``*_init``, head ``N(0, 1/H)`` and zero bias."""
     k_embed, k_head, *k_layers = jax.random.split(key, 2 + cfg.layers)
-    in_size = cfg.embed or vocab_size
+    hidden = cfg.hidden_size
     layers = []
     for layer, k in enumerate(k_layers):
-        n_in = in_size if layer == 0 else cfg.hidden
-        if cfg.cell == "vanilla":
-            n_out = vocab_size if layer == cfg.layers - 1 else cfg.hidden
-            layers.append(vanilla_init(k, n_in, cfg.hidden, n_out))
-        else:
-            layers.append({"lstm": lstm_init, "gru": gru_init}[cfg.cell](k, n_in, cfg.hidden))
-    embed = jax.random.normal(k_embed, (vocab_size, cfg.embed)) if cfg.embed else None
+        n_in = (cfg.embed_size or vocab_size) if layer == 0 else hidden
+        last_vanilla = cfg.cell == "vanilla" and layer == cfg.layers - 1
+        layers.append(H.init_cell(cfg.cell, k, n_in, hidden, out_size=vocab_size if last_vanilla else None))
+    embed = jax.random.normal(k_embed, (vocab_size, cfg.embed_size)) if cfg.embed_size else None
     if cfg.cell == "vanilla":
         head_W = head_b = None
     else:
-        head_W = jax.random.normal(k_head, (cfg.hidden, vocab_size)) / math.sqrt(cfg.hidden)
+        head_W = jax.random.normal(k_head, (hidden, vocab_size)) / math.sqrt(hidden)
         head_b = jnp.zeros((vocab_size,))
     return LMParams(embed, tuple(layers), head_W, head_b)
 
@@ -213,6 +210,11 @@ def zero_carries(cfg: CharLMConfig, params: LMParams, batch: int):
     return tuple(zeros_carry(cell, p, (batch,)) for p in params.layers)
 
 
+def _run_kwargs(cfg: CharLMConfig) -> dict:
+    """``run``'s speed settings: ``unroll=None`` and ``impl="auto"`` leave the choice to ``run``."""
+    return {"unroll": cfg.unroll} if cfg.impl == "auto" else {"unroll": cfg.unroll, "impl": cfg.impl}
+
+
 def forward(params: LMParams, cfg: CharLMConfig, carries, x_BT, *, key=None):
     """Logits ``[B, T, V]`` for inputs ``[B, T]`` from the given per-layer carries; returns ``(carries, logits)``."""
     finals, h_BTH = run_stack(
@@ -222,7 +224,7 @@ def forward(params: LMParams, cfg: CharLMConfig, carries, x_BT, *, key=None):
         _embed(params, x_BT),
         dropout_rate=cfg.dropout,
         key=key,
-        unroll=cfg.unroll,
+        **_run_kwargs(cfg),
     )
     return tuple(finals), _head(params, h_BTH)
 
@@ -266,23 +268,22 @@ def token_step(cfg: CharLMConfig):
 # ---------------------------------------------------------------------------------------------------
 
 
-def make_evaluator(cfg: CharLMConfig, val_ids: np.ndarray, compute_dtype):
-    """``evaluate(params) -> mean nats/char`` over the validation text, as parallel streams with the carry
-    passed from window to window."""
-    x_NEW, y_NEW = textdata.eval_windows(val_ids, cfg.eval_streams, cfg.eval_window)
-    n_chars = y_NEW.size
+def make_evaluator(cfg: CharLMConfig, windows: textdata.EvalWindows, compute_dtype):
+    """``evaluate(params) -> mean nats/char`` over every target of ``windows`` (:func:`textdata.eval_windows`):
+    parallel streams, the carry passed from window to window, padding masked out."""
+    n_chars = float(windows.mask_NEW.sum())
 
     @jax.jit
-    def window(params, carries, x_EW, y_EW):
+    def window(params, carries, x_EW, y_EW, m_EW):
         p = T.cast_floating(params, compute_dtype)
         carries, logits = forward(p, cfg, T.cast_floating(carries, compute_dtype), x_EW)
-        return T.cast_floating(carries, jnp.float32), jnp.sum(_nll(logits, y_EW))
+        return T.cast_floating(carries, jnp.float32), jnp.sum(_nll(logits, y_EW) * m_EW)
 
     def evaluate(params) -> float:
-        carries = zero_carries(cfg, params, x_NEW.shape[1])
+        carries = zero_carries(cfg, params, windows.inputs_NEW.shape[1])
         total = 0.0
-        for x_EW, y_EW in zip(x_NEW, y_NEW, strict=True):
-            carries, s = window(params, carries, x_EW, y_EW)
+        for x_EW, y_EW, m_EW in zip(*windows, strict=True):
+            carries, s = window(params, carries, x_EW, y_EW, m_EW)
             total += float(s)
         return total / n_chars
 
@@ -297,17 +298,9 @@ def _generate(params, prime_P, keys_N, temperature, top_p, *, cfg, length, top_k
     def one(key):
         carries = jax.tree.map(lambda c: c[0], zero_carries(cfg, params, 1))
         carries, logits = decode.prime(step, params, carries, prime_P)
-        out = decode.sample(
-            step,
-            params,
-            carries,
-            logits,
-            key,
-            max_len=length,
-            temperature=temperature,
-            top_k=top_k,
-            top_p=top_p if nucleus else None,
-        )
+        nucleus_p = top_p if nucleus else None
+        out = decode.sample(step, params, carries, logits, key, max_len=length, temperature=temperature,
+                            top_k=top_k, top_p=nucleus_p)  # fmt: skip
         return out.tokens
 
     return jax.vmap(one)(keys_N)
@@ -326,8 +319,14 @@ def generate(
     top_k: int | None = None,
     top_p: float | None = None,
     compute_dtype=None,
+    include_prime: bool = False,
 ) -> list[str]:
-    """``n`` continuations of ``prime`` (each ``length`` characters), sampled with ``decode.sample``."""
+    """``n`` samples of ``length`` characters that continue ``prime`` (``decode.sample``).
+
+    Each string returned is the continuation alone (``length`` characters), without the prime;
+    ``include_prime=True`` returns ``prime + continuation`` instead. ``temperature=0`` is greedy.
+    Every character of ``prime`` must be in ``vocab``.
+    """
     decode.check_sampling_args(vocab.size, max_len=length, temperature=temperature, top_k=top_k, top_p=top_p)
     prime_P = decode.check_prime(prime, vocab.chars)
     tokens = _generate(
@@ -341,12 +340,13 @@ def generate(
         top_k=top_k,
         nucleus=top_p is not None,
     )
-    return [vocab.decode(row) for row in np.asarray(tokens)]
+    head = prime if include_prime else ""
+    return [head + vocab.decode(row) for row in np.asarray(tokens)]
 
 
 def _model_cfg(cfg: CharLMConfig) -> CharLMConfig:
-    """Only the fields that shape the model (so that jit caches do not depend on budgets and paths)."""
-    return CharLMConfig(**{f: getattr(cfg, f) for f in (*MODEL_FIELDS, "dropout", "unroll")})
+    """Only the fields that shape the computation (so that jit caches do not depend on budgets and paths)."""
+    return CharLMConfig(**{f: getattr(cfg, f) for f in (*MODEL_FIELDS, "dropout", "unroll", "impl")})
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -354,19 +354,49 @@ def _model_cfg(cfg: CharLMConfig) -> CharLMConfig:
 # ---------------------------------------------------------------------------------------------------
 
 
+class TrainResult(NamedTuple):
+    """What :func:`train` returns (``summary()`` is the JSON line the command line prints).
+
+    Attributes:
+      val_loss, val_bpc: the final model's validation loss (nats/char) and bits per character.
+      best_val_loss, best_val_bpc, best_step: the best model's (the one in ``best.ckpt``) and its step.
+      steps: the step reached. val_chars: validation characters evaluated (all of them, or ``eval_chars``).
+      chars_per_sec: training speed (no compilation, no evaluation). elapsed_s: wall clock of the loop.
+      n_params: parameter count. out: the run directory.
+      params, vocab: the final model (``load_model(out)`` reads the best one back).
+    """
+
+    val_loss: float
+    val_bpc: float
+    best_val_loss: float
+    best_val_bpc: float
+    best_step: int
+    steps: int
+    val_chars: int
+    chars_per_sec: float
+    elapsed_s: float
+    n_params: int
+    out: str
+    params: LMParams
+    vocab: textdata.Vocab
+
+    def summary(self) -> dict:
+        """Every field but the model, JSON-able."""
+        return {k: v for k, v in self._asdict().items() if k not in ("params", "vocab")}
+
+
 def _build(cfg: CharLMConfig, vocab_size: int, total_steps: int):
     params = init_params(jax.random.key(cfg.seed), cfg, vocab_size)
     optimizer = T.make_optimizer(
-        cfg.lr,
+        cfg.learning_rate,
         total_steps=total_steps,
-        warmup_steps=cfg.warmup,
+        warmup_steps=cfg.warmup_steps,
         weight_decay=cfg.weight_decay,
-        clip_norm=cfg.clip,
+        clip_norm=cfg.clip_norm,
         final_fraction=cfg.final_lr_fraction,
     )
-    state = T.init_state(
-        params, optimizer, jax.random.fold_in(jax.random.key(cfg.seed), 1), carry=zero_carries(cfg, params, cfg.batch)
-    )
+    carry = zero_carries(cfg, params, cfg.batch_size)
+    state = T.init_state(params, optimizer, jax.random.fold_in(jax.random.key(cfg.seed), 1), carry=carry)
     return state, optimizer
 
 
@@ -374,115 +404,109 @@ def _text_hash(ids: np.ndarray) -> str:
     return hashlib.sha256(np.ascontiguousarray(ids, np.int32).tobytes()).hexdigest()[:16]
 
 
-def _check_resumable(meta: dict, cfg: CharLMConfig, text_hash: str, where: Path):
-    stored = meta.get("config", {})
-    for name in MODEL_FIELDS + DATA_FIELDS:
-        if name in stored and stored[name] != getattr(cfg, name):
-            raise UserError(
-                f"the checkpoint in {where} was trained with {name}={stored[name]!r}, this run asks for "
-                f"{getattr(cfg, name)!r}; resume with the same settings"
-            )
-    if meta.get("text_sha256") not in (None, text_hash):
-        raise UserError(f"the checkpoint in {where} was trained on another text; resume on the same text")
+class _Data(NamedTuple):
+    """The run's text, encoded and split, and where it came from."""
+
+    vocab: textdata.Vocab
+    split: textdata.Split
+    source: str
+    n_chars: int
+    text_hash: str
+    meta: dict | None  # the checkpoint's meta when resuming
 
 
-def train(cfg: CharLMConfig) -> dict:
-    """Train (or resume) a char-LM as ``cfg`` says; return the summary the command line prints as JSON."""
-    cfg = check_config(cfg)
-    out = checkpoint.ensure_writable_dir(cfg.out)  # before any work: fail fast
-    log = partial(print, file=sys.stderr)
-
-    if cfg.resume and checkpoint.latest(out) is None:
-        raise UserError(f"nothing to resume: {out} holds no checkpoint (latest{checkpoint.SUFFIX})")
-    text, source = textdata.load_corpus(cfg.corpus, cfg.text)
-    meta = checkpoint.read_meta(out) if cfg.resume else None
-    if meta is not None:
-        if meta.get("kind") != "charlm":
-            raise UserError(f"the checkpoint in {out} is not a char-LM's (kind {meta.get('kind')!r})")
-        vocab = textdata.Vocab(meta["vocab"])
-    else:
-        vocab = textdata.Vocab.from_text(text)
+def _load_data(cfg: CharLMConfig) -> _Data:
+    """Read and check the text (and, on resume, the checkpoint's vocabulary and settings); writes nothing."""
+    meta = H.resume_meta(cfg.out, KIND) if cfg.resume else None
+    text, source = textdata.load_corpus(cfg.corpus, cfg.text_path, cfg.text)
+    vocab = textdata.Vocab(meta["vocab"]) if meta is not None else textdata.Vocab.from_text(text)
     ids = vocab.encode(text)
     split = textdata.split_text(ids, val_fraction=cfg.val_fraction)
-    textdata.check_sizes(split, batch=cfg.batch, seq_len=cfg.seq_len)
+    textdata.check_sizes(split, batch=cfg.batch_size, seq_len=cfg.seq_len)
     text_hash = _text_hash(ids)
     if meta is not None:
-        _check_resumable(meta, cfg, text_hash, out)
+        stored = H.stored_config(CharLMConfig, meta)
+        H.check_resumable(stored, cfg, MODEL_FIELDS + DATA_FIELDS, cfg.out)
+        if meta.get("text_sha256") not in (None, text_hash):
+            raise UserError(f"the checkpoint in {cfg.out} was trained on another text; resume on the same text")
+    return _Data(vocab, split, source, len(text), text_hash, meta)
 
-    mesh = T.make_mesh(cfg.devices) if cfg.devices is not None else None
-    if mesh is not None and cfg.batch % cfg.devices:
-        raise UserError(f"the batch size {cfg.batch} does not divide by the {cfg.devices} devices; use a multiple")
-    compute_dtype = DTYPES[cfg.dtype]
 
-    state, optimizer = _build(cfg, vocab.size, cfg.steps or 10**9)
-    if meta is not None:
-        state, meta = checkpoint.restore(out, state, expect={"vocab": vocab.chars})
+def _start(cfg: CharLMConfig, data: _Data, out: Path, log):
+    """The state to train from (fresh, or the latest checkpoint) and the optimiser."""
+    state, optimizer = _build(cfg, data.vocab.size, cfg.steps or 10**9)
+    if data.meta is not None:
+        state, _ = H.restore_latest(out, state, expect={"vocab": data.vocab.chars})
         if cfg.steps is not None:
             state = state._replace(opt_state=T.set_total_steps(state.opt_state, cfg.steps))
         log(f"resuming {out} at step {int(state.step)}")
-    else:
-        for stale in ("metrics.jsonl", "loss.png", "best.ckpt", "latest.ckpt"):
-            (out / stale).unlink(missing_ok=True)
     n_params = sum(int(np.prod(p.shape)) for p in jax.tree.leaves(state.params))
     log(
-        f"charlm: {source}: {len(text):,} characters, vocabulary {vocab.size}, "
-        f"{len(split.train):,} train / {len(split.val):,} validation; {cfg.layers}x{cfg.cell} H={cfg.hidden} "
-        f"({n_params:,} params), B={cfg.batch} T={cfg.seq_len} {cfg.batching}, {cfg.dtype}"
-        + (f", {cfg.devices} devices" if mesh else "")
+        f"charlm: {data.source}: {data.n_chars:,} characters, vocabulary {data.vocab.size}, "
+        f"{len(data.split.train):,} train / {len(data.split.val):,} validation; {cfg.layers}x{cfg.cell} "
+        f"H={cfg.hidden_size} ({n_params:,} params), B={cfg.batch_size} T={cfg.seq_len} {cfg.batching}, "
+        f"{cfg.dtype}" + (f", {cfg.devices} devices" if cfg.devices else "")
     )
+    return state, optimizer, n_params
 
-    batcher_cls = textdata.StreamBatches if cfg.batching == "tbptt" else partial(textdata.RandomWindows, seed=cfg.seed)
-    batcher = batcher_cls(split.train, cfg.batch, cfg.seq_len)
-    step_fn = T.make_train_step(
-        partial(loss_fn, cfg=_model_cfg(cfg)), optimizer, mesh=mesh, compute_dtype=compute_dtype, has_carry=True
-    )
-    val_ids = split.val if cfg.eval_chars is None else split.val[: cfg.eval_chars]
-    val_loss = make_evaluator(_model_cfg(cfg), val_ids, compute_dtype)
+
+def _val_windows(cfg: CharLMConfig, split: textdata.Split) -> textdata.EvalWindows:
+    """Every validation character (or the first ``eval_chars``), the last training character in front as
+    the first one's context."""
+    val = split.val if cfg.eval_chars is None else split.val[: cfg.eval_chars]
+    return textdata.eval_windows(np.concatenate([split.train[-1:], val]), cfg.eval_streams, cfg.eval_window)
+
+
+def _make_evaluate(cfg: CharLMConfig, data: _Data, compute_dtype):
+    """``evaluate(state) -> {val_loss, val_bpc, sample}`` for :func:`rnn_jax.harness.fit`."""
+    val_loss = make_evaluator(_model_cfg(cfg), _val_windows(cfg, data.split), compute_dtype)
+    vocab = data.vocab
     prime = "\n" if "\n" in vocab.chars else vocab.chars[0]
 
     def evaluate(s: T.TrainState) -> dict:
         loss = val_loss(s.params)
         result = {"val_loss": loss, "val_bpc": loss / LN2}
-        if cfg.samples:
+        if cfg.samples:  # logged in metrics.jsonl; printed only when verbose
             key = jax.random.fold_in(jax.random.key(cfg.seed + 1), int(s.step))
             lines = generate(s.params, cfg, vocab, prime, key, n=cfg.samples, length=cfg.sample_len,
                              compute_dtype=compute_dtype)  # fmt: skip
             result["sample"] = "\n---\n".join(lines)
         return result
 
-    ckpt_meta = {
-        "config": dataclasses.asdict(cfg),
-        "vocab": vocab.chars,
-        "text_sha256": text_hash,
-        "source": source,
-        "kind": "charlm",
-    }
-    result = T.fit(
-        state,
-        step_fn,
-        batcher,
-        steps=cfg.steps,
-        minutes=cfg.minutes,
-        evaluate=evaluate,
-        eval_every=cfg.eval_every,
-        checkpointer=checkpoint.Checkpointer(out, ckpt_meta),
-        checkpoint_every=cfg.checkpoint_every,
-        out_dir=out,
-        items_per_step=cfg.batch * cfg.seq_len,
-        item_name="chars",
-        progress=cfg.progress,
-    )
-    best = result.best_eval or result.last_eval
-    return {
-        "val_loss": result.last_eval["val_loss"],
-        "val_bpc": result.last_eval["val_bpc"],
-        "best_val_loss": best["val_loss"],
-        "steps": result.steps,
-        "chars_per_sec": result.items_per_s,
-        "elapsed_s": result.elapsed_s,
-        "params": n_params,
-        "out": str(out),
-    }
+    return evaluate
+
+
+def train(cfg: CharLMConfig) -> TrainResult:
+    """Train (or, with ``resume``, continue) a char-LM as ``cfg`` says; see :class:`TrainResult`.
+
+    Nothing is written when the config or the text is refused (:class:`UserError` naming the field or
+    the file). ``verbose=False`` silences the progress bar, the samples and the evaluation lines.
+    """
+    cfg = check_config(cfg)
+    data = _load_data(cfg)
+    mesh = T.make_mesh(cfg.devices) if cfg.devices is not None else None
+    out = H.prepare(cfg.out, resume=cfg.resume)  # the first write, after every check
+    log = partial(print, file=sys.stderr) if cfg.verbose else (lambda *a, **k: None)
+    state, optimizer, n_params = _start(cfg, data, out, log)
+    compute_dtype = H.compute_dtype(cfg.dtype)
+    if cfg.batching == "tbptt":
+        batcher = textdata.StreamBatches(data.split.train, cfg.batch_size, cfg.seq_len)
+    else:
+        batcher = textdata.RandomWindows(data.split.train, cfg.batch_size, cfg.seq_len, seed=cfg.seed)
+    step_fn = T.make_train_step(partial(loss_fn, cfg=_model_cfg(cfg)), optimizer, mesh=mesh,
+                                compute_dtype=compute_dtype, has_carry=True)  # fmt: skip
+    meta = H.run_meta(KIND, dataclasses.replace(cfg, text=None), vocab=data.vocab.chars,
+                      text_sha256=data.text_hash, source=data.source)  # fmt: skip
+    result = H.fit(state, step_fn, batcher, H.fit_options(cfg, item_name="chars"),
+                   evaluate=_make_evaluate(cfg, data, compute_dtype),
+                   checkpointer=checkpoint.Checkpointer(out, meta), out_dir=out)  # fmt: skip
+    last, best = result.last_eval, result.best_eval or result.last_eval
+    return TrainResult(
+        val_loss=last["val_loss"], val_bpc=last["val_bpc"], best_val_loss=best["val_loss"],
+        best_val_bpc=best["val_bpc"], best_step=best["step"], steps=result.steps,
+        val_chars=int(_val_windows(cfg, data.split).mask_NEW.sum()), chars_per_sec=result.items_per_s,
+        elapsed_s=result.elapsed_s, n_params=n_params, out=str(out), params=result.state.params, vocab=data.vocab,
+    )  # fmt: skip
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -490,23 +514,29 @@ def train(cfg: CharLMConfig) -> dict:
 # ---------------------------------------------------------------------------------------------------
 
 
-def load_model(ckpt: str, which: str = "best") -> tuple[LMParams, CharLMConfig, textdata.Vocab, dict]:
-    """Params, config and vocabulary from a run directory (its ``best`` checkpoint, else its ``latest``)."""
-    directory = Path(ckpt)
-    if not directory.exists():
-        raise UserError(f"no such checkpoint directory: {directory}")
-    path = checkpoint.checkpoint_path(directory, which) if directory.is_dir() else directory
-    if directory.is_dir() and not path.is_file():
-        path = checkpoint.latest(directory) or path
-    meta = checkpoint.read_meta(path)
-    if meta.get("kind") != "charlm":
-        raise UserError(f"{path} is not a char-LM checkpoint (kind {meta.get('kind')!r})")
-    known = {f.name for f in dataclasses.fields(CharLMConfig)}
-    cfg = CharLMConfig(**{k: v for k, v in meta["config"].items() if k in known})
-    vocab = textdata.Vocab(meta["vocab"])
-    template, _ = _build(cfg, vocab.size, 1)
-    state, meta = checkpoint.restore(path, template, expect={"vocab": vocab.chars})
-    return state.params, cfg, vocab, meta
+class LoadedModel(NamedTuple):
+    """What :func:`load_model` returns: ``params, config, vocab, meta = load_model(run_dir)``.
+
+    Attributes:
+      params: the model's :class:`LMParams` (float32).
+      config: the run's :class:`CharLMConfig` (a config stored by an older release is translated).
+      vocab: the character vocabulary (``vocab.chars[i]`` is the character of id ``i``).
+      meta: the checkpoint's meta dict (``step``, ``metrics`` of a best checkpoint, ``source``...).
+    """
+
+    params: LMParams
+    config: CharLMConfig
+    vocab: textdata.Vocab
+    meta: dict
+
+
+def load_model(ckpt: str, which: str = "best") -> LoadedModel:
+    """The model of a run directory (its ``best`` checkpoint, else its ``latest``) or of a ``.ckpt`` file."""
+    run = H.read_run(ckpt, which, KIND, CharLMConfig)
+    vocab = textdata.Vocab(run.meta["vocab"])
+    template, _ = _build(run.config, vocab.size, 1)
+    params = H.load_params(run, template, expect={"vocab": vocab.chars})
+    return LoadedModel(params, run.config, vocab, run.meta)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -514,101 +544,41 @@ def load_model(ckpt: str, which: str = "best") -> tuple[LMParams, CharLMConfig, 
 # ---------------------------------------------------------------------------------------------------
 
 
-def _train_parser(sub):
-    d = CharLMConfig()
-    # No argparse defaults: what was not given is taken from CharLMConfig, or from the checkpoint on --resume.
-    p = sub.add_parser(
-        "train", help="train (or --resume) a character-level language model", argument_default=argparse.SUPPRESS
-    )
-    src = p.add_mutually_exclusive_group()
-    src.add_argument("--text", metavar="PATH", help="a UTF-8 text file to train on")
-    src.add_argument(
-        "--corpus", metavar="NAME", help=f"python-stdlib (default, no download) or {', '.join(textdata.CORPORA)}"
-    )
-    p.add_argument("--cell", choices=sorted(CELLS), help=f"(default {d.cell})")
-    p.add_argument("--hidden", type=int, help=f"hidden units per layer (default {d.hidden})")
-    p.add_argument("--layers", type=int, help=f"(default {d.layers})")
-    p.add_argument("--embed", type=int, help=f"embedding size; 0 for one-hot inputs (default {d.embed})")
-    p.add_argument("--dropout", type=float, help=f"dropout between layers (default {d.dropout})")
-    p.add_argument("--seq-len", type=int, help=f"characters per BPTT window (default {d.seq_len})")
-    p.add_argument("--batch", type=int, help=f"parallel streams per batch (default {d.batch})")
-    p.add_argument("--batching", choices=("tbptt", "random"), help=f"(default {d.batching})")
-    p.add_argument("--lr", type=float, help=f"peak learning rate, AdamW with warm-up + cosine (default {d.lr})")
-    p.add_argument("--warmup", type=int, help=f"warm-up steps (default {d.warmup})")
-    p.add_argument("--weight-decay", type=float, help=f"(default {d.weight_decay})")
-    p.add_argument("--clip", type=float, help=f"global gradient-norm clip (default {d.clip})")
-    budget = p.add_mutually_exclusive_group()
-    budget.add_argument("--minutes", type=float, help=f"time budget (default {DEFAULT_MINUTES:g} minutes)")
-    budget.add_argument("--steps", type=int, help="step budget (total, resumed steps included)")
-    p.add_argument("--eval-every", type=int, help=f"steps between evaluations (default {d.eval_every})")
-    p.add_argument("--checkpoint-every", type=int, help=f"(default {d.checkpoint_every})")
-    p.add_argument("--eval-chars", type=int, help="validate on the first N validation characters (default all)")
-    p.add_argument("--samples", type=int, help=f"lines sampled at each evaluation (default {d.samples})")
-    p.add_argument("--dtype", choices=sorted(DTYPES), help="compute dtype; params stay float32 (default float32)")
-    p.add_argument("--devices", type=int, help="split each batch over N devices (a data-parallel mesh)")
-    p.add_argument("--unroll", type=int, help=f"scan steps per loop iteration, speed only (default {d.unroll})")
-    p.add_argument("--out", help=f"run directory: checkpoints, metrics.jsonl, loss.png (default {d.out})")
-    p.add_argument("--resume", action="store_true", help="continue the run in --out from its latest checkpoint")
-    p.add_argument("--seed", type=int, help=f"(default {d.seed})")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    return p
+def _parser(prog: str) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=prog, description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
+    train_p = sub.add_parser("train", help="train (or --resume) a character-level language model")
+    H.add_config_arguments(train_p, CharLMConfig)
+    sample_p = sub.add_parser("sample", help="sample text from a trained model")
+    H.add_config_arguments(sample_p, SampleConfig)
+    return parser
 
 
-def config_from_args(given: dict) -> CharLMConfig:
-    """The run's config: the flags given, then (on ``--resume``) the checkpoint's config, then the defaults."""
-    given = dict(given)
-    progress = not given.pop("no_progress", False)
-    base = CharLMConfig()
+def config_from_args(given: dict | argparse.Namespace) -> CharLMConfig:
+    """The run's config: the flags given, over (with ``resume``) the checkpoint's config, over the defaults."""
+    given = {k: v for k, v in dict(vars(given) if isinstance(given, argparse.Namespace) else given).items()
+             if k != "action"}  # fmt: skip
     if given.get("resume"):
-        out = Path(given.get("out", base.out))
-        if checkpoint.latest(out) is None:
-            raise UserError(f"nothing to resume: {out} holds no checkpoint (latest{checkpoint.SUFFIX})")
-        stored = checkpoint.read_meta(out).get("config", {})
-        known = {f.name for f in dataclasses.fields(CharLMConfig)}
-        base = CharLMConfig(**{k: v for k, v in stored.items() if k in known})
-        if "steps" in given or "minutes" in given:  # a new budget replaces the stored one
-            base = dataclasses.replace(base, steps=None, minutes=None)
-    return dataclasses.replace(base, **given, progress=progress)
+        return H.resumed_config(CharLMConfig, given.get("out", CharLMConfig.out), KIND, given)
+    return H.config_from_args(CharLMConfig, given)
 
 
-def _sample_parser(sub):
-    p = sub.add_parser("sample", help="sample text from a trained model")
-    p.add_argument("--ckpt", required=True, metavar="DIR", help="a run directory (uses its best checkpoint)")
-    p.add_argument("--which", choices=("best", "latest"), default="best")
-    p.add_argument("--prime", default=None, help="text to start from (default: a newline)")
-    p.add_argument("--length", type=int, default=500, help="characters to generate")
-    p.add_argument("--temperature", type=float, default=1.0, help="0 is greedy")
-    p.add_argument("--top-k", type=int, default=None)
-    p.add_argument("--top-p", type=float, default=None)
-    p.add_argument("--seed", type=int, default=0)
-    return p
+def _sample(args: argparse.Namespace) -> str:
+    sc = H.config_from_args(SampleConfig, args)
+    model = load_model(sc.ckpt, sc.which)
+    vocab = model.vocab
+    prime = sc.prime if sc.prime is not None else ("\n" if "\n" in vocab.chars else vocab.chars[0])
+    H.check_int("length", sc.length)
+    (text,) = generate(model.params, model.config, vocab, prime, jax.random.key(sc.seed), length=sc.length,
+                       temperature=sc.temperature, top_k=sc.top_k, top_p=sc.top_p,
+                       compute_dtype=H.compute_dtype(model.config.dtype), include_prime=True)  # fmt: skip
+    return text
 
 
 def cli_main(argv: list[str], prog: str = "rnn-jax charlm") -> int:
-    parser = argparse.ArgumentParser(prog=prog, description=__doc__.splitlines()[0])
-    sub = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
-    _train_parser(sub)
-    _sample_parser(sub)
-    args = parser.parse_args(argv)
+    args = _parser(prog).parse_args(argv)
     if args.action == "train":
-        given = {k: v for k, v in vars(args).items() if k != "action"}
-        summary = train(config_from_args(given))
-        print(json.dumps(summary))
-        return 0
-    params, cfg, vocab, _ = load_model(args.ckpt, args.which)
-    prime = args.prime if args.prime is not None else ("\n" if "\n" in vocab.chars else vocab.chars[0])
-    _positive_int("length", args.length)
-    (text,) = generate(
-        params,
-        cfg,
-        vocab,
-        prime,
-        jax.random.key(args.seed),
-        length=args.length,
-        temperature=args.temperature,
-        top_k=args.top_k,
-        top_p=args.top_p,
-        compute_dtype=DTYPES[cfg.dtype],
-    )
-    print(prime + text)
+        print(json.dumps(train(config_from_args(args)).summary()))
+    else:
+        print(_sample(args))
     return 0

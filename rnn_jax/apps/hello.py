@@ -2,12 +2,13 @@
 
 Vocabulary ``[h, e, l, o]``, one-hot inputs, hidden size 3 as on the slide. The input ``"hell"`` must
 produce the targets ``"ello"``: the same ``l`` is followed once by ``l`` and once by ``o``, which only
-the hidden state can tell apart.
+the hidden state can tell apart. ``sample`` then feeds the model its own predictions from ``h``.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 from typing import NamedTuple
 
@@ -15,14 +16,31 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from rnn_jax.cells import VanillaParams, vanilla_cell, vanilla_init
+from rnn_jax import decode
+from rnn_jax import harness as H
+from rnn_jax.cells import VanillaParams, vanilla_cell
 from rnn_jax.errors import UserError
 from rnn_jax.scan import run
+
+__all__ = ["VOCAB", "HelloConfig", "HelloResult", "encode", "sequence_loss", "train", "sample", "cli_main"]
 
 VOCAB = "helo"
 
 
+@dataclasses.dataclass(frozen=True)
+class HelloConfig:
+    """The lecture's settings: a word over ``h, e, l, o``, a vanilla RNN of 3 hidden units, plain Adam."""
+
+    word: str = H.field("hello", "a word over the letters h, e, l, o")
+    hidden_size: int = H.shared_field("hidden_size", 3)
+    steps: int = H.field(300, "training steps (the whole word each)")
+    learning_rate: float = H.shared_field("learning_rate", 0.1)
+    seed: int = H.shared_field("seed", 0)
+
+
 class HelloResult(NamedTuple):
+    """The trained params, the loss at every step, and the argmax prediction for each input character."""
+
     params: VanillaParams
     losses: list[float]
     predicted: str
@@ -42,15 +60,22 @@ def sequence_loss(params: VanillaParams, inputs_T, targets_T) -> jax.Array:
     return optax.softmax_cross_entropy_with_integer_labels(logits, targets_T).sum()
 
 
-def train(word: str = "hello", hidden_size: int = 3, steps: int = 300, lr: float = 0.1, seed: int = 0) -> HelloResult:
-    if len(word) < 2:
-        raise UserError(f"the word needs at least two characters, got {word!r}")
-    if steps < 1 or hidden_size < 1:
-        raise UserError(f"steps and hidden size must be positive, got steps={steps}, hidden_size={hidden_size}")
-    tokens = encode(word)
+def _check(cfg: HelloConfig) -> None:
+    if len(cfg.word) < 2:
+        raise UserError(f"word needs at least two characters, got {cfg.word!r}")
+    encode(cfg.word)
+    H.check_int("hidden_size", cfg.hidden_size)
+    H.check_int("steps", cfg.steps)
+    H.check_number("learning_rate", cfg.learning_rate)
+
+
+def train(cfg: HelloConfig = HelloConfig()) -> HelloResult:
+    """Fit the vanilla RNN to ``cfg.word`` with Adam; the prediction is the argmax at every input step."""
+    _check(cfg)
+    tokens = encode(cfg.word)
     inputs, targets = tokens[:-1], tokens[1:]
-    params = vanilla_init(jax.random.key(seed), len(VOCAB), hidden_size, len(VOCAB))
-    optimizer = optax.adam(lr)
+    params = H.init_cell("vanilla", jax.random.key(cfg.seed), len(VOCAB), cfg.hidden_size, out_size=len(VOCAB))
+    optimizer = optax.adam(cfg.learning_rate)
 
     @jax.jit
     def train_step(params, opt_state):
@@ -60,7 +85,7 @@ def train(word: str = "hello", hidden_size: int = 3, steps: int = 300, lr: float
 
     opt_state = optimizer.init(params)
     losses = []
-    for _ in range(steps):
+    for _ in range(cfg.steps):
         params, opt_state, loss = train_step(params, opt_state)
         losses.append(float(loss))
     _, logits = run(vanilla_cell, params, None, jax.nn.one_hot(inputs, len(VOCAB)))
@@ -68,15 +93,26 @@ def train(word: str = "hello", hidden_size: int = 3, steps: int = 300, lr: float
     return HelloResult(params, losses, predicted)
 
 
+def sample(params: VanillaParams, first: str = "h", length: int = 4) -> str:
+    """Greedy generation: ``first``, then ``length`` characters, each the argmax given the ones before."""
+
+    def step(p, h, token):
+        return vanilla_cell(p, h, jax.nn.one_hot(token, len(VOCAB), dtype=p.W_xh.dtype))
+
+    carry = jnp.zeros((params.W_hh.shape[0],), params.W_hh.dtype)
+    carry, logits = decode.prime(step, params, carry, encode(first))
+    out = decode.greedy(step, params, carry, logits, max_len=length)
+    return first + "".join(VOCAB[int(i)] for i in out.tokens)
+
+
 def cli_main(argv: list[str], prog: str = "rnn-jax hello") -> int:
     parser = argparse.ArgumentParser(prog=prog, description=__doc__.splitlines()[0])
-    parser.add_argument("--word", default="hello", help="a word over the letters h, e, l, o")
-    parser.add_argument("--hidden", type=int, default=3)
-    parser.add_argument("--steps", type=int, default=300)
-    parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args(argv)
-    result = train(args.word, args.hidden, args.steps, seed=args.seed)
-    print(f"input {args.word[:-1]!r} -> predicted next characters {result.predicted!r} (target {args.word[1:]!r})")
+    H.add_config_arguments(parser, HelloConfig)
+    cfg = H.config_from_args(HelloConfig, parser.parse_args(argv))
+    result = train(cfg)
+    generated = sample(result.params, cfg.word[0], len(cfg.word) - 1)
+    print(f"input {cfg.word[:-1]!r} -> predicted next characters {result.predicted!r} (target {cfg.word[1:]!r})")
+    print(f"sampled from {cfg.word[0]!r}: {generated!r}")
     summary = {"first_loss": result.losses[0], "final_loss": result.losses[-1], "predicted": result.predicted}
-    print(json.dumps(summary))
+    print(json.dumps({**summary, "sampled": generated}))
     return 0

@@ -47,7 +47,9 @@ __all__ = [
     "download",
     "load_corpus",
     "split_text",
+    "EvalWindows",
     "eval_windows",
+    "check_text",
 ]
 
 # Pure-Python standard library modules whose source is plain ASCII in CPython 3.10 to 3.13, in a fixed order
@@ -113,21 +115,45 @@ def _decode(data: bytes, where: str) -> str:
         ) from None
 
 
+def _shown(path) -> str:
+    """A path as an error message shows it: a long string (a text passed where a path belongs) is cut."""
+    text = str(path)
+    if len(text) <= 200 and "\n" not in text:
+        return text
+    return f"{text[:40]!r}... ({len(text):,} characters; pass a text itself as text=, a file as text_path=)"
+
+
+def check_text(text: str, where: str) -> str:
+    """A training text must not be binary (NUL bytes) and must hold at least 2 distinct characters."""
+    nul = text.find("\x00")
+    if nul >= 0:
+        raise UserError(f"{where} looks like a binary file (a NUL byte at character {nul}); expected UTF-8 text")
+    distinct = len(set(text))
+    if distinct < 2:
+        raise UserError(f"{where} holds {distinct} distinct character(s); a language model needs at least 2")
+    return text
+
+
 def load_text(path: str | os.PathLike) -> str:
-    """Read a UTF-8 text file; a missing, unreadable, empty or non-UTF-8 file is a :class:`UserError`."""
+    """Read a UTF-8 text file; a missing, unreadable, empty, binary or non-UTF-8 file, or one of a single
+    repeated character, is a :class:`UserError` naming the path."""
+    shown = _shown(path)
     path = Path(path)
     try:
         data = path.read_bytes()
     except FileNotFoundError:
-        raise UserError(f"no such file: {path}") from None
+        raise UserError(f"no such file: {shown}") from None
     except IsADirectoryError:
-        raise UserError(f"{path} is a directory; expected a UTF-8 text file") from None
+        raise UserError(f"{shown} is a directory; expected a UTF-8 text file") from None
     except OSError as err:
-        raise UserError(f"cannot read {path}: {err.strerror or err}") from None
-    text = _decode(data, str(path))
+        raise UserError(f"cannot read {shown}: {err.strerror or err}") from None
+    nul = data.find(b"\x00")
+    if nul >= 0:
+        raise UserError(f"{shown} looks like a binary file (a NUL byte at offset {nul}); expected UTF-8 text")
+    text = _decode(data, shown)
     if not text:
-        raise UserError(f"{path} is empty; give a text of at least a few thousand characters")
-    return text
+        raise UserError(f"{shown} is empty; give a text of at least a few thousand characters")
+    return check_text(text, shown)
 
 
 def stdlib_corpus() -> str:
@@ -173,12 +199,20 @@ def download(url: str, sha256: str, path: str | os.PathLike, *, timeout: float =
     return path
 
 
-def load_corpus(name: str | None = None, text_path: str | os.PathLike | None = None) -> tuple[str, str]:
-    """Return ``(text, description)`` for ``--text PATH`` or ``--corpus NAME`` (the default corpus if neither)."""
-    if text_path is not None and name is not None:
-        raise UserError("give either a text file or a corpus name, not both")
+def load_corpus(
+    name: str | None = None, text_path: str | os.PathLike | None = None, text: str | None = None
+) -> tuple[str, str]:
+    """Return ``(text, description)`` from one source: ``text`` itself, a ``text_path`` file, or a corpus
+    ``name`` (the default corpus if none is given). Every source passes :func:`check_text`."""
+    given = [k for k, v in dict(text=text, text_path=text_path, corpus=name).items() if v is not None]
+    if len(given) > 1:
+        raise UserError(f"give one text source, not {' and '.join(given)}")
+    if text is not None:
+        if not isinstance(text, str):
+            raise TypeError(f"text must be a str (the text itself), got {type(text).__name__}")
+        return check_text(text, "the text given"), f"the text given ({len(text):,} characters)"
     if text_path is not None:
-        return load_text(text_path), str(text_path)
+        return load_text(text_path), _shown(text_path)
     name = name or DEFAULT_CORPUS
     if name == DEFAULT_CORPUS:
         return stdlib_corpus(), f"{DEFAULT_CORPUS} ({len(STDLIB_MODULES)} modules)"
@@ -272,7 +306,8 @@ class TextBatch(NamedTuple):
 
 
 class StreamBatches:
-    """``B`` parallel streams through the text for truncated BPTT; ``batches(k)`` is a pure function of ``k``.
+    """``B`` parallel streams through the text for truncated BPTT; ``batches(k)`` is a pure function of ``k``
+    (a :class:`rnn_jax.harness.Batcher`).
 
     Stream ``b`` is ``ids[b * S : (b + 1) * S]`` with ``S = len(ids) // B``; batch ``k`` holds window
     ``w = k mod W`` (``W = (S - 1) // T`` windows per stream): inputs ``stream[w T : w T + T]`` and targets
@@ -286,6 +321,7 @@ class StreamBatches:
             raise UserError(f"{len(ids)} characters cannot fill {batch} streams of {seq_len}+1 characters")
         self.streams_BS = np.asarray(ids[: batch * S], np.int32).reshape(batch, S)
         self.batch, self.seq_len = batch, seq_len
+        self.items_per_step = batch * seq_len  # characters per batch (the harness's Batcher protocol)
 
     def __call__(self, k: int) -> TextBatch:
         w = k % self.windows
@@ -302,6 +338,7 @@ class RandomWindows:
             raise UserError(f"{len(ids)} characters cannot fill a window of {seq_len}+1 characters")
         self.ids = np.asarray(ids, np.int32)
         self.batch, self.seq_len, self.seed = batch, seq_len, seed
+        self.items_per_step = batch * seq_len
         self._offsets = np.arange(seq_len + 1)
 
     def __call__(self, k: int) -> TextBatch:
@@ -311,19 +348,35 @@ class RandomWindows:
         return TextBatch(chunk[:, :-1], chunk[:, 1:], np.ones((self.batch,), bool))
 
 
-def eval_windows(ids: np.ndarray, streams: int, window: int) -> tuple[np.ndarray, np.ndarray]:
-    """Validation text as ``streams`` parallel streams cut into windows: ``(inputs_NEW, targets_NEW)``.
+class EvalWindows(NamedTuple):
+    """Validation text as parallel streams cut into windows: ``[N, E, W]`` inputs, targets and a 0/1 mask."""
 
-    Every character but the first of each stream is predicted exactly once, with the carry passed from
-    window to window (as in training), so the mean loss is the per-character loss of the text. The
-    stream length is cut to a multiple of ``window`` (at most ``window`` characters per stream dropped).
+    inputs_NEW: np.ndarray  # int32
+    targets_NEW: np.ndarray  # int32
+    mask_NEW: np.ndarray  # float32: 1 where a target is a character of the text, 0 on padding
+
+
+def eval_windows(ids: np.ndarray, streams: int, window: int) -> EvalWindows:
+    """Every character of ``ids`` but the first, predicted exactly once, by ``E`` carried streams.
+
+    The ``len(ids) - 1`` targets are cut into ``E = min(streams, len(ids) - 1)`` contiguous streams of
+    ``L = ceil((len(ids) - 1) / E)`` (the last ones shorter), each cut into ``N = ceil(L / W)`` windows
+    of ``W = min(window, L)``; the carry passes from window to window (as in training), and the tails
+    are padded and masked out, so ``mask_NEW.sum() == len(ids) - 1`` and the masked mean loss is the
+    per-character loss of the text. To predict the first character too, put its preceding character in front.
     """
-    streams = max(1, min(streams, len(ids) - 1))
-    S = (len(ids) - 1) // streams  # predictable characters per stream
-    window = max(1, min(window, S))
-    n = S // window
-    L = n * window
-    x = np.stack([ids[b * S : b * S + L] for b in range(streams)]).astype(np.int32)
-    y = np.stack([ids[b * S + 1 : b * S + L + 1] for b in range(streams)]).astype(np.int32)
-    to_windows = lambda a: a.reshape(streams, n, window).transpose(1, 0, 2)  # noqa: E731
-    return to_windows(x), to_windows(y)
+    n_targets = len(ids) - 1
+    if n_targets < 1:
+        raise UserError(f"the validation text needs at least 2 characters, got {len(ids)}")
+    E = max(1, min(streams, n_targets))
+    L = -(-n_targets // E)
+    W = max(1, min(window, L))
+    N = -(-L // W)
+    x = np.zeros((E, N * W), np.int32)
+    y = np.zeros((E, N * W), np.int32)
+    m = np.zeros((E, N * W), np.float32)
+    for b in range(E):
+        n = max(0, min(L, n_targets - b * L))
+        x[b, :n], y[b, :n], m[b, :n] = ids[b * L : b * L + n], ids[b * L + 1 : b * L + n + 1], 1.0
+    to_windows = lambda a: np.ascontiguousarray(a.reshape(E, N, W).transpose(1, 0, 2))  # noqa: E731
+    return EvalWindows(to_windows(x), to_windows(y), to_windows(m))

@@ -63,6 +63,7 @@ from rnn_jax.harness.rundir import (
     resume_meta,
     resumed_config,
     run_meta,
+    stored_config,
 )
 
 __all__ = [
@@ -103,4 +104,5 @@ __all__ = [
     "run_meta",
     "save",
     "shared_field",
+    "stored_config",
 ]

@@ -58,13 +58,23 @@ BUDGET_FIELDS = ("steps", "minutes")
 _NONE_WORDS = ("none", "null", "auto")
 
 
-def field(default: Any = dataclasses.MISSING, help: str = "", *, aliases: Sequence[str] = (), none: str = "none",
-          choices: Sequence[Any] | None = None, cli: bool = True, metavar: str | None = None):  # fmt: skip
+def field(
+    default: Any = dataclasses.MISSING,
+    help: str = "",
+    *,
+    aliases: Sequence[str] = (),
+    none: str = "none",
+    choices: Sequence[Any] | None = None,
+    cli: bool = True,
+    metavar: str | None = None,
+    required: bool = False,
+):
     """A dataclass field that knows its command line: one line of ``help``, old names (``aliases``, given
-    without dashes, e.g. ``"hidden"``), the word that spells ``None`` (``none``), ``choices``, and whether
-    it is a flag at all (``cli=False`` for settings only Python can give, e.g. a whole text)."""
+    without dashes, e.g. ``"hidden"``), the word that spells ``None`` (``none``), ``choices``, whether it
+    is a flag at all (``cli=False`` for settings only Python can give, e.g. a whole text), and whether the
+    command line must give it (``required``)."""
     metadata = {"help": help, "aliases": tuple(aliases), "none": none, "choices": choices, "cli": cli}
-    metadata["metavar"] = metavar
+    metadata.update(metavar=metavar, required=required)
     return dataclasses.field(default=default, metadata=metadata)
 
 
@@ -148,8 +158,8 @@ def add_config_arguments(parser: argparse.ArgumentParser, config_type: type, *, 
             kwargs["metavar"] = f.metadata.get("metavar") or _metavar(f, hints[f.name])
             if f.metadata.get("choices"):
                 kwargs["choices"], kwargs["metavar"] = f.metadata["choices"], None
-        action = parser.add_argument(*flags, **kwargs)
-        action.help = f"{help_text} (default {_show(f, default)})".lstrip()
+        action = parser.add_argument(*flags, required=f.metadata.get("required", False), **kwargs)
+        action.help = f"{help_text} ({'required' if action.required else 'default ' + _show(f, default)})".lstrip()
 
 
 def replace_config(base, changes: Mapping[str, Any]):

@@ -36,6 +36,7 @@ __all__ = [
     "run_meta",
     "resume_meta",
     "resumed_config",
+    "stored_config",
     "check_resumable",
     "prepare",
     "restore_latest",
