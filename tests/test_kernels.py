@@ -17,7 +17,9 @@ import pytest
 
 import rnn_jax
 from rnn_jax import kernels
+from rnn_jax.apps import charlm
 from rnn_jax.cells import LSTMParams, gru_cell, gru_init, lstm_cell, lstm_init, vanilla_cell, vanilla_init
+from rnn_jax.data.text import TextBatch
 from rnn_jax.errors import UserError
 from rnn_jax.kernels.anchors import ANCHORS
 from rnn_jax.train import init_state, make_train_step
@@ -204,30 +206,20 @@ def test_kernels_lower_for_cpu_in_interpret_mode(key):
     assert "triton" not in text.lower()
 
 
-def test_char_lm_train_step_with_pallas_lowers_for_cuda():
-    """A char-LM-like train step (embedding, 2-layer LSTM stack, cross-entropy) over the kernel lowers."""
-    V, B, T, H = 32, 8, 64, 64
-    k_emb, k1, k2, k_out = jax.random.split(jax.random.key(0), 4)
-    params = {
-        "embed": jax.random.normal(k_emb, (V, H)) * 0.1,
-        "layers": [lstm_init(k1, H, H), lstm_init(k2, H, H)],
-        "out": jax.random.normal(k_out, (H, V)) * 0.1,
-    }
-
-    def loss_fn(params, batch, key):
-        del key
-        xs = params["embed"][batch["inputs"]]
-        _, hs = rnn_jax.run_stack(lstm_cell, params["layers"], None, xs, impl="pallas")
-        logits = hs @ params["out"]
-        loss = optax.softmax_cross_entropy_with_integer_labels(logits, batch["targets"]).mean()
-        return loss, {}
-
+@pytest.mark.parametrize(("cell", "dtype"), [("lstm", "float32"), ("gru", "bfloat16")])
+def test_char_lm_train_step_with_pallas_lowers_for_cuda(cell, dtype):
+    """The char-LM's own train step (2 layers, carried TBPTT state, impl="pallas") lowers for CUDA with a
+    forward and a backward Triton kernel per layer; bfloat16 through the train step's compute dtype."""
+    cfg = charlm.CharLMConfig(cell=cell, hidden_size=64, layers=2, embed_size=16, batch_size=8, seq_len=32,
+                              impl="pallas")  # fmt: skip
+    params = charlm.init_params(jax.random.key(0), cfg, 32)
     optimizer = optax.adam(1e-3)
-    state = init_state(params, optimizer, jax.random.key(1))
-    batch = {"inputs": jnp.zeros((B, T), jnp.int32), "targets": jnp.zeros((B, T), jnp.int32)}
-    step = make_train_step(loss_fn, optimizer)
+    state = init_state(params, optimizer, jax.random.key(1), carry=charlm.zero_carries(cfg, params, 8))
+    batch = TextBatch(jnp.zeros((8, 32), jnp.int32), jnp.zeros((8, 32), jnp.int32), jnp.zeros((8,), bool))
+    compute_dtype = None if dtype == "float32" else jnp.dtype(dtype)
+    step = make_train_step(partial(charlm.loss_fn, cfg=cfg), optimizer, compute_dtype=compute_dtype, has_carry=True)
     text = step.trace(state, batch).lower(lowering_platforms=("cuda",)).as_text()
-    assert text.count(TRITON_CALL) == 4  # forward and backward kernel of each layer
+    assert text.count(TRITON_CALL) == 4
 
 
 # ---------------------------------------------------------------------------------------------------
