@@ -1,32 +1,81 @@
-"""Checkpoints: one msgpack file per checkpoint, written atomically; ``latest`` and ``best`` kept.
+"""Checkpoints: one msgpack file per checkpoint, arrays keyed by path, versioned, written atomically.
 
 A checkpoint is a whole :class:`~rnn_jax.train.TrainState` (params, optimiser state, step, PRNG key,
-TBPTT carry) plus a JSON ``meta`` dict (config, vocabulary, data cursor, metrics). Files::
+TBPTT carry), or any pytree of arrays, plus a JSON ``meta`` dict (config, vocabulary, data cursor,
+metrics). Files::
 
     DIR/latest.ckpt     the most recent state (overwritten in place, atomically)
     DIR/best.ckpt       the state with the best validation metric so far
 
+Format ``rnn_jax.checkpoint/2`` (:data:`FORMAT`), a msgpack map::
+
+    format   "rnn_jax.checkpoint/2"
+    meta     the meta dict as a JSON string
+    arrays   {key path: array}, the key path as ``jax.tree_util.keystr`` writes it, e.g. ".params.cells[0].W_xh"
+    keys     {key path: PRNG key dtype} for the leaves that are typed PRNG keys (stored as their key_data)
+
+Restoring needs a *template*: a state of the right structure (e.g. freshly initialised from the stored
+config). Each template leaf takes the stored array at its key path, so the restore depends on the names
+of the fields, not on the order of the leaves or on how the tree prints. A missing or extra path, a
+shape or a dtype that differs, or an ``expect``-ed meta field that differs is a
+:class:`~rnn_jax.errors.UserError` naming the path: a checkpoint from another model is refused rather
+than half-loaded. PRNG keys are rebuilt with ``jax.random.wrap_key_data`` in the template key's
+implementation.
+
+Older files. Each format step has one function in :data:`MIGRATIONS` that turns a payload of that format
+into one of the next; :func:`restore` applies them in turn, so every file an rnn_jax release wrote keeps
+loading (``tests/fixtures/checkpoints`` holds format-1 runs). Format 1 stored the leaves by their flatten
+order (``"0"``, ``"1"``, ...) beside ``str(treedef)``; its migration gives leaf ``i`` the template's
+``i``-th key path, and the shape and dtype checks then guard the match.
+
+A model that gains a field. An application passes ``migrate=`` to :func:`restore`: a function
+``(Stored, template_arrays) -> Stored`` that sees the stored arrays by key path and the meta, and returns
+them as the current model expects. It runs on every restore, after the format migrations and before the
+``expect`` check, so it must leave a checkpoint that already has the field alone. :func:`fill_from_template`
+builds the common one: paths missing from older files take the template's value (the fresh initialisation,
+or whatever default the app put in its template). A meta field that a model gained is filled the same way,
+e.g. seq2seq's ``layers``, absent from the meta of runs written before stacking (all single-layer)::
+
+    def migrate(stored, template_arrays):
+        model = stored.meta.get("model", {})
+        if "layers" not in model:  # runs without the field were single-layer
+            stored = stored._replace(meta={**stored.meta, "model": {**model, "layers": 1}})
+        return stored
+
+    checkpoint.restore(path, template, expect={"model": model_meta(config)}, migrate=migrate)
+
+which lets ``model_meta`` always write ``layers`` (no list of fields written only when they differ from
+an old default).
+
 Atomic: the bytes go to a temporary file in the same directory, are flushed and ``fsync``-ed, and the
 file is renamed over the old one with ``os.replace`` (atomic on POSIX), then the directory is synced. A
-process killed at any moment leaves either the old checkpoint or the new one, never a torn file.
+process killed at any moment leaves either the old checkpoint or the new one, never a torn file. Files
+get the mode the umask gives any new file (usually 0644), as the run's other outputs do.
 
-Restoring needs a *template*: a state of the right structure (e.g. freshly initialised from the same
-config). The stored tree structure, every leaf's shape and dtype, and any ``expect``-ed meta fields must
-match it, otherwise :class:`~rnn_jax.errors.UserError` says what differs: a checkpoint from another
-model is refused rather than half-loaded.
+Why flax.serialization rather than orbax (which flax installs, with tensorstore):
 
-PRNG keys are stored as their raw bits (``jax.random.key_data``) and rebuilt with
-``jax.random.wrap_key_data`` using the template key's implementation.
+* one self-describing file per checkpoint: the arrays by key path, the format version and the meta
+  (config, vocabulary) together, which can be copied, attached to a report, committed as a test fixture
+  and read with msgpack alone; orbax writes a directory per checkpoint (array files and metadata);
+* synchronous and durable when :func:`save` returns (temporary file, fsync, rename, directory fsync), with
+  no background thread to wait for before the process may exit (orbax's ``CheckpointManager`` saves
+  asynchronously by default);
+* typed PRNG keys are an ordinary leaf here (stored as ``key_data``), where orbax restores them through a
+  separate random-key handler;
+* restoring is one read plus the checks above, with messages naming the path, and the format and its
+  migrations are ours to keep; orbax's chunked, multi-host tensorstore writing buys nothing for a few MB
+  written by one process.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import secrets
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -38,9 +87,13 @@ from rnn_jax.errors import UserError
 __all__ = [
     "FORMAT",
     "SUFFIX",
+    "MIGRATIONS",
+    "Stored",
+    "Migration",
     "save",
     "restore",
     "read_meta",
+    "fill_from_template",
     "checkpoint_path",
     "latest",
     "best",
@@ -48,17 +101,54 @@ __all__ = [
     "Checkpointer",
 ]
 
-FORMAT = "rnn_jax.checkpoint/1"
+FORMAT = "rnn_jax.checkpoint/2"
 SUFFIX = ".ckpt"
+_EXPECTED = f"a {SUFFIX} file written by rnn_jax's checkpoint.save (a run directory's latest{SUFFIX} or best{SUFFIX})"
+
+
+class Stored(NamedTuple):
+    """A checkpoint as read: its arrays by key path (``jax.tree_util.keystr``; PRNG keys as key_data) and meta."""
+
+    arrays: dict[str, np.ndarray]
+    meta: dict
+
+
+Migration = Callable[[Stored, Mapping[str, Any]], Stored]
+"""An application's migration: ``(stored, template_arrays) -> stored``, ``template_arrays`` by key path."""
 
 
 def _is_key(x) -> bool:
     return hasattr(x, "dtype") and jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key)
 
 
+def _paths_and_leaves(tree) -> tuple[list[tuple[str, Any]], Any]:
+    """``[(keystr, leaf)]`` in flatten order, and the treedef."""
+    flat, treedef = jax.tree_util.tree_flatten_with_path(tree)
+    return [(jax.tree_util.keystr(p), leaf) for p, leaf in flat], treedef
+
+
+def _host_array(leaf) -> np.ndarray:
+    return np.asarray(jax.device_get(jax.random.key_data(leaf) if _is_key(leaf) else leaf))
+
+
+# ---------------------------------------------------------------------------------------------------
+# Writing
+# ---------------------------------------------------------------------------------------------------
+
+
+def _open_new(directory: Path, name: str) -> tuple[int, str]:
+    """A new file next to ``name``, created with mode 0666 so that the umask decides (mkstemp's is 0600)."""
+    while True:
+        tmp = str(directory / f".{name}.{secrets.token_hex(6)}.tmp")
+        try:
+            return os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666), tmp
+        except FileExistsError:  # a name drawn twice: draw again
+            continue
+
+
 def _atomic_write(path: Path, data: bytes) -> None:
     """Write ``data`` to ``path`` so that readers see the old file or the new one, never a mix."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = _open_new(path.parent, path.name)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
@@ -80,91 +170,177 @@ def save(path: str | os.PathLike, state: Any, meta: Mapping | None = None) -> Pa
     """Atomically write ``state`` (any pytree of arrays, keys included) and a JSON-able ``meta`` to ``path``."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    leaves, treedef = jax.tree.flatten(state)
-    arrays, key_dtypes = {}, {}
-    for i, leaf in enumerate(leaves):
-        if _is_key(leaf):
-            key_dtypes[str(i)] = str(leaf.dtype)
-            leaf = jax.random.key_data(leaf)
-        arrays[str(i)] = np.asarray(jax.device_get(leaf))
+    leaves, _ = _paths_and_leaves(state)
     payload = {
         "format": FORMAT,
-        "treedef": str(treedef),
         "meta": json.dumps(dict(meta or {})),
-        "keys": key_dtypes,
-        "leaves": arrays,
+        "arrays": {name: _host_array(leaf) for name, leaf in leaves},
+        "keys": {name: str(leaf.dtype) for name, leaf in leaves if _is_key(leaf)},
     }
     _atomic_write(path, serialization.msgpack_serialize(payload))
     return path
 
 
-def _load(path: str | os.PathLike) -> dict:
+# ---------------------------------------------------------------------------------------------------
+# Reading
+# ---------------------------------------------------------------------------------------------------
+
+
+def _from_v1(payload: dict, template_paths: list[str]) -> dict:
+    """Format 1 -> 2: stored leaf ``i`` (flatten order) goes to the template's ``i``-th key path."""
+    leaves = payload["leaves"]
+    if len(leaves) != len(template_paths):
+        raise UserError(
+            f"{payload['path']} (format 1, matched by leaf order) holds {len(leaves)} arrays and this model has "
+            f"{len(template_paths)}: it comes from another model or configuration; restore it into a template "
+            "built from its stored config"
+        )
+    arrays = {name: leaves[str(i)] for i, name in enumerate(template_paths)}
+    keys = {template_paths[int(i)]: dtype for i, dtype in dict(payload.get("keys", {})).items()}
+    return {"format": FORMAT, "meta": payload["meta"], "arrays": arrays, "keys": keys, "path": payload["path"]}
+
+
+MIGRATIONS: dict[str, Callable[[dict, list[str]], dict]] = {"rnn_jax.checkpoint/1": _from_v1}
+"""One function per format step: ``MIGRATIONS[f](payload, template_paths)`` is the payload in the next format."""
+
+
+def _resolve(path: str | os.PathLike) -> Path:
     path = Path(path)
     if path.is_dir():
-        path = path / f"latest{SUFFIX}"
+        inside = path / f"latest{SUFFIX}"
+        if not inside.is_file():
+            raise UserError(
+                f"the directory {path} holds no latest{SUFFIX}: expected a run directory with a checkpoint, "
+                f"or {_EXPECTED}; give a run directory that holds latest{SUFFIX} (a run's --out), or a checkpoint file"
+            )
+        return inside
     if not path.is_file():
-        raise UserError(f"no checkpoint at {path}: expected a file written by rnn_jax (e.g. DIR/latest{SUFFIX})")
+        raise UserError(
+            f"no checkpoint at {path} (no such file): expected {_EXPECTED}; give a run directory that holds "
+            f"latest{SUFFIX}, or a checkpoint file"
+        )
+    return path
+
+
+def _load(path: str | os.PathLike) -> dict:
+    """The raw payload of a checkpoint file (or ``DIR/latest.ckpt``), meta decoded, in its stored format."""
+    path = _resolve(path)
+    not_ours = f"{path} is not an rnn_jax checkpoint: expected {_EXPECTED}; give a run directory or a {SUFFIX} file"
     try:
         payload = serialization.msgpack_restore(path.read_bytes())
-    except Exception as err:  # msgpack raises several unrelated types for bad bytes
-        raise UserError(f"{path} is not a readable checkpoint ({type(err).__name__}: {err})") from None
-    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
-        raise UserError(f"{path} is not an rnn_jax checkpoint (expected format {FORMAT!r})")
-    payload["meta"] = json.loads(payload["meta"])
+    except Exception:  # msgpack raises several unrelated types for bytes that are not a checkpoint
+        raise UserError(not_ours) from None
+    if not isinstance(payload, dict) or not isinstance(payload.get("format"), str):
+        raise UserError(not_ours)
+    if payload["format"] != FORMAT and payload["format"] not in MIGRATIONS:
+        raise UserError(
+            f"{path} has checkpoint format {payload['format']!r}, which this rnn_jax cannot read (it reads "
+            f"{FORMAT!r} and {', '.join(map(repr, MIGRATIONS))}); load it with the rnn_jax version that wrote it"
+        )
+    try:
+        payload["meta"] = json.loads(payload["meta"])
+    except (KeyError, TypeError, ValueError):
+        raise UserError(not_ours) from None
     payload["path"] = str(path)
     return payload
 
 
 def read_meta(path: str | os.PathLike) -> dict:
-    """The ``meta`` dict of a checkpoint file (or of ``DIR/latest.ckpt`` for a directory)."""
+    """The ``meta`` dict of a checkpoint file (or of ``DIR/latest.ckpt`` for a directory), as stored."""
     return _load(path)["meta"]
 
 
-def restore(path: str | os.PathLike, template: Any, *, expect: Mapping | None = None) -> tuple[Any, dict]:
-    """Load the checkpoint at ``path`` (a file, or a directory meaning its ``latest``) into ``template``'s structure.
+def fill_from_template(*paths: str) -> Migration:
+    """A migration for leaves a model gained: each of ``paths`` (``keystr`` form) that a checkpoint lacks takes
+    the template's value. Paths the checkpoint has are kept, so current checkpoints pass unchanged."""
 
-    Args:
-      path: a checkpoint file or a directory holding ``latest.ckpt``.
-      template: a pytree with the structure, shapes and dtypes the checkpoint must have.
-      expect: meta fields that must be equal (e.g. the model config); a mismatch is a :class:`UserError`.
+    def migrate(stored: Stored, template_arrays: Mapping[str, Any]) -> Stored:
+        unknown = [p for p in paths if p not in template_arrays]
+        if unknown:
+            raise UserError(
+                f"fill_from_template: {', '.join(unknown)} not among the template's key paths "
+                f"({', '.join(list(template_arrays)[:4])}, ...); pass paths as jax.tree_util.keystr writes them"
+            )
+        filled = {p: _host_array(template_arrays[p]) for p in paths if p not in stored.arrays}
+        return stored._replace(arrays={**stored.arrays, **filled})
 
-    Returns:
-      ``(state, meta)``: the restored pytree (JAX arrays, keys rebuilt) and the stored meta.
-    """
-    payload = _load(path)
-    where = payload["path"]
-    meta = payload["meta"]
-    for name, want in dict(expect or {}).items():
+    return migrate
+
+
+def _check_expected(where: str, meta: Mapping, expect: Mapping) -> None:
+    for name, want in expect.items():
         got = meta.get(name)
         if _jsonable(got) != _jsonable(want):
             raise UserError(
                 f"{where} was made by another model: its {name} is {got!r}, this one's is {_jsonable(want)!r}"
             )
-    paths_leaves, treedef = jax.tree_util.tree_flatten_with_path(template)
-    stored = payload["leaves"]
-    if len(stored) != len(paths_leaves) or payload["treedef"] != str(treedef):
+
+
+def _check_paths(where: str, stored: Mapping, template_paths: list[str]) -> None:
+    missing = [p for p in template_paths if p not in stored]
+    extra = sorted(set(stored) - set(template_paths))
+    if not (missing or extra):
+        return
+    parts = []
+    if missing:
+        parts.append(f"lacks {len(missing)} array(s) this model has ({', '.join(missing[:4])})")
+    if extra:
+        parts.append(f"holds {len(extra)} array(s) this model does not have ({', '.join(extra[:4])})")
+    raise UserError(
+        f"{where} {' and '.join(parts)}: it comes from another model or configuration; a model that gained "
+        "or renamed a field loads older checkpoints through restore(..., migrate=...) (see rnn_jax.checkpoint)"
+    )
+
+
+def _leaf(where: str, name: str, got: np.ndarray, want):
+    """The stored array ``got`` as the template leaf ``want`` (a PRNG key rebuilt), shape and dtype checked."""
+    got = np.asarray(got)
+    if _is_key(want):
+        want_shape = jax.random.key_data(want).shape
+        if got.shape != want_shape:
+            raise UserError(f"{where}: the PRNG key at {name} has shape {got.shape}, expected {want_shape}")
+        return jax.random.wrap_key_data(jnp.asarray(got), impl=jax.random.key_impl(want))
+    want_shape, want_dtype = tuple(jnp.shape(want)), jnp.result_type(want)
+    if got.shape != want_shape or got.dtype != want_dtype:
         raise UserError(
-            f"{where} holds a different kind of state ({len(stored)} arrays) than this model expects "
-            f"({len(paths_leaves)} arrays): it comes from another model or configuration"
+            f"{where}: {name} has shape {got.shape} and dtype {got.dtype}, this model expects {want_shape} "
+            f"and {want_dtype}: the checkpoint comes from another model or configuration"
         )
-    leaves = []
-    for i, (key_path, want) in enumerate(paths_leaves):
-        got = np.asarray(stored[str(i)])
-        name = jax.tree_util.keystr(key_path)
-        if _is_key(want):
-            want_shape = jax.random.key_data(want).shape
-            if got.shape != want_shape:
-                raise UserError(f"{where}: the PRNG key at {name} has shape {got.shape}, expected {want_shape}")
-            leaves.append(jax.random.wrap_key_data(jnp.asarray(got), impl=jax.random.key_impl(want)))
-            continue
-        want_shape, want_dtype = tuple(jnp.shape(want)), jnp.result_type(want)
-        if got.shape != want_shape or got.dtype != want_dtype:
-            raise UserError(
-                f"{where}: {name} has shape {got.shape} and dtype {got.dtype}, this model expects {want_shape} "
-                f"and {want_dtype}: the checkpoint comes from another model or configuration"
-            )
-        leaves.append(jnp.asarray(got))
-    return jax.tree.unflatten(treedef, leaves), meta
+    return jnp.asarray(got)
+
+
+def restore(
+    path: str | os.PathLike,
+    template: Any,
+    *,
+    expect: Mapping | None = None,
+    migrate: Migration | None = None,
+) -> tuple[Any, dict]:
+    """Load the checkpoint at ``path`` (a file, or a directory meaning its ``latest``) into ``template``'s structure.
+
+    Args:
+      path: a checkpoint file or a directory holding ``latest.ckpt``.
+      template: a pytree with the key paths, shapes and dtypes the checkpoint must have.
+      expect: meta fields that must be equal (e.g. the model config); a mismatch is a :class:`UserError`.
+      migrate: the application's :data:`Migration` for checkpoints of an older version of its model (runs
+        after the format migrations, before ``expect`` is checked).
+
+    Returns:
+      ``(state, meta)``: the restored pytree (JAX arrays, keys rebuilt) and the (migrated) meta.
+    """
+    payload = _load(path)
+    where = payload["path"]
+    leaves, treedef = _paths_and_leaves(template)
+    names = [name for name, _ in leaves]
+    while payload["format"] != FORMAT:
+        payload = MIGRATIONS[payload["format"]](payload, names)
+    stored = Stored(dict(payload["arrays"]), payload["meta"])
+    if migrate is not None:
+        stored = migrate(stored, dict(leaves))
+    _check_expected(where, stored.meta, dict(expect or {}))
+    _check_paths(where, stored.arrays, names)
+    restored = [_leaf(where, name, stored.arrays[name], want) for name, want in leaves]
+    return jax.tree.unflatten(treedef, restored), stored.meta
 
 
 def _jsonable(value):

@@ -251,15 +251,20 @@ def test_stacked_encoder_decoder_equals_a_hand_written_loop(attention, cell, bid
     _close(logp, beams.log_probs, rtol=1e-4)
 
 
-def test_single_layer_params_keep_their_structure_and_values():
-    """layers=1 is the single-layer model itself: no tuples, and the same init as before layers existed."""
+def test_one_layer_is_a_stack_of_one_with_the_bottom_layers_of_deeper_models():
+    """Every depth gives tuples; the bottom layers' init does not depend on the depth."""
     one = _init(3, bidirectional=True)
-    assert isinstance(one.encoder, Tp.Bidirectional) and isinstance(one.bridge, Tp.Dense)
-    assert isinstance(one.decoder, R.LSTMParams)
+    assert type(one.encoder) is tuple and len(one.encoder) == 1 and isinstance(one.encoder[0], Tp.Bidirectional)
+    assert type(one.bridge) is tuple and isinstance(one.bridge[0], Tp.Dense)
+    assert type(one.decoder) is tuple and isinstance(one.decoder[0], R.LSTMParams)
     two = _init(3, bidirectional=True, encoder_layers=2, decoder_layers=2)
-    # The bottom layers, embeddings and head are drawn from the same keys whatever the depth.
-    _close(two.encoder[0], one.encoder)
-    _close((two.decoder[0], two.bridge[0], two.out, two.src_embed), (one.decoder, one.bridge, one.out, one.src_embed))
+    _close(two.encoder[0], one.encoder[0])
+    bottom = lambda p: (p.decoder[0], p.bridge[0], p.out, p.src_embed)  # noqa: E731
+    _close(bottom(two), bottom(one))
+    # Hand-built params may give one layer without the tuple: the same model.
+    _, src, tgt_in = _seq2seq("luong", "lstm", True)
+    bare = one._replace(encoder=one.encoder[0], bridge=one.bridge[0], decoder=one.decoder[0])
+    _close(apply(bare, src, SRC_LEN, tgt_in).logits, apply(one, src, SRC_LEN, tgt_in).logits, rtol=0, atol=0)
 
 
 def test_dropout_draws_from_the_key_and_is_off_without_it():
