@@ -28,6 +28,7 @@ N processes on this machine, for trying the multi-host path on one computer.
 from __future__ import annotations
 
 import argparse
+import atexit
 import os
 import signal
 import socket
@@ -60,7 +61,8 @@ __all__ = [
     "cli_main",
 ]
 
-HEARTBEAT_TIMEOUT_S = 10  # a process silent this long is declared dead and the others stop
+HEARTBEAT_TIMEOUT_S = 20  # JAX's own: a process silent this long is declared dead and the others abort
+WATCHDOG_STALE_S = 10  # ours, shorter: a peer silent this long makes this process exit with one line
 SHUTDOWN_TIMEOUT_S = 30  # how long a finishing process waits for the others at exit
 INITIALIZATION_TIMEOUT_S = 120  # how long a process waits for all the others to connect
 FLAGS = {"--coordinator": "coordinator", "--num-processes": "num_processes", "--process-id": "process_id"}
@@ -119,6 +121,56 @@ def initialize(
         ) from None
     except RuntimeError as err:
         raise UserError(f"cannot start the distributed runtime: {str(err).splitlines()[0]}") from None
+    watchdog = _Watchdog(min(WATCHDOG_STALE_S, heartbeat_timeout_s / 2))
+    watchdog.start()
+    atexit.register(watchdog.stop)  # before JAX's own exit handler (registered earlier, run later) shuts down
+
+
+class _Watchdog(threading.Thread):
+    """Every second, write this process's beat to the coordinator's key-value store and read everyone's.
+
+    A peer whose beat has not moved for ``stale_s`` (it died, was killed, or its host froze), or a coordinator
+    that no longer answers, ends this process with one line on stderr and exit status 1, before JAX's
+    heartbeat time-out would abort it with a C++ stack trace.
+    """
+
+    def __init__(self, stale_s: float, interval_s: float = 1.0):
+        super().__init__(name="rnn_jax-watchdog", daemon=True)
+        from jax._src import distributed as jax_distributed  # the runtime's client: no public accessor
+
+        state = jax_distributed.global_state
+        self.client, self.me, self.n = state.client, state.process_id, state.num_processes
+        self.stale_s, self.interval_s = stale_s, interval_s
+        self.stopped = threading.Event()
+
+    def stop(self) -> None:
+        self.stopped.set()
+
+    def run(self) -> None:
+        last_change: dict[str, tuple[str, float]] = {}
+        beat = 0
+        while not self.stopped.wait(self.interval_s):
+            beat += 1
+            try:
+                self.client.key_value_set(f"rnn_jax/alive/{self.me}", str(beat), allow_overwrite=True)
+                beats = dict(self.client.key_value_dir_get("rnn_jax/alive/"))
+            except Exception as err:  # noqa: BLE001 - any failure to reach the coordinator
+                if not self.stopped.is_set():
+                    self._exit(f"lost the coordinator (process 0): {(str(err).strip().splitlines() or [''])[0]}")
+                return
+            now = time.monotonic()
+            for key, value in beats.items():
+                if last_change.get(key, (None,))[0] != value:
+                    last_change[key] = (value, now)
+            for key, (_, since) in last_change.items():
+                if now - since > self.stale_s and not self.stopped.is_set():
+                    peer = key.rsplit("/", 1)[-1]
+                    self._exit(f"process {peer} stopped responding {now - since:.0f} s ago (it died or was killed)")
+
+    def _exit(self, what: str) -> None:
+        print(f"rnn_jax.distributed: error: process {self.me} of {self.n}: {what}; stopping this one (the last "
+              "checkpoint written is intact)", file=sys.stderr, flush=True)  # fmt: skip
+        os._exit(1)
 
 
 def split_flags(argv: Sequence[str]) -> tuple[list[str], dict]:
