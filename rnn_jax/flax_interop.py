@@ -260,8 +260,11 @@ def _layout(inputs, feature_axes: int, time_major: bool) -> tuple[int, tuple[int
 
 
 def _check_read_only(before, after) -> None:
-    changed = [jax.tree_util.keystr(p) for (p, a), b in zip(jax.tree.leaves_with_path(after), jax.tree.leaves(before))
-               if a is not b]  # fmt: skip
+    if jax.tree.structure(before) != jax.tree.structure(after):
+        changed = ["its set of variables (e.g. by sow)"]
+    else:
+        pairs = zip(jax.tree.leaves_with_path(after), jax.tree.leaves(before))
+        changed = [jax.tree_util.keystr(path) for (path, a), b in pairs if a is not b]
     if changed:
         raise UserError(
             f"the cell changed {', '.join(changed)} during a step: rnn_jax's RNN threads only rng streams through "

@@ -303,11 +303,19 @@ class CountingCell(MinimalCell):
         return super().__call__(carry, x)
 
 
+class RecordingCell(MinimalCell):
+    def __call__(self, carry, x):
+        self.last_input = nnx.Intermediate(x)  # a new variable, as sow makes
+        return super().__call__(carry, x)
+
+
 def test_refusals_are_clear():
     with pytest.raises(TypeError, match="cell protocol"):
         RNN(lambda carry, x: (carry, x))
     with pytest.raises(UserError, match="read-only"):
         RNN(CountingCell(nnx.Rngs(0)))(_xs())
+    with pytest.raises(UserError, match="read-only"):
+        RNN(RecordingCell(I, H, nnx.Rngs(0)))(_xs())
     with pytest.raises(UserError, match="state scanned along time"):
         RNN(nnx.GRUCell(I, H, rngs=nnx.Rngs(0)), state_axes={nnx.Param: 0})
     with pytest.raises(UserError, match="no time axis"):
