@@ -10,7 +10,7 @@ one ``lax.scan`` that applies it over time (and ``jax.vmap`` over batches). Noth
 jit at the edges of your program (the train step, evaluation, sampling).
 """
 
-from rnn_jax import decode, losses, topologies
+from rnn_jax import checkpoint, decode, losses, topologies
 from rnn_jax.cells import (
     CELLS,
     Cell,
@@ -26,6 +26,8 @@ from rnn_jax.cells import (
     vanilla_init,
 )
 from rnn_jax.decode import BeamResult, Decoded, beam_search, greedy, prime, sample
+from rnn_jax.errors import UserError
+from rnn_jax.harness import FitOptions, FitResult, fit
 from rnn_jax.linear import DiagParams, MinGRUParams, diag_cell, diag_init, mingru_cell, mingru_init, run_linear
 from rnn_jax.losses import SequenceLoss, exact_match, length_mask, sequence_cross_entropy, token_accuracy
 from rnn_jax.scan import bidirectional, broadcast_carry, run, run_stack, zeros_carry
@@ -39,6 +41,7 @@ from rnn_jax.topologies import (
     one_to_many,
     one_to_one,
 )
+from rnn_jax.train import TrainState, init_state, make_optimizer, make_train_step
 
 __version__ = "0.1.0"
 
@@ -89,4 +92,13 @@ __all__ = [
     "vanilla_cell",
     "vanilla_init",
     "zeros_carry",
+    "checkpoint",
+    "FitOptions",
+    "FitResult",
+    "TrainState",
+    "UserError",
+    "fit",
+    "init_state",
+    "make_optimizer",
+    "make_train_step",
 ]
