@@ -16,6 +16,7 @@ from rnn_jax import harness as H
 from rnn_jax import train as T
 from rnn_jax.errors import UserError
 from rnn_jax.harness import loop
+from tests.test_train import _data, _linear_loss, _state
 
 # ---------------------------------------------------------------------------------------------------
 # Config <-> command line
@@ -119,31 +120,7 @@ def test_check_config_names_fields_and_fills_the_budget():
 # The fit loop
 # ---------------------------------------------------------------------------------------------------
 
-B, I = 6, 3
-
-
-def _linear_loss(params, batch, key):
-    del key
-    x_BI, y_B = batch
-    pred_B = x_BI @ params["w"] + params["b"]
-    mse = jnp.mean((pred_B - y_B) ** 2)
-    return mse, {"mse": mse}
-
-
 _jit_loss = jax.jit(_linear_loss)
-
-
-def _data(seed=0, n=B):
-    k1, k2 = jax.random.split(jax.random.key(seed))
-    x = jax.random.normal(k1, (n, I))
-    y = x @ jnp.array([1.0, -2.0, 0.5]) + 0.3 + 0.01 * jax.random.normal(k2, (n,))
-    return x, y
-
-
-def _state(lr=0.05, total=200, warmup=5):
-    params = {"w": jnp.zeros((I,)), "b": jnp.zeros(())}
-    opt = T.make_optimizer(lr, total_steps=total, warmup_steps=warmup)
-    return T.init_state(params, opt, jax.random.key(1)), opt
 
 
 class _Crash(Exception):
