@@ -167,10 +167,10 @@ def _reference_nll(params, cfg, ids):
     return total / (len(ids) - 1)
 
 
-@pytest.mark.parametrize("cell", ["lstm", "vanilla"])
-def test_validation_loss_covers_every_character_and_equals_a_loop(cell):
+@pytest.mark.parametrize("cell, impl", [("lstm", "scan"), ("vanilla", "auto"), ("vanilla", "custom_jvp")])
+def test_validation_loss_covers_every_character_and_equals_a_loop(cell, impl):
     # 23 validation characters (22 predictions) over 4 streams of windows of 5: nothing divides.
-    cfg = charlm.CharLMConfig(cell=cell, layers=2, hidden_size=5, embed_size=3 if cell == "lstm" else 0)
+    cfg = charlm.CharLMConfig(cell=cell, layers=2, hidden_size=5, embed_size=3 if cell == "lstm" else 0, impl=impl)
     params = charlm.init_params(jax.random.key(3), cfg, 7)
     ids = np.asarray(jax.random.randint(jax.random.key(4), (23,), 0, 7), np.int32)
     windows = charlm.textdata.eval_windows(ids, streams=4, window=5)

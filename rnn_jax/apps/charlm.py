@@ -212,7 +212,7 @@ def zero_carries(cfg: CharLMConfig, params: LMParams, batch: int):
 
 def _run_kwargs(cfg: CharLMConfig) -> dict:
     """``run``'s speed settings: ``unroll=None`` and ``impl="auto"`` leave the choice to ``run``."""
-    return {"unroll": cfg.unroll} if cfg.impl == "auto" else {"unroll": cfg.unroll, "impl": cfg.impl}
+    return {"unroll": cfg.unroll, "impl": cfg.impl}
 
 
 def forward(params: LMParams, cfg: CharLMConfig, carries, x_BT, *, key=None):

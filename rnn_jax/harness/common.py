@@ -26,6 +26,7 @@ import numpy as np
 from rnn_jax.cells import CELLS, vanilla_init
 from rnn_jax.errors import UserError
 from rnn_jax.harness.config import field
+from rnn_jax.scan import IMPLS
 from rnn_jax.topologies import cell_init
 
 __all__ = [
@@ -65,7 +66,7 @@ SHARED_FIELDS: dict[str, tuple[str, tuple[str, ...], str, tuple | None]] = {
     "dtype": ("compute dtype; params and optimiser stay float32", (), "none", tuple(DTYPES)),
     "devices": ("split each batch over N devices, a data-parallel mesh (none: one device)", (), "none", None),
     "unroll": ("scan steps per loop iteration (auto: run's own choice)", (), "auto", None),
-    "impl": ("the scan algorithm passed to run: auto, scan or a fast path", (), "none", None),
+    "impl": ("the scan algorithm passed to run (auto: run's choice per platform)", (), "none", IMPLS),
     "eval_every": ("steps between evaluations", (), "none", None),
     "checkpoint_every": ("steps between latest-checkpoint saves", (), "none", None),
     "seed": ("seed of the init, the batches and the samples", (), "none", None),
@@ -125,7 +126,7 @@ def check_config(cfg):
     """Check every canonical field ``cfg`` has (messages name the field); return ``cfg`` with the budget filled
     in: ``minutes = DEFAULT_MINUTES`` when neither ``steps`` nor ``minutes`` is given."""
     names = {f.name for f in dataclasses.fields(cfg)}
-    for name in ("cell", "dtype"):
+    for name in ("cell", "dtype", "impl"):
         choices = SHARED_FIELDS[name][3]
         if name in names and getattr(cfg, name) not in choices:
             raise UserError(f"{name} must be one of {list(choices)}, got {getattr(cfg, name)!r}")
@@ -138,8 +139,6 @@ def check_config(cfg):
     for name, (low, high, closed) in _NUMBERS.items():
         if name in names:
             check_number(name, getattr(cfg, name), low=low, high=high, closed=closed)
-    if "impl" in names and not isinstance(cfg.impl, str):
-        raise UserError(f"impl must be a string such as 'auto' or 'scan', got {cfg.impl!r}")
     return _check_budget(cfg, names)
 
 
