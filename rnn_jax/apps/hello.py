@@ -34,8 +34,8 @@ class HelloConfig:
     word: str = H.field("hello", "a word over the letters h, e, l, o")
     hidden_size: int = H.shared_field("hidden_size", 3)
     steps: int = H.field(300, "training steps (the whole word each)")
-    learning_rate: float = H.shared_field("learning_rate", 0.1)
-    seed: int = H.shared_field("seed", 0)
+    learning_rate: float = H.field(0.1, "Adam's learning rate (constant)", aliases=("lr",))
+    seed: int = H.field(0, "seed of the init")
 
 
 class HelloResult(NamedTuple):
