@@ -1,13 +1,15 @@
 """The image experiments of Lecture 10 on the 8x8 digits, from frozen dataclass configs.
 
 The same library code as ``rnn-jax digits NAME``; CONFIGS below are the runs reported in docs/digits.md.
-Name the experiments to run (all five when none is named), and override config fields as key=value
-(applied to every named experiment that has the field):
+Name the experiments to run (all five when none is named), and override config fields as key=value or
+from a JSON/TOML file with --config FILE (applied to every named experiment that has the field; old
+spellings such as out_dir are aliases):
 
     python experiments/digits.py                          # all five, CONFIGS as written
     python experiments/digits.py classify video
-    python experiments/digits.py classify train_lengths=random out_dir=runs/digits/classify_random
+    python experiments/digits.py classify train_lengths=random out=runs/digits/classify_random
     python experiments/digits.py caption cell=lstm hidden_size=96
+    python experiments/digits.py video --config my_video.json
 
 Each experiment prints its metrics as one JSON line; the last line is a JSON list of all of them.
 """
@@ -18,6 +20,7 @@ import dataclasses
 import json
 import sys
 
+from rnn_jax import harness as H
 from rnn_jax.apps.digits import (
     EXPERIMENTS,
     CaptionConfig,
@@ -28,6 +31,7 @@ from rnn_jax.apps.digits import (
     VideoConfig,
 )
 from rnn_jax.errors import UserError
+from rnn_jax.harness.config import read_config_file
 
 CONFIGS: dict[str, TrainConfig] = {
     "classify": ClassifyConfig(cell="gru", hidden_size=64, steps=1500, read="rows", train_lengths="full"),
@@ -48,25 +52,39 @@ def main(configs: dict[str, TrainConfig]) -> list[dict]:
     return results
 
 
+def _keys(config_type: type) -> set[str]:
+    """The keys ``key=value`` may use for ``config_type``: its field names and their aliases."""
+    fields = dataclasses.fields(config_type)
+    return {f.name for f in fields} | {a for f in fields for a in f.metadata.get("aliases", ())}
+
+
 def _parse(args: list[str]) -> dict[str, TrainConfig]:
+    """``[NAME ...] [--config FILE] [key=value ...]`` -> the config of every named experiment (all when none is).
+
+    Each experiment takes the file's fields and the overrides it has (:func:`rnn_jax.harness.config_from_overrides`);
+    a key no named experiment has is an error.
+    """
+    args, table = list(args), {}
+    if "--config" in args:
+        i = args.index("--config")
+        if i + 1 >= len(args):
+            raise UserError("--config needs a file: --config FILE.json (or .toml)")
+        table = read_config_file(args[i + 1])
+        del args[i : i + 2]
     names = [a for a in args if "=" not in a] or list(CONFIGS)
     unknown = [n for n in names if n not in CONFIGS]
     if unknown:
         raise UserError(f"experiments must be among {list(CONFIGS)}, got {unknown}")
-    changes = {}
-    for arg in (a for a in args if "=" in a):
-        key, _, raw = arg.partition("=")
-        try:
-            changes[key] = json.loads(raw)
-        except json.JSONDecodeError:
-            changes[key] = raw
+    pairs = [f"{k}={'none' if v is None else v}" for k, v in table.items()] + [a for a in args if "=" in a]
     configs = {}
     for name in names:
-        fields = {f.name for f in dataclasses.fields(CONFIGS[name])}
-        configs[name] = dataclasses.replace(CONFIGS[name], **{k: v for k, v in changes.items() if k in fields})
-    every = set().union(*({f.name for f in dataclasses.fields(c)} for c in configs.values()))
-    if set(changes) - every:
-        raise UserError(f"no named experiment has the field(s) {sorted(set(changes) - every)}")
+        known = _keys(type(CONFIGS[name]))
+        mine = [p for p in pairs if p.partition("=")[0] in known]
+        configs[name] = H.config_from_overrides(type(CONFIGS[name]), mine, base=CONFIGS[name])
+    every = set().union(*(_keys(type(c)) for c in configs.values()))
+    left = sorted({p.partition("=")[0] for p in pairs} - every)
+    if left:
+        raise UserError(f"no named experiment has the field(s) {left}")
     return configs
 
 

@@ -1,8 +1,10 @@
 """The digits experiments' models on tiny random data (shapes, masks, causality, gradients), and each
 experiment end to end for a few steps (files written, JSON last on stdout). The full runs are not here."""
 
+import importlib.util
 import json
 from functools import partial
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -12,6 +14,7 @@ import pytest
 from rnn_jax import cli
 from rnn_jax.apps import digits as G
 from rnn_jax.data import images as D
+from rnn_jax.errors import UserError
 
 H = 5
 
@@ -189,10 +192,14 @@ def test_video_labels_are_causal_and_trainable():
     later = video_logits(params, frames.at[:, 3].set(1.0))
     np.testing.assert_allclose(later[:, :3], logits[:, :3], atol=1e-6)  # frame 3 cannot change earlier labels
     assert not np.allclose(later[:, 3], logits[:, 3])
-    (loss, _), grads = jax.jit(jax.value_and_grad(G.video_loss, has_aux=True))(
-        params, (frames, jnp.array([2, 7])), None
+    labels = np.array([2, 7])
+    (loss, _), grads = jax.jit(jax.value_and_grad(G.video_loss, has_aux=True))(params, (frames, labels), None)
+    # Every frame of a video carries the video's label, all frames weighted alike (float64 numpy reference).
+    z = np.asarray(logits, np.float64)
+    log_p = z - z.max(-1, keepdims=True) - np.log(np.exp(z - z.max(-1, keepdims=True)).sum(-1, keepdims=True))
+    np.testing.assert_allclose(
+        loss, -log_p[np.arange(2)[:, None], np.arange(5)[None, :], labels[:, None]].mean(), rtol=1e-5
     )
-    assert np.isfinite(loss)
     _all_grads_nonzero(grads)
 
 
@@ -228,8 +235,6 @@ def test_experiment_runs_end_to_end(name, tmp_path, capsys):
 @pytest.mark.parametrize(
     "args, message",
     [
-        (["classify", "--cell", "rnn"], "cell must be one of"),
-        (["classify", "--read", "columns"], "read must be"),
         (["caption", "--batch-size", "5000"], "exceeds"),
         (["generate", "--temperature", "-1"], "temperature"),
         (["glimpse", "--patch", "9"], "patch"),
@@ -240,3 +245,33 @@ def test_bad_flags_are_one_line_errors(args, message, capsys):
     assert cli.main(["digits", *args, "--steps", "1", "--no-progress", "--out-dir", "/nonexistent/x"]) == 2
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [(["classify", "--cell", "rnn"], "invalid choice: 'rnn'"), (["classify", "--read", "columns"], "invalid choice")],
+)
+def test_flags_outside_their_choices_are_usage_errors(args, message, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(["digits", *args, "--steps", "1"])
+    assert exit_.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_python_errors_name_config_fields(tmp_path):
+    with pytest.raises(UserError, match=r"cell must be one of \['vanilla', 'lstm', 'gru'\], got 'rnn'"):
+        G.classify(G.ClassifyConfig(cell="rnn", steps=1, out=str(tmp_path / "x")))
+    with pytest.raises(UserError, match="read must be 'rows' or 'pixels', got 'columns'"):
+        G.classify(G.ClassifyConfig(read="columns", steps=1, out=str(tmp_path / "x")))
+    assert not (tmp_path / "x").exists()  # a refused config writes nothing
+
+
+def test_experiment_script_overrides_go_through_the_harness(tmp_path):
+    spec = importlib.util.spec_from_file_location("digits_script", Path(__file__).parents[1] / "experiments/digits.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    (tmp_path / "c.json").write_text('{"hidden_size": 9, "read": "pixels"}')
+    configs = script._parse(["classify", "video", "out_dir=o", "steps=3", "--config", str(tmp_path / "c.json")])
+    assert configs["classify"] == G.ClassifyConfig(hidden_size=9, read="pixels", out="o", steps=3)
+    assert configs["video"] == G.VideoConfig(hidden_size=9, out="o", steps=3)  # read: a classify field only
+    with pytest.raises(UserError, match=r"no named experiment has the field\(s\) \['read'\]"):
+        script._parse(["video", "read=rows"])

@@ -3,17 +3,16 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import time
 from typing import Any
 
+from rnn_jax import harness as H
 from rnn_jax.apps.digits.config import (
     CaptionConfig,
     ClassifyConfig,
     GenerateConfig,
     GlimpseConfig,
-    TrainConfig,
     VideoConfig,
 )
 from rnn_jax.apps.digits.experiments import caption, classify, generate, glimpse, video
@@ -30,19 +29,6 @@ EXPERIMENTS: dict[str, tuple[Any, type]] = {
 """Every experiment by name: ``(run, config type)``."""
 
 
-def _add_config_arguments(parser: argparse.ArgumentParser, config_type: type):
-    """One ``--flag`` per config field, typed and defaulted from the dataclass."""
-    shared = {f.name: f.metadata.get("help", "") for f in dataclasses.fields(TrainConfig)}
-    for f in dataclasses.fields(config_type):
-        flag = "--" + f.name.replace("_", "-")
-        help_text = f.metadata.get("help") or shared.get(f.name, "")  # a field re-defaulted in a subclass
-        if isinstance(f.default, bool):
-            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=f.default, help=help_text)
-        else:
-            default = f" (default {f.default})" if f.default != "" else ""
-            parser.add_argument(flag, type=type(f.default), default=f.default, help=help_text + default)
-
-
 def cli_main(argv: list[str], prog: str = "rnn-jax digits") -> int:
     """Run the experiment named in ``argv`` with its flags; print where its files are and its metrics as JSON."""
     parser = argparse.ArgumentParser(
@@ -50,12 +36,12 @@ def cli_main(argv: list[str], prog: str = "rnn-jax digits") -> int:
     )
     sub = parser.add_subparsers(dest="experiment", metavar="EXPERIMENT", required=True)
     for name, (fn, config_type) in EXPERIMENTS.items():
-        _add_config_arguments(sub.add_parser(name, help=fn.__doc__.splitlines()[0]), config_type)
+        H.add_config_arguments(sub.add_parser(name, help=fn.__doc__.splitlines()[0]), config_type)
     args = vars(parser.parse_args(argv))
     name = args.pop("experiment")
     fn, config_type = EXPERIMENTS[name]
     start = time.perf_counter()
-    result = fn(config_type(**args))
+    result = fn(H.config_from_args(config_type, args))
     metrics = {**result.metrics, "total_seconds": round(time.perf_counter() - start, 2)}
     summary = {k: v for k, v in metrics.items() if k != "config"}
     print(f"{name}: figure {result.png}, metrics {result.png.parent / (name + '.json')}")

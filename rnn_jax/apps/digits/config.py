@@ -1,13 +1,19 @@
-"""The digits experiments' configs: one frozen dataclass per experiment, defaults as measured in docs/digits.md."""
+"""The digits experiments' configs: one frozen dataclass per experiment, defaults as measured in docs/digits.md.
+
+Their fields are the flags of ``rnn-jax digits NAME`` (:func:`rnn_jax.harness.add_config_arguments`); the
+shared settings have the names every trainer uses (``hidden_size``, ``batch_size``, ``learning_rate``,
+``out``, ``verbose``), with ``--out-dir`` and ``--progress`` kept as aliases.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from rnn_jax.cells import CELLS
+from rnn_jax import harness as H
 from rnn_jax.errors import UserError
+from rnn_jax.harness import field, shared_field
 
 __all__ = [
     "TrainConfig",
@@ -20,60 +26,61 @@ __all__ = [
     "check_config",
 ]
 
+_STEPS_HELP = "training steps (one batch each)"
+
 
 @dataclass(frozen=True)
 class TrainConfig:
     """What every experiment shares: the cell, its size, and the optimiser's budget."""
 
-    cell: str = field(default="gru", metadata={"help": "recurrent cell: vanilla, lstm or gru"})
-    hidden_size: int = field(default=64, metadata={"help": "hidden units H"})
-    steps: int = field(default=1500, metadata={"help": "training steps (one batch each)"})
-    batch_size: int = field(default=64, metadata={"help": "images per batch"})
-    learning_rate: float = field(default=3e-3, metadata={"help": "peak AdamW learning rate (warm-up, cosine)"})
-    weight_decay: float = field(default=1e-4, metadata={"help": "AdamW weight decay on matrices"})
-    seed: int = field(default=0, metadata={"help": "seed of the split, the init and the batches"})
-    out_dir: str = field(default="", metadata={"help": "where the PNG and JSON go (default runs/digits/NAME)"})
-    progress: bool = field(default=True, metadata={"help": "show a progress bar on stderr"})
+    cell: str = shared_field("cell", "gru")
+    hidden_size: int = shared_field("hidden_size", 64)
+    steps: int = field(1500, _STEPS_HELP)
+    batch_size: int = shared_field("batch_size", 64)
+    learning_rate: float = shared_field("learning_rate", 3e-3)
+    weight_decay: float = shared_field("weight_decay", 1e-4)
+    seed: int = field(0, "seed of the split, the init and the batches")
+    out: str | None = field(None, "where the PNG, the JSON and metrics.jsonl go (none: runs/digits/NAME)",
+                            aliases=("out_dir",), metavar="DIR")  # fmt: skip
+    verbose: bool = shared_field("verbose", True)
 
 
 @dataclass(frozen=True)
 class ClassifyConfig(TrainConfig):
-    read: str = field(default="rows", metadata={"help": "feed the image as 8 rows or 64 pixels"})
-    train_lengths: str = field(
-        default="full", metadata={"help": "train on whole images, or on random prefixes (answer early)"}
-    )
+    read: str = field("rows", "feed the image as 8 rows or 64 pixels", choices=("rows", "pixels"))
+    train_lengths: str = field("full", "train on whole images, or on random prefixes (answer early)",
+                               choices=("full", "random"))  # fmt: skip
 
 
 @dataclass(frozen=True)
 class CaptionConfig(TrainConfig):
-    feature_size: int = field(default=128, metadata={"help": "size of the image feature that sets h_0"})
-    embed_size: int = field(default=16, metadata={"help": "character embedding size"})
-    steps: int = 1500
+    feature_size: int = field(128, "size of the image feature that sets h_0")
+    embed_size: int = field(16, "character embedding size")
 
 
 @dataclass(frozen=True)
 class GenerateConfig(TrainConfig):
-    hidden_size: int = 128
-    steps: int = 1200
-    levels: int = field(default=5, metadata={"help": "grey levels each pixel is drawn from"})
-    temperature: float = field(default=0.7, metadata={"help": "sampling temperature (0: most likely level)"})
-    samples_per_class: int = field(default=50, metadata={"help": "digits drawn per class for the check"})
-    classifier_steps: int = field(default=1000, metadata={"help": "training steps of the checking classifier"})
+    hidden_size: int = shared_field("hidden_size", 128)
+    steps: int = field(1200, _STEPS_HELP)
+    levels: int = field(5, "grey levels each pixel is drawn from")
+    temperature: float = field(0.7, "sampling temperature (0: most likely level)")
+    samples_per_class: int = field(50, "digits drawn per class for the check")
+    classifier_steps: int = field(1000, "training steps of the checking classifier")
 
 
 @dataclass(frozen=True)
 class GlimpseConfig(TrainConfig):
-    patch: int = field(default=4, metadata={"help": "side of the square patch seen by one glimpse"})
-    glimpses: int = field(default=4, metadata={"help": "glimpses before the decision"})
-    hard: bool = field(default=True, metadata={"help": "look at exactly one patch (straight-through) or blend"})
+    patch: int = field(4, "side of the square patch seen by one glimpse")
+    glimpses: int = field(4, "glimpses before the decision")
+    hard: bool = field(True, "look at exactly one patch (straight-through) or blend them")
 
 
 @dataclass(frozen=True)
 class VideoConfig(TrainConfig):
-    steps: int = 2000
-    frames: int = field(default=8, metadata={"help": "frames per video"})
-    noise: float = field(default=0.5, metadata={"help": "std of the Gaussian pixel noise of each frame"})
-    occlusion: int = field(default=4, metadata={"help": "side of the square blanked out in each frame"})
+    steps: int = field(2000, _STEPS_HELP)
+    frames: int = field(8, "frames per video")
+    noise: float = field(0.5, "std of the Gaussian pixel noise of each frame")
+    occlusion: int = field(4, "side of the square blanked out in each frame")
 
 
 class Result(NamedTuple):
@@ -84,13 +91,10 @@ class Result(NamedTuple):
     png: Path
 
 
-def check_config(cfg: TrainConfig, n_train: int) -> None:
-    """The settings every experiment shares, checked against the ``n_train`` training images."""
-    if cfg.cell not in CELLS:
-        raise UserError(f"cell must be one of {sorted(CELLS)}, got {cfg.cell!r}")
-    for name in ("hidden_size", "steps", "batch_size"):
-        value = getattr(cfg, name)
-        if not isinstance(value, int) or value < 1:
-            raise UserError(f"{name} must be a positive integer, got {value!r}")
+def check_config(cfg: TrainConfig, n_train: int) -> TrainConfig:
+    """The settings every experiment shares (messages name the field), checked against ``n_train`` images."""
+    cfg = H.check_config(cfg)
+    H.check_int("steps", cfg.steps)
     if cfg.batch_size > n_train:
         raise UserError(f"batch_size {cfg.batch_size} exceeds the {n_train} training images")
+    return cfg

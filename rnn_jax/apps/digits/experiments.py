@@ -1,18 +1,8 @@
-"""The digits experiments: each ``name(config) -> Result`` trains its model, evaluates it and draws its figure.
+"""The digits experiments (the table in :mod:`rnn_jax.apps.digits`): each ``name(config) -> Result``.
 
-======================  ===============================  ==================================================
-experiment              topology                         what the model does
-======================  ===============================  ==================================================
-:func:`classify`        many to one                      reads the rows one at a time, labels the digit
-:func:`caption`         one to many (tokens)             image feature -> ``h_0``, writes "seven" + <end>
-:func:`generate`        one to many (fed back)           class -> ``h_0``, draws the digit row by row
-:func:`glimpse`         sequential processing            looks at one patch per step, chooses the next
-:func:`video`           many to many (synchronised)      labels every frame of a noisy, occluded video
-======================  ===============================  ==================================================
-
-Each trains with :func:`rnn_jax.train.fit`, evaluates on the fixed test split of
+Each trains with the harness's :func:`rnn_jax.harness.fit`, evaluates on the fixed test split of
 :func:`rnn_jax.data.images.split_digits`, writes ``name.png`` and ``name.json`` (its metrics) into
-``config.out_dir`` (``runs/digits/name`` by default, next to the fit loop's ``metrics.jsonl`` and
+``config.out`` (``runs/digits/name`` by default, next to the fit loop's ``metrics.jsonl`` and
 ``loss.png``), and returns the params and the metrics.
 """
 
@@ -28,6 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from rnn_jax import decode, losses, train
+from rnn_jax import harness as H
 from rnn_jax.apps.digits import plots
 from rnn_jax.apps.digits.config import (
     CaptionConfig,
@@ -62,30 +53,38 @@ from rnn_jax.apps.digits.models import (
 from rnn_jax.data import images as D
 from rnn_jax.errors import UserError
 
-__all__ = ["classify", "caption", "generate", "glimpse", "video", "train_classifier"]
+__all__ = ["classify", "caption", "generate", "glimpse", "video", "train_classifier", "ImageBatches"]
 
 
 def _out_dir(cfg: TrainConfig, name: str) -> Path:
-    return Path(cfg.out_dir or f"runs/digits/{name}")
+    return Path(cfg.out or f"runs/digits/{name}")
 
 
-def _batches(cfg: TrainConfig, n: int, take):
-    """``batches(step)``: a pure function of the step, so a rerun sees the same data in the same order.
+class ImageBatches:
+    """The harness's :class:`~rnn_jax.harness.Batcher`: ``batches(step)`` is a pure function of the step, so
+    a rerun sees the same data in the same order.
 
     Each epoch is a fresh permutation of the ``n`` training images (seeded by ``(seed, epoch)``);
     ``take(indices, rng)`` builds the batch (``rng`` is seeded by ``(seed, step)`` for per-batch noise).
     """
-    per_epoch = n // cfg.batch_size
 
-    def batches(step: int):
-        epoch, i = divmod(step, per_epoch)
-        idx = np.random.default_rng([cfg.seed, epoch]).permutation(n)[i * cfg.batch_size : (i + 1) * cfg.batch_size]
-        return take(idx, np.random.default_rng([cfg.seed, 1, step]))
+    def __init__(self, n: int, batch_size: int, seed: int, take):
+        self.n, self.items_per_step, self.seed, self.take = n, batch_size, seed, take
+        self.per_epoch = n // batch_size
 
-    return batches
+    def __call__(self, step: int):
+        epoch, i = divmod(step, self.per_epoch)
+        B = self.items_per_step
+        idx = np.random.default_rng([self.seed, epoch]).permutation(self.n)[i * B : (i + 1) * B]
+        return self.take(idx, np.random.default_rng([self.seed, 1, step]))
 
 
-def _fit(cfg: TrainConfig, params, loss_fn, batches, out_dir) -> train.FitResult:
+def _batches(cfg: TrainConfig, n: int, take) -> ImageBatches:
+    return ImageBatches(n, cfg.batch_size, cfg.seed, take)
+
+
+def _fit(cfg: TrainConfig, params, loss_fn, batches: ImageBatches, out_dir) -> H.FitResult:
+    """AdamW (warm-up over the first tenth of the steps, at most 100) for ``cfg.steps`` on the harness's loop."""
     optimizer = train.make_optimizer(
         cfg.learning_rate,
         total_steps=cfg.steps,
@@ -93,23 +92,12 @@ def _fit(cfg: TrainConfig, params, loss_fn, batches, out_dir) -> train.FitResult
         weight_decay=cfg.weight_decay,
     )
     state = train.init_state(params, optimizer, jax.random.key(cfg.seed))
-    if out_dir is not None:  # a fresh run: do not append to the log of an earlier one
-        Path(out_dir).mkdir(parents=True, exist_ok=True)
-        (Path(out_dir) / "metrics.jsonl").unlink(missing_ok=True)
-    return train.fit(
-        state,
-        train.make_train_step(loss_fn, optimizer),
-        batches,
-        steps=cfg.steps,
-        out_dir=out_dir,
-        items_per_step=cfg.batch_size,
-        item_name="images",
-        log_every=100,
-        progress=cfg.progress,
-    )
+    out = H.prepare(out_dir, resume=False) if out_dir is not None else None  # the first write, after the checks
+    options = H.FitOptions(steps=cfg.steps, log_every=100, item_name="images", verbose=cfg.verbose)
+    return H.fit(state, train.make_train_step(loss_fn, optimizer), batches, options, out_dir=out)
 
 
-def _finish(name: str, cfg: TrainConfig, params, metrics: dict, fitted: train.FitResult, png: Path, **extra) -> Result:
+def _finish(name: str, cfg: TrainConfig, params, metrics: dict, fitted: H.FitResult, png: Path, **extra) -> Result:
     metrics = {
         "experiment": name,
         **metrics,
@@ -260,7 +248,7 @@ def generate(cfg: GenerateConfig = GenerateConfig()) -> Result:  # noqa: B008 (f
     draw = partial(generate_image, temperature=cfg.temperature)
     drawn = jax.jit(jax.vmap(draw, (None, 0, 0)))(params, jnp.asarray(wanted), keys)
 
-    checker_cfg = ClassifyConfig(seed=cfg.seed, steps=cfg.classifier_steps, progress=cfg.progress, cell="gru")
+    checker_cfg = ClassifyConfig(seed=cfg.seed, steps=cfg.classifier_steps, verbose=cfg.verbose, cell="gru")
     checker, _ = train_classifier(checker_cfg, splits)
     # The drawn digits and the real test digits through the checker in one call.
     judge_all = jax.jit(jax.vmap(classifier_logits, (None, 0)))

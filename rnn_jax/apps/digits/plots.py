@@ -1,4 +1,4 @@
-"""The digits experiments' figures (matplotlib, imported when a figure is drawn)."""
+"""The digits experiments' figures, drawn with the harness's matplotlib set-up (:mod:`rnn_jax.harness.plots`)."""
 
 from __future__ import annotations
 
@@ -6,30 +6,15 @@ from pathlib import Path
 
 import numpy as np
 
+from rnn_jax import harness as H
 from rnn_jax.apps.digits.config import VideoConfig
 from rnn_jax.data import images as D
 
 __all__ = ["plot_accuracy_curve", "plot_captions", "plot_samples", "plot_glimpses", "plot_video"]
 
 
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def _save(fig, path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=80)
-    _pyplot().close(fig)
-    return path
-
-
 def plot_accuracy_curve(path: Path, accuracy, *, xlabel: str, title: str) -> Path:
-    plt = _pyplot()
+    plt = H.pyplot()
     fig, ax = plt.subplots(figsize=(6, 3.5))
     steps = np.arange(1, len(accuracy) + 1)
     ax.plot(steps, accuracy, "o-", ms=3)
@@ -40,13 +25,12 @@ def plot_accuracy_curve(path: Path, accuracy, *, xlabel: str, title: str) -> Pat
     ax.set_title(title, fontsize=9)
     ax.grid(alpha=0.3)
     ax.legend(loc="upper left")
-    fig.tight_layout()
-    return _save(fig, path)
+    return H.save(fig, path, dpi=80)
 
 
 def plot_captions(path: Path, split: D.DigitSplit, captions: list[str], n: int = 16) -> Path:
     """The first test images with their captions; wrong ones (in red) are shown first."""
-    plt = _pyplot()
+    plt = H.pyplot()
     wrong = [i for i, c in enumerate(captions) if c != D.CLASS_NAMES[split.labels[i]]]
     right = [i for i in range(len(captions)) if i not in set(wrong)]
     shown = (wrong[: n // 4] + right)[:n]
@@ -58,13 +42,12 @@ def plot_captions(path: Path, split: D.DigitSplit, captions: list[str], n: int =
         ax.set_title(title, fontsize=8, color="red" if bad else "black")
         ax.axis("off")
     fig.suptitle("One to many: image feature -> h0, greedy caption (red: wrong)", fontsize=9)
-    fig.tight_layout()
-    return _save(fig, path)
+    return H.save(fig, path, dpi=80)
 
 
 def plot_samples(path: Path, drawn, wanted, judged, columns: int) -> Path:
     """One row per class; a red frame where the classifier disagrees with the requested class."""
-    plt = _pyplot()
+    plt = H.pyplot()
     fig, axes = plt.subplots(D.NUM_CLASSES, columns, figsize=(columns * 0.55, D.NUM_CLASSES * 0.55))
     axes = np.asarray(axes).reshape(D.NUM_CLASSES, columns)
     for c in range(D.NUM_CLASSES):
@@ -79,12 +62,11 @@ def plot_samples(path: Path, drawn, wanted, judged, columns: int) -> Path:
                 s.set_linewidth(2 if bad else 0.5)
         axes[c, 0].set_ylabel(str(c), rotation=0, labelpad=8, fontsize=9)
     fig.suptitle("Drawn row by row per class (red: classifier disagrees)", fontsize=8)
-    fig.subplots_adjust(left=0.06, right=0.99, top=0.94, bottom=0.01, wspace=0.05, hspace=0.05)
-    return _save(fig, path)
+    return H.save(fig, path, dpi=80)
 
 
 def plot_glimpses(path: Path, split: D.DigitSplit, predicted, centres, patch: int, *, hard: bool, n: int = 8) -> Path:
-    plt = _pyplot()
+    plt = H.pyplot()
     from matplotlib.patches import Rectangle
 
     fig, axes = plt.subplots(2, n // 2, figsize=(n * 0.9, 4.2))
@@ -115,12 +97,11 @@ def plot_glimpses(path: Path, split: D.DigitSplit, predicted, centres, patch: in
         ax.axis("off")
     kind = "hard (one window)" if hard else "soft (expected centre)"
     fig.suptitle(f"Glimpses: {patch}x{patch} windows, {kind}, numbered in order", fontsize=9)
-    fig.tight_layout()
-    return _save(fig, path)
+    return H.save(fig, path, dpi=80)
 
 
 def plot_video(path: Path, by_frame, frames, predicted, labels, cfg: VideoConfig) -> Path:
-    plt = _pyplot()
+    plt = H.pyplot()
     F = len(by_frame)
     fig = plt.figure(figsize=(max(6.0, F * 0.75), 5.0))
     grid = fig.add_gridspec(2, F, height_ratios=[2.2, 1.2])
@@ -145,5 +126,4 @@ def plot_video(path: Path, by_frame, frames, predicted, labels, cfg: VideoConfig
         a.set_yticks([])
         if f == 0:
             a.set_ylabel(f"a {labels[i]}:\nguesses", fontsize=8)
-    fig.tight_layout()
-    return _save(fig, path)
+    return H.save(fig, path, dpi=80)
