@@ -37,6 +37,7 @@ import numpy as np
 from jax import lax
 
 from rnn_jax.errors import UserError
+from rnn_jax.losses import check_token_ids
 from rnn_jax.scan import run
 
 Array = jax.Array
@@ -195,12 +196,17 @@ def prime(step_fn: StepFn, params, carry, tokens_P) -> tuple[Any, Array]:
     """Feed a prefix through ``step_fn`` (one scan); return the carry and the logits after the last token.
 
     ``h_P, logits = step(... step(step(h_0, x_1), x_2) ..., x_P)``. ``tokens_P`` is ``[P]``, ``P >= 1``.
+    Concrete tokens must lie in ``[0, V)``, ``V`` the size of the step's logits (the tokens it is fed are
+    drawn from them): :func:`rnn_jax.losses.check_token_ids`; traced ones (under ``jit``) are not checked.
     """
     tokens_P = jnp.asarray(tokens_P)
     if tokens_P.ndim != 1 or tokens_P.shape[0] < 1:
         raise UserError(f"the prime must be a non-empty [P] vector of token ids, got shape {tokens_P.shape}")
     if not jnp.issubdtype(tokens_P.dtype, jnp.integer):
         raise TypeError(f"prime tokens must be integers, got dtype {tokens_P.dtype}")
+    if _concrete(tokens_P):
+        _, logits_V = jax.eval_shape(step_fn, params, carry, tokens_P[0].astype(jnp.int32))  # shapes only
+        check_token_ids(tokens_P, logits_V.shape[-1], "prime tokens")
 
     def cell(p, c, x_1):
         return step_fn(p, c, x_1[0])

@@ -184,7 +184,7 @@ def test_the_lecture_hello_example():
 
     def loss(p):  # the lecture's loss: the sum over steps of the per-step cross-entropy
         _, logits = R.run(R.vanilla_cell, p, None, jax.nn.one_hot(ids[:-1], len(vocab)))
-        return Ls.sequence_cross_entropy(logits, ids[1:]).sum_over_steps, logits
+        return Ls.sequence_cross_entropy(logits[None], ids[None, 1:]).sum_over_steps, logits
 
     @jax.jit
     def train(p):
@@ -319,3 +319,15 @@ def test_prime_outside_the_vocabulary_names_the_symbols():
         D.check_prime(np.array([1, 7]), {"h": 0, "e": 1})
     with pytest.raises(UserError, match="empty"):
         D.check_prime("", "helo")
+
+
+def test_prime_token_ids_outside_the_logits_vocabulary_are_named():
+    """prime checks concrete ids against V, the size of the step's logits (an embedding would clamp them)."""
+    table, _ = _table(3)
+    with pytest.raises(UserError, match=rf"prime tokens hold the token id {V} at index \(2,\).*\[0, {V}\): encode"):
+        D.prime(table_step, table, jnp.int32(0), jnp.array([1, 0, V]))
+    with pytest.raises(UserError, match=r"prime tokens hold the token id -2 at index \(0,\)"):
+        D.prime(table_step, table, jnp.int32(0), np.array([-2]))
+    # Under jit the ids are tracers: not checked (documented), the call runs.
+    _, logits = jax.jit(D.prime, static_argnums=0)(table_step, table, jnp.int32(0), jnp.array([1, V]))
+    assert logits.shape == (V,)
