@@ -231,6 +231,9 @@ def test_vanilla_stack_emits_logits_from_its_own_head():
     cfg = charlm.CharLMConfig(cell="vanilla", layers=2)
     _, logits = charlm.forward(vanilla, cfg, charlm.zero_carries(cfg, vanilla, 3), np.zeros((3, 4), int))
     assert logits.shape == (3, 4, 7)
+    bad_id = r"inputs hold the token id 7 at index \(1, 2\).*outside the vocabulary \[0, 7\)"
+    with pytest.raises(UserError, match=bad_id):
+        charlm.forward(vanilla, cfg, charlm.zero_carries(cfg, vanilla, 2), np.array([[0, 1, 2], [3, 4, 7]]))
 
 
 def _train_argv(text_file, out, steps, checkpoint_every=100):

@@ -29,7 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from rnn_jax import checkpoint, decode
+from rnn_jax import checkpoint, decode, losses
 from rnn_jax import harness as H
 from rnn_jax import train as T
 from rnn_jax.cells import CELLS
@@ -216,7 +216,12 @@ def _run_kwargs(cfg: CharLMConfig) -> dict:
 
 
 def forward(params: LMParams, cfg: CharLMConfig, carries, x_BT, *, key=None):
-    """Logits ``[B, T, V]`` for inputs ``[B, T]`` from the given per-layer carries; returns ``(carries, logits)``."""
+    """Logits ``[B, T, V]`` for inputs ``[B, T]`` from the given per-layer carries; returns ``(carries, logits)``.
+
+    Input ids outside ``[0, V)`` are a :class:`UserError` when the call is eager (concrete values); under
+    ``jit`` check them where the data enters (:func:`rnn_jax.losses.check_token_ids`).
+    """
+    losses.check_token_ids(x_BT, _vocab_size(params), "inputs")
     finals, h_BTH = run_stack(
         CELLS[cfg.cell],
         params.layers,
@@ -328,7 +333,7 @@ def generate(
     Every character of ``prime`` must be in ``vocab``.
     """
     decode.check_sampling_args(vocab.size, max_len=length, temperature=temperature, top_k=top_k, top_p=top_p)
-    prime_P = decode.check_prime(prime, vocab.chars)
+    prime_P = losses.check_token_ids(decode.check_prime(prime, vocab.chars), vocab.size, "prime tokens")
     tokens = _generate(
         T.cast_floating(params, compute_dtype),
         jnp.asarray(prime_P),
