@@ -1,5 +1,7 @@
 """The memory benchmark: remat options give the same gradients, and sqrt(T) checkpointing saves memory."""
 
+import json
+
 import jax
 import numpy as np
 import pytest
@@ -34,13 +36,27 @@ def test_sqrt_checkpointing_grows_like_sqrt_T_and_the_measured_peak_agrees():
     # A real run in a fresh process: its peak RSS rises by about what the analysis says.
     measured = M.measured_memory(32_000, "none", timeout=120, **kw)
     assert 0.5 * none_big.temp_bytes <= measured["measured_bytes"] <= 2 * none_big.compiled_bytes + 32 * M.MiB
-    assert np.isfinite(measured["loss"]) and measured["seconds"] > 0
+    # The child ran the same problem: its loss is the one computed here.
+    loss_here, _ = M._grad_fn("none", False)(*M.make_problem(32_000, hidden=64, vocab=2))
+    np.testing.assert_allclose(measured["loss"], loss_here, rtol=1e-6)
+    assert measured["seconds"] > 0
 
 
-def test_cli_prints_a_table_and_rejects_bad_input(capsys):
+def test_cli_prints_a_table_and_rejects_bad_input(capsys, tmp_path):
     args = ["--T", "9", "--remat", "sqrt", "--hidden", "3", "--vocab", "2", "--projection", "in-loop"]
-    assert M.cli_main(args) == 0
-    assert "| 9 | sqrt | in loop |" in capsys.readouterr().out
+    out_json = tmp_path / "rows.json"
+    assert M.cli_main(args + ["--json", str(out_json)]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("vanilla RNN H=3, I=O=2, batch 1, float32")
+    (row,) = [line for line in out.splitlines() if line.startswith("| 9 |")]
+    T, remat, where, temp, total, measured, seconds = (c.strip() for c in row.strip("|").split("|"))
+    assert (T, remat, where, measured, seconds) == ("9", "sqrt", "in loop", "-", "-")  # no --measure: no run
+    assert 0 <= float(temp) <= float(total)
+    (saved,) = json.loads(out_json.read_text())
+    assert (saved["T"], saved["remat"], saved["hoist"], saved["measured_bytes"]) == (9, "sqrt", False, None)
+    assert 0 < saved["temp_bytes"] <= saved["compiled_bytes"] and float(total) == round(
+        saved["compiled_bytes"] / M.MiB, 1
+    )
     with pytest.raises(UserError, match="positive"):
         M.cli_main(["--T", "0"])
     with pytest.raises(SystemExit):
