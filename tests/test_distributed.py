@@ -1,6 +1,6 @@
 """Multi-process training on JAX's distributed runtime, with real processes on 127.0.0.1 (gloo collectives).
 
-The worker below is a small char-LM trainer built from library parts only (a two-layer GRU over
+The worker below is a small char-LM trainer built from library parts only (a GRU over
 ``run_stack``, truncated BPTT over B streams with the carry in the state, ``make_train_step`` on a mesh,
 the harness's ``fit`` with a process-0 checkpointer): what the apps do, in one page. Each process builds
 only its own rows of every batch (``process_rows``), so the carried state stays with its stream.
@@ -47,7 +47,8 @@ WORKER = textwrap.dedent(
     def loss_fn(params, carries, batch, key):
         x_BW, y_BW = batch
         xs = jax.nn.one_hot(x_BW, V, dtype=params["head"].dtype)
-        carries, hs = R.run_stack(R.gru_cell, params["layers"], carries, xs, dropout_rate=0.25, key=key)
+        xs = jnp.where(jax.random.bernoulli(key, 0.9, xs.shape), xs / 0.9, 0.0)  # input dropout: keys must agree
+        carries, hs = R.run_stack(R.gru_cell, params["layers"], carries, xs, unroll=1)  # unroll 1: quick to compile
         logits = hs @ params["head"] + params["bias"]
         loss = optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), y_BW).mean()
         return loss, ({}, carries)
@@ -66,10 +67,10 @@ WORKER = textwrap.dedent(
             return window[:, :-1], window[:, 1:]
 
     k = jax.random.split(jax.random.key(0), 3)
-    params = {"layers": [R.gru_init(k[0], V, H), R.gru_init(k[1], H, H)],
+    params = {"layers": [R.gru_init(k[0], V, H)],
               "head": 0.3 * jax.random.normal(k[2], (H, V)), "bias": jnp.zeros((V,))}
     opt = T.make_optimizer(3e-2, total_steps=steps, warmup_steps=2)
-    state = T.init_state(params, opt, jax.random.key(3), carry=[jnp.zeros((B, H)), jnp.zeros((B, H))])
+    state = T.init_state(params, opt, jax.random.key(3), carry=[jnp.zeros((B, H))])
     if checkpoint.latest(out):
         state, _ = checkpoint.restore(out, state)  # every process reads the same (global) state
     ck = D.MainProcessCheckpointer(checkpoint.Checkpointer(out))
