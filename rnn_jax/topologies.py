@@ -291,11 +291,12 @@ class DecoderState(NamedTuple):
 
 
 class Seq2SeqOutput(NamedTuple):
-    """Teacher-forced outputs: ``logits [..., T, V]``, ``attention [..., T, S]`` (zeros without attention),
-    and the decoder tokens actually read (``inputs [..., T]``: the target or the model's own)."""
+    """Teacher-forced outputs: ``logits [..., T, V]``, ``attention [..., T, S]`` (``None`` for a model
+    without attention: there are no weights to show), and the decoder tokens actually read
+    (``inputs [..., T]``: the target or the model's own)."""
 
     logits: Array
-    attention: Array
+    attention: Array | None
     inputs: Array
 
 
@@ -440,7 +441,7 @@ def _decoder_cells(p: Seq2SeqParams, carries, x, *, dropout: float, key):
 
 
 def _decoder_step(ctx: DecoderContext, state: DecoderState, token, *, dropout: float = 0.0, key=None):
-    """One decoder step on one example: ``(state, logits [V], attention weights [S])``.
+    """One decoder step on one example: ``(state, logits [V], attention weights [S] or None without attention)``.
 
     With ``dropout`` and a ``key``: dropout between decoder layers and on the features the output layer
     reads (training only; decoding passes no key).
@@ -448,7 +449,6 @@ def _decoder_step(ctx: DecoderContext, state: DecoderState, token, *, dropout: f
     p = ctx.params
     k_cells, k_out = jax.random.split(key) if key is not None else (None, None)
     e_E = p.tgt_embed[token]
-    S = ctx.memory_SM.shape[0]
     cells = partial(_decoder_cells, p, dropout=dropout, key=k_cells)
     if isinstance(p.attention, BahdanauParams):
         # Bahdanau: attend with the previous (top) state, read [embedding; context], predict from [state; context].
@@ -465,7 +465,7 @@ def _decoder_step(ctx: DecoderContext, state: DecoderState, token, *, dropout: f
         return DecoderState(c, h_att), dense(p.out, inverted_dropout(k_out, dropout, h_att)), w_S
     c, s_H = cells(state.cell, e_E)
     y = dense(p.out, inverted_dropout(k_out, dropout, s_H))
-    return DecoderState(c, state.feed), y, jnp.zeros((S,), jnp.float32)
+    return DecoderState(c, state.feed), y, None
 
 
 def decoder_step_fn(ctx: DecoderContext, state: DecoderState, token) -> tuple[DecoderState, Array]:
@@ -534,14 +534,14 @@ def encoder_decoder_apply(
       params: from :func:`encoder_decoder_init`.
       src: ``[..., S]`` source token ids; ``src_len``: ``[...]`` lengths (``>= 1``).
       tgt_in: ``[..., T]`` decoder inputs (``[BOS, y_1, ..., y_{T-1}]``).
-      tgt_len: optional ``[...]`` lengths: steps past them output zeros (logits and attention).
+      tgt_len: optional ``[...]`` lengths: steps past them output zeros (logits and attention weights).
       teacher_forcing: the probability of reading the target at each step.
       key: PRNG key, needed when ``teacher_forcing`` is not the constant 1 or ``dropout > 0``.
       dropout: the probability of zeroing a feature between stacked layers (encoder and decoder) and
         of the features the output layer reads (training; decoding uses no dropout).
 
     Returns:
-      :class:`Seq2SeqOutput` ``(logits [..., T, V], attention [..., T, S], inputs [..., T])``.
+      :class:`Seq2SeqOutput` ``(logits [..., T, V], attention [..., T, S] or None, inputs [..., T])``.
     """
     src, tgt_in, src_len = jnp.asarray(src), jnp.asarray(tgt_in), jnp.asarray(src_len)
     batch = src.shape[:-1]

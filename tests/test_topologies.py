@@ -205,14 +205,18 @@ def _reference_seq2seq_one(params, src_S, n_src, tgt_T):
     logits, weights = [], []
     for t in range(len(tgt_T)):
         e = params.tgt_embed[tgt_T[t]]
-        if isinstance(params.attention, Tp.BahdanauParams):
+        if params.attention is None:
+            x = e
+        elif isinstance(params.attention, Tp.BahdanauParams):
             ctx, w = attend(hid(carries[-1]))
             x = jnp.concatenate([e, ctx])
         else:
             x = jnp.concatenate([e, feed])
         for i, layer in enumerate(layers):
             carries[i], x = cell(layer, carries[i], x)
-        if isinstance(params.attention, Tp.BahdanauParams):
+        if params.attention is None:
+            out, w = x @ params.out.W + params.out.b, None
+        elif isinstance(params.attention, Tp.BahdanauParams):
             out = jnp.concatenate([x, ctx]) @ params.out.W + params.out.b
         else:
             ctx, w = attend(x)
@@ -221,7 +225,18 @@ def _reference_seq2seq_one(params, src_S, n_src, tgt_T):
             out = feed @ params.out.W + params.out.b
         logits.append(out)
         weights.append(w)
-    return jnp.stack(logits), jnp.stack(weights)
+    return jnp.stack(logits), None if params.attention is None else jnp.stack(weights)
+
+
+def test_without_attention_the_weights_are_none_and_the_logits_a_hand_written_loop():
+    params = _init(5, cell="gru", bidirectional=True, attention=None, encoder_layers=2, decoder_layers=2)
+    _, src, tgt_in = _seq2seq("luong")
+    out = apply(params, src, SRC_LEN, tgt_in)
+    assert out.attention is None and out.logits.shape == (B, T, V_TGT)
+    for b in range(B):
+        logits, weights = _reference_seq2seq_one(params, src[b], int(SRC_LEN[b]), tgt_in[b])
+        assert weights is None
+        _close(out.logits[b], logits, rtol=1e-4, atol=1e-5)
 
 
 @pytest.mark.parametrize(("attention", "cell", "bidirectional"), [("luong", "lstm", True), ("bahdanau", "gru", False)])
