@@ -56,7 +56,8 @@ class Cell:
       readout: ``(params, z) -> y``: the output head (identity for LSTM and GRU).
       init_carry: ``(params) -> carry``: the zero carry of one example.
       input_size: ``(params) -> int``: the feature size ``I`` that ``x`` must have.
-      doc: the cell's equations.
+      doc: the cell's equations; they become the instance's ``__doc__``, so ``help(rnn_jax.gru_cell)``
+        shows them (a cell without ``doc`` shows this class's).
       saved: names (``jax.ad_checkpoint.checkpoint_name``) of the step's pre-activations from which
         its backward pass can be computed with elementwise work alone; where :func:`rnn_jax.run`
         chooses to, it stores only these per step and recomputes the gate nonlinearities.
@@ -70,6 +71,13 @@ class Cell:
     input_size: Callable[[Params], int]
     doc: str = ""
     saved: tuple[str, ...] = ()
+
+    def __post_init__(self):
+        if self.doc:  # pydoc shows an instance's own __doc__ (with its repr) instead of its class's
+            object.__setattr__(self, "__doc__", self.doc)
+
+    def __repr__(self) -> str:
+        return f"<Cell {self.name!r}>"
 
     def __call__(self, params: Params, carry: Carry, x: Array) -> tuple[Carry, Any]:
         carry, z = self.step(params, carry, self.project(params, x))

@@ -1,5 +1,7 @@
 """Cells against independent references: hand-written float64 BPTT, numpy loops, flax.linen, finite differences."""
 
+import pydoc
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -170,3 +172,22 @@ def test_initialisers(key):
 def test_init_rejects_bad_sizes(key, bad):
     with pytest.raises(ValueError, match="hidden_size must be a positive integer"):
         R.lstm_init(key, I, bad)
+
+
+@pytest.mark.parametrize(
+    ("cell", "equation"),
+    [
+        (R.vanilla_cell, "h_t = tanh(W_hh h_{t-1} + W_xh x_t + b_h)"),
+        (R.lstm_cell, "c_t = sigmoid(f) * c_{t-1} + sigmoid(i) * tanh(g)"),
+        (R.gru_cell, "h_t = (1 - z) * n + z * h_{t-1}"),
+    ],
+)
+def test_help_of_each_cell_shows_its_equations(cell, equation):
+    text = pydoc.render_doc(cell, renderer=pydoc.plaintext)
+    assert equation in text and f"<Cell {cell.name!r}>" in text
+    assert "class Cell" not in text  # not the generic class's page
+    others = {c.doc for c in R.CELLS.values()} - {cell.doc}
+    assert not any(doc.splitlines()[0] in text for doc in others)
+    # A cell built without equations falls back to the Cell class's documentation.
+    bare = R.Cell("mine", cell.project, cell.step, cell.readout, cell.init_carry, cell.input_size)
+    assert "class Cell" in pydoc.render_doc(bare, renderer=pydoc.plaintext)
