@@ -98,12 +98,20 @@ def test_g2p_on_cmudict_split_sizes():
 
 def test_vocab_round_trip_and_unknown_symbol_error():
     v = P.Vocab.build(["abc", "cd"])
-    assert v.symbols[:3] == P.SPECIALS and len(v) == 7
+    assert v.symbols == (*P.SPECIALS, P.UNK, "a", "b", "c", "d") and v.has_unknown
     ids = v.encode("cab")
-    assert v.decode(ids + [P.EOS, v.encode("d")[0]]) == ("c", "a", "b")
+    assert ids == [6, 4, 5] and v.decode(ids + [P.EOS, v.encode("d")[0]]) == ("c", "a", "b")
     assert P.Vocab.from_json(v.to_json()) == v
-    with pytest.raises(UserError, match=r"'cxz'.*\['x', 'z'\]"):
+    with pytest.raises(UserError, match=r"'cxz'.*\['x', 'z'\]; known: a b c d$"):
         v.encode("cxz")
+    # Evaluating a split the vocabulary was not built from: unseen (and reserved) symbols read as <unk>.
+    assert v.encode(["c", "x", "<s>", "a"], unknown=True) == [6, P.UNK_ID, P.UNK_ID, 4]
+    assert v.decode([6, P.UNK_ID, 4]) == ("c", P.UNK, "a")  # <unk> stays: it matches no reference
+    # A vocabulary written before <unk> existed still loads; there an unseen symbol stays an error.
+    old = P.Vocab.from_json(["<pad>", "<s>", "</s>", "a", "b"])
+    assert not old.has_unknown and old.encode("ba") == [4, 3]
+    with pytest.raises(UserError, match=r"\['x'\]"):
+        old.encode("ax", unknown=True)
 
 
 def test_pairs_file(tmp_path):
@@ -169,3 +177,11 @@ def test_batches_cover_every_row_once_with_masks():
     assert sorted(seen) == list(range(103))
     shuffled = [int(i) for b in P.batches(enc, 16, rng=np.random.default_rng(0)) for i in b.index if i >= 0]
     assert sorted(shuffled) == list(range(103)) and shuffled != sorted(shuffled)
+
+
+def test_pairs_file_that_is_not_utf8_names_the_byte_and_line(tmp_path):
+    path = tmp_path / "latin1.tsv"
+    path.write_bytes(b"ab\tba\r\nabc\tcba\nna\xefve\tevian\n")
+    with pytest.raises(UserError, match=r"is not UTF-8 text \(byte 0xef on line 3\); save it as UTF-8") as err:
+        P.load_pairs_file(path)
+    assert "\n" not in str(err.value) and err.value.__suppress_context__

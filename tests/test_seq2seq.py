@@ -7,12 +7,27 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from rnn_jax import cli, topologies
 from rnn_jax.apps import seq2seq as S
 from rnn_jax.data import pairs as P
 from rnn_jax.errors import UserError
 from rnn_jax.losses import token_cross_entropy
 
 TINY = dict(embed_size=8, hidden_size=24, batch_size=32, eval_batch_size=32, warmup_steps=20, eval_every=100)
+
+
+def _greedy_reference(params, src_ids: list[int], max_len: int, stop: bool = True) -> list[int]:
+    """Greedy decoding as a plain Python loop over the decoder's token step: ``argmax`` fed back each step."""
+    src = jnp.asarray(src_ids, jnp.int32)
+    ctx, state, logits = topologies.decoder_start(params, src, jnp.int32(len(src_ids)), P.BOS)
+    out = []
+    for _ in range(max_len):
+        token = int(jnp.argmax(logits))
+        out.append(token)
+        if stop and token == P.EOS:
+            break
+        state, logits = topologies.decoder_step_fn(ctx, state, jnp.int32(token))
+    return out
 
 
 def _tiny_reverse():
@@ -23,21 +38,25 @@ def _tiny_reverse():
 def trained(tmp_path_factory):
     """Reversal of strings up to length 5, learned in a few hundred steps; kept for the other tests."""
     out = tmp_path_factory.mktemp("reverse")
-    config = S.Config(task="reverse", steps=300, learning_rate=1e-2, beam=3, out=str(out), progress=False, **TINY)
-    summary = S.train(config, task=_tiny_reverse(), log=lambda msg: None)
-    return summary, out
+    config = S.Config(task="reverse", steps=400, learning_rate=1e-2, beam=3, out=str(out), verbose=False, **TINY)
+    return S.train(config, task=_tiny_reverse(), log=lambda msg: None), out
 
 
 def test_learns_reversal_and_writes_the_run(trained):
-    summary, out = trained
+    result, out = trained
+    summary = result.summary()
     assert summary["exact_match"] >= 0.9, summary
     assert summary["wer"] == pytest.approx(1 - summary["exact_match"])
-    assert 0 <= summary["token_error_rate"] < 0.1 and summary["steps"] == 300 and summary["n"] == 100
+    assert 0 <= summary["token_error_rate"] < 0.1 and summary["steps"] == 400 and summary["n"] == 100
     assert {"greedy", "beam3", "elapsed_s", "hardware"} <= set(summary)
     for name in ("latest.ckpt", "best.ckpt", "metrics.jsonl", "loss.png", "attention.png", "summary.json"):
         assert (out / name).is_file(), name
     evals = [json.loads(line) for line in open(out / "metrics.jsonl") if '"eval"' in line]
     assert evals and "val_token_error_rate" in evals[-1]
+    # From Python: the result carries the final model, the best one's validation WER is what best.ckpt holds.
+    assert result.best_val_wer <= result.final_val_wer and 0 <= result.best_step <= 400
+    assert S.translate(result.model, ["abcde"]) == ["edcba"]
+    assert json.loads((out / "summary.json").read_text())["exact_match"] == result.exact_match
 
 
 def test_translate_from_checkpoint(trained):
@@ -47,7 +66,7 @@ def test_translate_from_checkpoint(trained):
     assert S.translate(model, ["abcde"], beam=3) == ["edcba"]
     with pytest.raises(UserError, match=r"outside the vocabulary: \['#', 'A'\]"):
         S.translate(model, ["aA#"])
-    with pytest.raises(UserError, match="beam width must be an integer >= 1, got 0"):
+    with pytest.raises(UserError, match="beam must be an integer >= 1, got 0"):
         S.translate(model, ["abc"], beam=0)
 
 
@@ -91,8 +110,17 @@ def test_scheduled_sampling_loss(key):
     # Ratio 1 reads the target at every step: the teacher-forced loss, per token.
     forced, _ = S.loss_fn(params, {**batch}, key, scheduled=False)
     np.testing.assert_allclose(grad_fn(params, 1.0)[0], forced, rtol=1e-5)
+    # Ratio 0 reads the model's own argmax at every step after <s>: the teacher-forced loss of the inputs
+    # that a greedy Python loop feeds itself (not stopping at </s>: the loss masks by the target lengths).
     loss, grads = grad_fn(params, 0.0)
-    assert np.isfinite(loss) and all(np.all(np.isfinite(g)) for g in jax.tree.leaves(grads))
+    T = b.tgt_in.shape[1]
+    free_in = [
+        [P.BOS] + _greedy_reference(params, list(src[:n]), T - 1, stop=False) for src, n in zip(b.src, b.src_len)
+    ]
+    free = {**batch, "tgt_in": jnp.asarray(free_in, jnp.int32)}
+    np.testing.assert_allclose(loss, S.loss_fn(params, free, key, scheduled=False)[0], rtol=1e-5)
+    assert not np.allclose(loss, forced)  # the free-running inputs differ from the targets here
+    assert all(np.all(np.isfinite(g)) for g in jax.tree.leaves(grads))
     schedule = S.teacher_forcing_schedule(S.Config(teacher_forcing=0.5, teacher_forcing_decay_steps=100))
     assert [schedule(0), schedule(50), schedule(100), schedule(1000)] == [1.0, 0.75, 0.5, 0.5]
 
@@ -129,8 +157,12 @@ def test_cli_pairs_file_with_word_targets_and_resume(tmp_path, capsys):
     assert S.cli_main(argv + ["--resume"]) == 0
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["steps"] == 6
     assert S.cli_main(["translate", "--ckpt", str(out), "abc"]) == 0
-    src, output = capsys.readouterr().out.rstrip("\n").split("\t")  # an untrained model may output nothing
-    assert src == "abc" and set(output.split()) <= {"A", "B", "C"}
+    src, output = capsys.readouterr().out.rstrip("\n").split("\t")
+    # The printed output is the greedy decoding of the restored params, read back through the target words.
+    model = S.load_model(str(out))
+    ids = _greedy_reference(model.params, model.src_vocab.encode(tuple("abc")), model.max_len)
+    assert src == "abc" and output == " ".join(model.tgt_vocab.decode(ids))
+    assert model.tgt_vocab.symbols[P.UNK_ID + 1 :] == ("A", "B", "C") and model.source_unit == "char"
 
 
 def test_cli_stacked_layers_with_dropout_train_resume_and_translate(tmp_path, capsys):
@@ -147,22 +179,26 @@ def test_cli_stacked_layers_with_dropout_train_resume_and_translate(tmp_path, ca
         S.cli_main(shallow + ["--resume", "--no-progress"])
     assert S.cli_main(["translate", "--ckpt", str(out), "abc"]) == 0
     assert capsys.readouterr().out.startswith("abc\t")
-    # One-layer runs write the meta that runs from before --layers existed have, so those still resume.
-    assert "layers" not in S.model_meta(S.Config()) and S.model_meta(S.Config(layers=2))["layers"] == 2
 
 
 @pytest.mark.parametrize(
     "argv, message",
     [
-        (["train", "--task", "revers", "--steps", "1"], "unknown task 'revers'"),
+        (
+            ["train", "--task", "revers", "--steps", "1"],
+            "task must be one of reverse, sort, addition, dates, g2p .*got 'revers'",
+        ),
         (["train", "--task", "reverse", "--steps", "1", "--layers", "0"], "layers must be an integer >= 1, got 0"),
-        (["train", "--task", "reverse", "--steps", "1", "--dropout", "1"], r"dropout must lie in \[0, 1\), got 1.0"),
-        (["train", "--task", "reverse", "--steps", "1", "--beam", "0"], "beam width must be an integer >= 1, got 0"),
-        (["translate", "--ckpt", "/nonexistent", "--beam", "0", "x"], "beam width must be an integer >= 1, got 0"),
-        (["translate", "--ckpt", "/nonexistent", "x"], "no checkpoint"),
+        (
+            ["train", "--task", "reverse", "--steps", "1", "--dropout", "1"],
+            r"dropout must be a number in \[0, 1\), got 1.0",
+        ),
+        (["train", "--task", "reverse", "--steps", "1", "--beam", "0"], "beam must be an integer >= 1, got 0"),
+        (["translate", "--ckpt", "/nonexistent", "--beam", "0", "x"], "beam must be an integer >= 1, got 0"),
+        (["translate", "--ckpt", "/nonexistent", "x"], "no such checkpoint directory: /nonexistent"),
         (
             ["train", "--task", "reverse", "--steps", "1", "--batch", "6", "--devices", "4"],
-            "devices must be a positive integer that divides the batch size 6, got 4",
+            "devices must divide the batch size 6, got 4",
         ),
     ],
 )
@@ -180,5 +216,32 @@ def test_cli_bad_pairs_files(tmp_path):
     bad.write_text("ab\tba\nno tab here\n")
     with pytest.raises(UserError, match=r"bad.tsv:2: .*'no tab here'"):
         S.cli_main(["train", "--pairs", str(bad), "--steps", "1", "--out", str(tmp_path / "o")])
-    with pytest.raises(UserError, match="no checkpoint to resume"):
+    with pytest.raises(UserError, match="nothing to resume: .*fresh holds no checkpoint"):
         S.train(S.Config(steps=1, resume=True, out=str(tmp_path / "fresh"), **TINY), task=_tiny_reverse())
+
+
+def test_vocabulary_and_max_len_come_from_the_training_split(trained):
+    """A symbol that only validation or test holds reads as <unk> and counts as an error."""
+    train = [P.Pair(tuple(w), (tuple(w[::-1]),)) for w in ("ab", "ba", "abb", "bab")]
+    test = [P.Pair(tuple("abz"), (tuple("zba"),)), P.Pair(tuple("xyzxyzxyz"), (tuple("zyxzyxzyx"),))]
+    prep = S.prepare(S.Config(**TINY), P.Task("t", train, test[:1], test))
+    assert prep.src_vocab.symbols == (*P.SPECIALS, P.UNK, "a", "b") == prep.tgt_vocab.symbols
+    assert prep.max_len == 3 + 1 + 2  # the longest training target, </s>, slack; not the 9-token test target
+    assert prep.val.sources == [[4, 5, P.UNK_ID]] and prep.val.targets == [[P.UNK_ID, 5, 4]]
+    # The trained reversal model reverses "ab"; "ab#" has a symbol it never saw: an error, not a crash.
+    _, out = trained
+    model = S.load_model(str(out))
+    pairs = [P.Pair(tuple("ab#"), (tuple("#ba"),)), P.Pair(tuple("ab"), (tuple("ba"),))]
+    scores, hyps, _ = S.evaluate(model.params, pairs, model.src_vocab, model.tgt_vocab, S.make_decoder(model.max_len))
+    assert hyps[1] == ("b", "a") and "#" not in hyps[0]
+    assert scores.exact_match == 0.5 and scores.n == 2
+
+
+def test_cli_pairs_file_not_utf8_is_one_line_exit_2_and_writes_nothing(tmp_path, capsys):
+    bad = tmp_path / "latin1.tsv"
+    bad.write_bytes("ab\tba\ncaf\u00e9\t\u00e9fac\nabc\tcba\n".encode("latin-1"))
+    out = tmp_path / "run"
+    assert cli.main(["seq2seq", "train", "--pairs", str(bad), "--steps", "1", "--out", str(out)]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == "" and not out.exists()
+    assert captured.err.count("\n") == 1 and "is not UTF-8 text (byte 0xe9 on line 2)" in captured.err

@@ -38,6 +38,7 @@ import calendar
 import dataclasses
 import datetime
 import hashlib
+import io
 import json
 import os
 from collections.abc import Iterator, Sequence
@@ -52,6 +53,8 @@ __all__ = [
     "BOS",
     "EOS",
     "SPECIALS",
+    "UNK",
+    "UNK_ID",
     "TASKS",
     "SEEDS",
     "Pair",
@@ -74,6 +77,8 @@ __all__ = [
 
 PAD, BOS, EOS = 0, 1, 2
 SPECIALS = ("<pad>", "<s>", "</s>")
+UNK, UNK_ID = "<unk>", 3
+RESERVED = (*SPECIALS, UNK)
 TASKS = ("reverse", "sort", "addition", "dates", "g2p")
 SEEDS = {"reverse": 1001, "sort": 1002, "addition": 1003, "dates": 1004}
 LETTERS = "abcdefghijklmnopqrstuvwxyz"
@@ -127,7 +132,11 @@ def detokenize(tokens: Sequence[str], unit: str) -> str:
 
 @dataclasses.dataclass(frozen=True)
 class Vocab:
-    """Token <-> id, with ``<pad>`` = 0, ``<s>`` (BOS) = 1, ``</s>`` (EOS) = 2 first."""
+    """Token <-> id, with ``<pad>`` = 0, ``<s>`` (BOS) = 1, ``</s>`` (EOS) = 2 first, then ``<unk>`` = 3.
+
+    :meth:`build` always reserves ``<unk>`` (the id of a token the training split never showed); a
+    vocabulary read back from an older checkpoint may lack it, and then every unknown token is an error.
+    """
 
     symbols: tuple[str, ...]
 
@@ -136,33 +145,43 @@ class Vocab:
             raise ValueError(f"a vocabulary must start with {SPECIALS}, got {self.symbols[:3]}")
         if len(set(self.symbols)) != len(self.symbols):
             raise ValueError("a vocabulary must not repeat symbols")
+        if UNK in self.symbols and self.symbols.index(UNK) != UNK_ID:
+            raise ValueError(f"{UNK} must have id {UNK_ID}, got {self.symbols.index(UNK)}")
         object.__setattr__(self, "_index", {s: i for i, s in enumerate(self.symbols)})
 
     @classmethod
     def build(cls, sequences) -> Vocab:
-        """Every token seen in ``sequences`` (an iterable of token tuples), sorted, after the specials."""
+        """Every token seen in ``sequences`` (an iterable of token tuples), sorted, after the specials and ``<unk>``."""
         seen = set()
         for seq in sequences:
             seen.update(seq)
-        clash = seen & set(SPECIALS)
+        clash = seen & set(RESERVED)
         if clash:
             raise UserError(f"the data contains reserved symbols {sorted(clash)}")
-        return cls(SPECIALS + tuple(sorted(seen)))
+        return cls(RESERVED + tuple(sorted(seen)))
 
     def __len__(self) -> int:
         return len(self.symbols)
 
-    def encode(self, tokens: Sequence[str], *, what: str = "input") -> list[int]:
-        """Token ids of ``tokens``; a token outside the vocabulary is a :class:`UserError` naming it."""
-        unknown = [t for t in tokens if t not in self._index or t in SPECIALS]
-        if unknown:
-            known = " ".join(s for s in self.symbols[len(SPECIALS) :])
-            shown = sorted(set(unknown))
+    @property
+    def has_unknown(self) -> bool:
+        """Whether ``<unk>`` has an id (every vocabulary :meth:`build` makes has one)."""
+        return UNK in self._index
+
+    def encode(self, tokens: Sequence[str], *, what: str = "input", unknown: bool = False) -> list[int]:
+        """Token ids of ``tokens``. A token outside the vocabulary is a :class:`UserError` naming it, or with
+        ``unknown=True`` (evaluating a split the vocabulary was not built from) the id of ``<unk>``."""
+        if unknown and self.has_unknown:
+            return [self._index.get(t, UNK_ID) if t not in RESERVED else UNK_ID for t in tokens]
+        missing = [t for t in tokens if t not in self._index or t in RESERVED]
+        if missing:
+            known = " ".join(s for s in self.symbols if s not in RESERVED)
+            shown = sorted(set(missing))
             raise UserError(f"{what} {''.join(tokens)!r} has symbols outside the vocabulary: {shown}; known: {known}")
         return [self._index[t] for t in tokens]
 
     def decode(self, ids: Sequence[int]) -> tuple[str, ...]:
-        """Tokens of ``ids`` up to the first EOS, without PAD/BOS."""
+        """Tokens of ``ids`` up to the first EOS, without PAD/BOS (``<unk>`` stays, matching no reference)."""
         out = []
         for i in ids:
             i = int(i)
@@ -383,6 +402,20 @@ def make_g2p(
 # ---------------------------------------------------------------------------------------------------
 
 
+def _utf8_lines(path: str) -> list[str]:
+    """The file's lines, or a :class:`UserError` naming the first byte that is not UTF-8."""
+    with open(path, "rb") as f:
+        data = f.read()
+    try:
+        return list(io.StringIO(data.decode("utf-8"), newline=None))
+    except UnicodeDecodeError as err:
+        line = data[: err.start].count(b"\n") + 1
+        raise UserError(
+            f"pairs file {path!r} is not UTF-8 text (byte 0x{data[err.start]:02x} on line {line}); "
+            "save it as UTF-8 (e.g. iconv -t UTF-8)"
+        ) from None
+
+
 def load_pairs_file(
     path: str | os.PathLike,
     source_unit: str = "char",
@@ -399,27 +432,26 @@ def load_pairs_file(
     if not os.path.isfile(path):
         raise UserError(f"pairs file {path!r} does not exist")
     grouped: dict[str, list[tuple[str, ...]]] = {}
-    with open(path, encoding="utf-8") as f:
-        for lineno, raw in enumerate(f, start=1):
-            line = raw.rstrip("\r\n")
-            if not line.strip() or line.startswith("#"):
-                continue
-            fields = line.split("\t")
-            if len(fields) != 2:
-                raise UserError(
-                    f"{path}:{lineno}: expected 'source<TAB>target' (2 tab-separated fields), "
-                    f"got {len(fields)} field(s): {line!r}"
-                )
-            src, tgt = (tokenize(x, u) for x, u in zip(fields, (source_unit, target_unit), strict=True))
-            if not src or not tgt or not "".join(src).strip() or not "".join(tgt).strip():
-                raise UserError(f"{path}:{lineno}: source and target must both be non-empty, got {line!r}")
-            for tok in src + tgt:
-                if tok in SPECIALS:
-                    raise UserError(f"{path}:{lineno}: the reserved symbol {tok!r} is not allowed: {line!r}")
-            key = detokenize(src, source_unit)
-            targets = grouped.setdefault(key, [])
-            if tgt not in targets:
-                targets.append(tgt)
+    for lineno, raw in enumerate(_utf8_lines(path), start=1):
+        line = raw.rstrip("\r\n")
+        if not line.strip() or line.startswith("#"):
+            continue
+        fields = line.split("\t")
+        if len(fields) != 2:
+            raise UserError(
+                f"{path}:{lineno}: expected 'source<TAB>target' (2 tab-separated fields), "
+                f"got {len(fields)} field(s): {line!r}"
+            )
+        src, tgt = (tokenize(x, u) for x, u in zip(fields, (source_unit, target_unit), strict=True))
+        if not src or not tgt or not "".join(src).strip() or not "".join(tgt).strip():
+            raise UserError(f"{path}:{lineno}: source and target must both be non-empty, got {line!r}")
+        for tok in src + tgt:
+            if tok in RESERVED:
+                raise UserError(f"{path}:{lineno}: the reserved symbol {tok!r} is not allowed: {line!r}")
+        key = detokenize(src, source_unit)
+        targets = grouped.setdefault(key, [])
+        if tgt not in targets:
+            targets.append(tgt)
     if not grouped:
         raise UserError(f"pairs file {path!r} has no pairs (expected lines 'source<TAB>target')")
     if len(grouped) < 3:
@@ -443,7 +475,7 @@ def load_task(name: str, *, keep_stress: bool = False, pairs_file: str | None = 
     if name == "g2p":
         return make_g2p(keep_stress=keep_stress, **sizes)
     if name not in makers:
-        raise UserError(f"unknown task {name!r}; expected one of {', '.join(TASKS)} (or --pairs FILE.tsv)")
+        raise UserError(f"unknown task {name!r}; expected one of {', '.join(TASKS)} (or a pairs file)")
     return makers[name](**sizes)
 
 
@@ -471,14 +503,19 @@ class Encoded(NamedTuple):
     pair_index: list[int]
 
 
-def encode_pairs(pairs: Sequence[Pair], src_vocab: Vocab, tgt_vocab: Vocab, *, all_targets: bool = True) -> Encoded:
-    """Ids of every pair; with ``all_targets`` one row per target, else one row per pair (its first target)."""
+def encode_pairs(
+    pairs: Sequence[Pair], src_vocab: Vocab, tgt_vocab: Vocab, *, all_targets: bool = True, unknown: bool = False
+) -> Encoded:
+    """Ids of every pair; with ``all_targets`` one row per target, else one row per pair (its first target).
+
+    ``unknown=True`` maps tokens outside the vocabularies to ``<unk>`` (a split they were not built from).
+    """
     sources, targets, index = [], [], []
     for i, pair in enumerate(pairs):
-        src = src_vocab.encode(pair.source)
+        src = src_vocab.encode(pair.source, unknown=unknown)
         for tgt in pair.targets if all_targets else pair.targets[:1]:
             sources.append(src)
-            targets.append(tgt_vocab.encode(tgt, what="target"))
+            targets.append(tgt_vocab.encode(tgt, what="target", unknown=unknown))
             index.append(i)
     return Encoded(sources, targets, index)
 

@@ -36,15 +36,15 @@ loss), :mod:`~rnn_jax.apps.seq2seq.decoding` (greedy and beam), :mod:`~rnn_jax.a
 and :mod:`~rnn_jax.apps.seq2seq.cli`.
 """
 
-from rnn_jax.apps.seq2seq.cli import cli_main, config_from_args
-from rnn_jax.apps.seq2seq.config import ATTENTIONS, CELL_KINDS, MODEL_FIELDS, Config, check_config, model_meta
+from rnn_jax.apps.seq2seq.cli import TranslateConfig, cli_main, config_from_args
+from rnn_jax.apps.seq2seq.config import ATTENTIONS, CELL_KINDS, KIND, MODEL_FIELDS, Config, check_config
 from rnn_jax.apps.seq2seq.data import EpochBatches, Prepared, batch_arrays, prepare, teacher_forcing_schedule
 from rnn_jax.apps.seq2seq.decoding import decode_pairs, make_decoder
 from rnn_jax.apps.seq2seq.evaluation import attention_maps, evaluate
 from rnn_jax.apps.seq2seq.inference import Model, load_model, translate
-from rnn_jax.apps.seq2seq.model import init_params, loss_fn, teacher_forced_batch
+from rnn_jax.apps.seq2seq.model import init_params, loss_fn, make_optimizer, state_template, teacher_forced_batch
 from rnn_jax.apps.seq2seq.plots import plot_attention
-from rnn_jax.apps.seq2seq.training import train
+from rnn_jax.apps.seq2seq.training import TrainResult, checkpoint_meta, train
 
 __all__ = [
     "Config",
@@ -55,7 +55,12 @@ __all__ = [
     "ATTENTIONS",
     "MODEL_FIELDS",
     "check_config",
-    "model_meta",
+    "KIND",
+    "TrainResult",
+    "TranslateConfig",
+    "checkpoint_meta",
+    "make_optimizer",
+    "state_template",
     "prepare",
     "batch_arrays",
     "teacher_forcing_schedule",

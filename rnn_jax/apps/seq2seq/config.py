@@ -1,108 +1,97 @@
-"""The seq2seq trainer's config: one frozen dataclass, its checks, and the fields that fix a model's structure."""
+"""The seq2seq trainer's config: one frozen dataclass (its fields are the command line's flags) and its checks."""
 
 from __future__ import annotations
 
 import dataclasses
 
-import jax.numpy as jnp
-
+from rnn_jax import harness as H
 from rnn_jax.data import pairs as P
 from rnn_jax.errors import UserError
+from rnn_jax.harness import field, shared_field
 
-__all__ = ["Config", "CELL_KINDS", "ATTENTIONS", "MODEL_FIELDS", "COMPUTE_DTYPES", "model_meta", "check_config"]
+__all__ = ["Config", "KIND", "CELL_KINDS", "ATTENTIONS", "MODEL_FIELDS", "check_config"]
 
+KIND = "seq2seq"
 CELL_KINDS = ("lstm", "gru", "vanilla")
 ATTENTIONS = ("luong", "bahdanau", "none")
 
 
 @dataclasses.dataclass(frozen=True)
 class Config:
-    """Everything a run depends on. Model fields (``MODEL_FIELDS``) must match to restore a checkpoint."""
+    """Everything a run depends on; ``rnn-jax seq2seq train`` has one flag per field (``--hidden-size``...).
 
-    task: str = "addition"  # one of pairs.TASKS, ignored with `pairs`
-    pairs: str | None = None  # a TSV file of source<TAB>target lines
-    source_unit: str = "char"  # TSV only: "char" or "word" (space-separated tokens)
-    target_unit: str = "char"
-    keep_stress: bool = False  # g2p: keep the ARPAbet stress digits
-    cell: str = "lstm"
-    bidirectional: bool = True
-    attention: str = "luong"
-    embed_size: int = 64
-    hidden_size: int = 128
-    layers: int = 1  # depth of the encoder and of the decoder
-    dropout: float = 0.0  # between stacked layers and before the output layer, in training
-    batch_size: int = 128
-    learning_rate: float = 3e-3
-    warmup_steps: int = 200
-    weight_decay: float = 0.0
-    clip_norm: float = 1.0
-    teacher_forcing: float = 1.0  # final teacher-forcing ratio r (1: always read the target)
-    teacher_forcing_decay_steps: int = 0  # r decays linearly from 1 to `teacher_forcing` over these steps
-    steps: int | None = None
-    minutes: float | None = None
-    beam: int = 1  # width for the test metrics at the end (1: greedy only)
-    length_penalty: float = 0.0
-    eval_every: int = 500
-    eval_size: int = 1000  # validation sources decoded at every evaluation
-    eval_batch_size: int = 256
-    pad_multiple: int = 8
-    seed: int = 0
-    dtype: str = "float32"  # compute dtype of the train step; params, optimiser and loss stay float32
-    devices: int | None = None  # split each batch over this many devices (None: one device, no mesh)
-    out: str | None = "runs/seq2seq"
-    resume: bool = False
-    progress: bool = True
+    The data: a named ``task`` (:data:`rnn_jax.data.pairs.TASKS`), or a ``pairs`` file (a path) of
+    ``source<TAB>target`` lines, which replaces the task. The model fields (:data:`MODEL_FIELDS`) must match
+    a checkpoint's to resume it. ``out=None`` (Python only) trains without writing anything.
+    """
 
-
-MODEL_FIELDS = ("cell", "bidirectional", "attention", "embed_size", "hidden_size", "task", "keep_stress")
-NEWER_MODEL_FIELDS = {"layers": 1}
-"""Model fields added later, with the value that checkpoints written before them have: they enter a
-checkpoint's meta only when they differ from it, so older runs still resume and load."""
-
-
-def model_meta(config: Config) -> dict:
-    """The config fields that fix the params' structure (checked when a run is resumed)."""
-    meta = {k: getattr(config, k) for k in MODEL_FIELDS}
-    meta.update({k: getattr(config, k) for k, old in NEWER_MODEL_FIELDS.items() if getattr(config, k) != old})
-    return meta
+    task: str = field("addition", f"one of {', '.join(P.TASKS)} (ignored with pairs)", metavar="TASK")
+    pairs: str | None = field(None, "a UTF-8 file of source<TAB>target lines (replaces the task)", metavar="FILE.tsv")
+    source_unit: str = field("char", "pairs file: source tokens are characters or space-separated words",
+                             choices=("char", "word"))  # fmt: skip
+    target_unit: str = field("char", "pairs file: target tokens are characters or words", choices=("char", "word"))
+    keep_stress: bool = field(False, "g2p: keep the ARPAbet stress digits (AH0, OW1)")
+    cell: str = shared_field("cell", "lstm")
+    bidirectional: bool = field(True, "a bidirectional encoder (--unidirectional: forward only)")
+    attention: str = field("luong", "attention over the encoder outputs", choices=ATTENTIONS)
+    embed_size: int = shared_field("embed_size", 64)
+    hidden_size: int = shared_field("hidden_size", 128)
+    layers: int = shared_field("layers", 1)
+    dropout: float = shared_field("dropout", 0.0)
+    # training: the batches, scheduled sampling, the budget, the optimiser
+    batch_size: int = shared_field("batch_size", 128)
+    weight_decay: float = shared_field("weight_decay", 0.0)
+    teacher_forcing: float = field(1.0, "final teacher-forcing ratio r (1: the decoder always reads the target)")
+    teacher_forcing_decay_steps: int = field(0, "r decays linearly from 1 to teacher_forcing over these steps")
+    warmup_steps: int = shared_field("warmup_steps", 200)
+    steps: int | None = shared_field("steps")
+    minutes: float | None = shared_field("minutes")
+    learning_rate: float = shared_field("learning_rate", 3e-3)
+    clip_norm: float = shared_field("clip_norm", 1.0)
+    # evaluation
+    beam: int = field(1, "beam width of the test metrics at the end (1: greedy only)")
+    length_penalty: float = field(0.0, "beam ranking: log p / length ** length_penalty")
+    eval_every: int = shared_field("eval_every", 500)
+    checkpoint_every: int = shared_field("checkpoint_every", 500)
+    eval_size: int = field(1000, "validation sources decoded at every evaluation")
+    eval_batch_size: int = field(256, "sources per decoding batch (evaluation and translate)")
+    # computation
+    dtype: str = shared_field("dtype", "float32")
+    devices: int | None = shared_field("devices")
+    pad_multiple: int = field(8, "pad lengths to a multiple of this (fewer shapes to compile)")
+    # the run
+    seed: int = shared_field("seed", 0)
+    out: str | None = shared_field("out", "runs/seq2seq")
+    resume: bool = shared_field("resume", False)
+    verbose: bool = shared_field("verbose", True)
 
 
-COMPUTE_DTYPES = {"float32": None, "bfloat16": jnp.bfloat16}
+MODEL_FIELDS = ("cell", "bidirectional", "attention", "embed_size", "hidden_size", "layers", "task", "keep_stress")
+"""The fields that fix the params' structure and the vocabularies: a resumed run must match the checkpoint's."""
+
+_POSITIVE = ("beam", "eval_size", "eval_batch_size", "pad_multiple")
 
 
-def check_config(c: Config) -> None:
-    """Every setting in range, or a :class:`UserError` naming the field, what came and what is allowed."""
-    if c.pairs is None and c.task not in P.TASKS:
-        raise UserError(f"unknown task {c.task!r}; expected one of {', '.join(P.TASKS)} (or --pairs FILE.tsv)")
+def check_config(c: Config) -> Config:
+    """Every setting in range, or a :class:`UserError` naming the field, what came and what is allowed.
+
+    Returns the config with the budget filled in (:data:`rnn_jax.harness.DEFAULT_MINUTES` when neither
+    ``steps`` nor ``minutes`` is given) and ``task="pairs"`` when a ``pairs`` file is given.
+    """
+    c = H.check_config(c)
+    if c.pairs is not None:
+        c = dataclasses.replace(c, task="pairs")
+    elif c.task not in P.TASKS:
+        raise UserError(f"task must be one of {', '.join(P.TASKS)} (or give a pairs file), got {c.task!r}")
     if c.cell not in CELL_KINDS:
         raise UserError(f"cell must be one of {CELL_KINDS}, got {c.cell!r}")
     if c.attention not in ATTENTIONS:
         raise UserError(f"attention must be one of {ATTENTIONS}, got {c.attention!r}")
-    if not isinstance(c.beam, int) or c.beam < 1:
-        raise UserError(f"beam width must be an integer >= 1, got {c.beam!r}")
-    if not isinstance(c.layers, int) or c.layers < 1:
-        raise UserError(f"layers must be an integer >= 1, got {c.layers!r}")
-    if not 0.0 <= c.dropout < 1.0:
-        raise UserError(f"dropout must lie in [0, 1), got {c.dropout}")
-    if not 0.0 <= c.teacher_forcing <= 1.0:
-        raise UserError(f"teacher forcing ratio must lie in [0, 1], got {c.teacher_forcing}")
-    if c.dtype not in COMPUTE_DTYPES:
-        raise UserError(f"dtype must be one of {sorted(COMPUTE_DTYPES)}, got {c.dtype!r}")
-    if c.devices is not None and (not isinstance(c.devices, int) or c.devices < 1 or c.batch_size % c.devices):
-        raise UserError(
-            f"devices must be a positive integer that divides the batch size {c.batch_size}, got {c.devices!r}"
-        )
-    for name in (
-        "embed_size",
-        "hidden_size",
-        "batch_size",
-        "eval_every",
-        "eval_size",
-        "eval_batch_size",
-        "pad_multiple",
-    ):
-        value = getattr(c, name)
-        if not isinstance(value, int) or value < 1:
-            raise UserError(f"{name} must be a positive integer, got {value!r}")
-    if c.length_penalty < 0:
-        raise UserError(f"length penalty must be >= 0, got {c.length_penalty}")
+    for name in _POSITIVE:
+        H.check_int(name, getattr(c, name))
+    H.check_int("teacher_forcing_decay_steps", c.teacher_forcing_decay_steps, 0)
+    H.check_number("teacher_forcing", c.teacher_forcing, low=0.0, high=1.0, closed="[]")
+    H.check_number("length_penalty", c.length_penalty, closed="[)")
+    if c.devices is not None and c.batch_size % c.devices:
+        raise UserError(f"devices must divide the batch size {c.batch_size}, got {c.devices!r}")
+    return c

@@ -17,15 +17,16 @@ class Prepared(NamedTuple):
     src_vocab: P.Vocab
     tgt_vocab: P.Vocab
     train: P.Encoded
-    val: P.Encoded  # every target (teacher-forced validation loss)
-    max_len: int  # decoding length: longest target + </s> + slack
+    val: P.Encoded  # every target (teacher-forced validation loss), unseen symbols as <unk>
+    max_len: int  # decoding length: longest training target + </s> + slack
 
 
 def prepare(config: Config, task: P.Task | None = None) -> Prepared:
-    """Load the task (unless given) and build vocabularies over the symbols of all splits.
+    """Load the task (unless given); build the vocabularies and the decoding length from the training split.
 
-    Symbols that only occur in validation or test get an (untrained) id rather than failing: a TSV file
-    may hold a rare character in its test part alone.
+    Nothing about validation or test shapes the model: a symbol that only they hold is read as ``<unk>``
+    (a source symbol) or can never be produced (a target symbol), so it counts as an error, and
+    ``max_len = L + 1 + max(2, L // 4)`` with ``L`` the longest training target (plus ``</s>`` and slack).
     """
     if task is None:
         task = P.load_task(
@@ -34,16 +35,15 @@ def prepare(config: Config, task: P.Task | None = None) -> Prepared:
             pairs_file=config.pairs,
             **({"source_unit": config.source_unit, "target_unit": config.target_unit} if config.pairs else {}),
         )
-    every = task.train + task.val + task.test
-    src_vocab = P.Vocab.build(p.source for p in every)
-    tgt_vocab = P.Vocab.build(t for p in every for t in p.targets)
-    longest = max(len(t) for p in every for t in p.targets)
+    src_vocab = P.Vocab.build(p.source for p in task.train)
+    tgt_vocab = P.Vocab.build(t for p in task.train for t in p.targets)
+    longest = max(len(t) for p in task.train for t in p.targets)
     return Prepared(
         task,
         src_vocab,
         tgt_vocab,
         P.encode_pairs(task.train, src_vocab, tgt_vocab),
-        P.encode_pairs(task.val, src_vocab, tgt_vocab),
+        P.encode_pairs(task.val, src_vocab, tgt_vocab, unknown=True),
         longest + 1 + max(2, longest // 4),
     )
 
@@ -57,6 +57,7 @@ class EpochBatches:
     def __init__(self, data: P.Encoded, batch_size: int, seed: int, pad_multiple: int, tf_schedule):
         self.data, self.batch_size, self.seed, self.pad_multiple = data, batch_size, seed, pad_multiple
         self.tf_schedule = tf_schedule
+        self.items_per_step = batch_size
         self._epoch, self._batches = None, []
         self.n = len(self._make(0))
 

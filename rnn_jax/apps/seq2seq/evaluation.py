@@ -15,7 +15,7 @@ __all__ = ["evaluate", "val_loss", "examples", "attention_maps"]
 
 def evaluate(params, pairs: list[P.Pair], src_vocab: P.Vocab, tgt_vocab: P.Vocab, decoder, *, batch_size: int = 256):
     """Decode every pair's source and score against all its targets: ``(Scores, hypotheses, log_probs)``."""
-    sources = [src_vocab.encode(p.source) for p in pairs]
+    sources = [src_vocab.encode(p.source, unknown=True) for p in pairs]
     ids, logp = decode_pairs(params, sources, decoder, batch_size)
     hyps = [tgt_vocab.decode(t) for t in ids]
     return M.score(hyps, [p.targets for p in pairs]), hyps, logp
@@ -45,7 +45,7 @@ def attention_maps(params, pairs: list[P.Pair], src_vocab, tgt_vocab, decoder, b
 
     The greedy output (with ``</s>``) is fed back teacher-forced to read the weights each step used.
     """
-    sources = [src_vocab.encode(p.source) for p in pairs]
+    sources = [src_vocab.encode(p.source, unknown=True) for p in pairs]
     ids, _ = decode_pairs(params, sources, decoder, batch_size, pad_multiple)
     targets = [[t for t in seq if t != P.EOS] for seq in ids]
     b = P.pad_batch(sources, targets, batch_size=batch_size, pad_multiple=pad_multiple)

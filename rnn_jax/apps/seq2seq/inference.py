@@ -1,15 +1,14 @@
-"""A trained seq2seq model from Python: load a run's checkpoint, translate strings."""
+"""A trained seq2seq model from Python: load a run's checkpoint, translate strings (greedy or beam search)."""
 
 from __future__ import annotations
 
-import dataclasses
-from pathlib import Path
 from typing import NamedTuple
 
-from rnn_jax import checkpoint, topologies
-from rnn_jax.apps.seq2seq.config import Config
+from rnn_jax import harness as H
+from rnn_jax import topologies
+from rnn_jax.apps.seq2seq.config import KIND, Config
 from rnn_jax.apps.seq2seq.decoding import check_vocab_fits_beam, decode_pairs, make_decoder
-from rnn_jax.apps.seq2seq.training import make_optimizer, state_template
+from rnn_jax.apps.seq2seq.model import make_optimizer, state_template
 from rnn_jax.data import pairs as P
 from rnn_jax.errors import UserError
 
@@ -17,7 +16,15 @@ __all__ = ["Model", "load_model", "translate"]
 
 
 class Model(NamedTuple):
-    """A trained model's pieces for decoding: params, config, vocabularies, token units, max output length."""
+    """A trained model, what :func:`load_model` returns and :func:`translate` reads.
+
+    Attributes:
+      params: the :class:`~rnn_jax.topologies.Seq2SeqParams` (float32).
+      config: the run's :class:`~rnn_jax.apps.seq2seq.Config` (one stored by an older release is translated).
+      src_vocab, tgt_vocab: the :class:`~rnn_jax.data.pairs.Vocab` of sources and targets.
+      source_unit, target_unit: ``"char"`` or ``"word"``: how strings are cut into tokens.
+      max_len: the longest output decoding produces (``</s>`` included).
+    """
 
     params: topologies.Seq2SeqParams
     config: Config
@@ -29,28 +36,23 @@ class Model(NamedTuple):
 
 
 def load_model(ckpt: str, which: str = "best") -> Model:
-    """Restore the ``best`` (or ``latest``) checkpoint of a run directory, or a checkpoint file."""
-    path = Path(ckpt)
-    if path.is_dir():
-        path = checkpoint.checkpoint_path(path, which)
-        if not path.is_file():
-            path = checkpoint.checkpoint_path(Path(ckpt), "latest")
-    meta = checkpoint.read_meta(path)
-    if meta.get("kind") != "seq2seq":
-        raise UserError(f"{path} is not a seq2seq checkpoint (kind {meta.get('kind')!r})")
-    fields = {f.name for f in dataclasses.fields(Config)}
-    config = Config(**{k: v for k, v in meta["config"].items() if k in fields})
+    """The model of a run directory (its ``best`` checkpoint, else its ``latest``) or of a ``.ckpt`` file."""
+    run = H.read_run(ckpt, which, KIND, Config)
+    meta, config = run.meta, run.config
     src_vocab, tgt_vocab = P.Vocab.from_json(meta["src_vocab"]), P.Vocab.from_json(meta["tgt_vocab"])
-    optimizer = make_optimizer(config, config.steps or 10**6)
-    template = state_template(config, len(src_vocab), len(tgt_vocab), optimizer)
-    state, _ = checkpoint.restore(path, template)
-    return Model(state.params, config, src_vocab, tgt_vocab, meta["source_unit"], meta["target_unit"], meta["max_len"])
+    template = state_template(config, len(src_vocab), len(tgt_vocab), make_optimizer(config, 1))
+    params = H.load_params(run, template)
+    return Model(params, config, src_vocab, tgt_vocab, meta["source_unit"], meta["target_unit"], meta["max_len"])
 
 
 def translate(model: Model, inputs: list[str], beam: int = 1) -> list[str]:
-    """Decode each input string (greedy, or beam search of width ``beam``)."""
-    if not isinstance(beam, int) or beam < 1:
-        raise UserError(f"beam width must be an integer >= 1, got {beam!r}")
+    """Decode each input string: greedy, or beam search of width ``beam`` (never worse than greedy).
+
+    An input with a symbol outside the model's source vocabulary is a :class:`UserError` naming it.
+    """
+    if isinstance(inputs, str):
+        raise TypeError(f"inputs must be a list of strings, got the string {inputs!r}; pass [{inputs!r}]")
+    H.check_int("beam", beam)
     check_vocab_fits_beam(beam, model.tgt_vocab)
     if not inputs:
         raise UserError("nothing to translate: give at least one input")

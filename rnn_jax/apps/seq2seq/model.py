@@ -1,15 +1,16 @@
-"""The seq2seq model: params from a config, the training loss, and the teacher-forced pass (loss and attention)."""
+"""The seq2seq model: params and optimiser from a config, the training loss, and the teacher-forced pass."""
 
 from __future__ import annotations
 
 import jax
 
 from rnn_jax import topologies
+from rnn_jax import train as T
 from rnn_jax.apps.seq2seq.config import Config
 from rnn_jax.data import pairs as P
 from rnn_jax.losses import sequence_cross_entropy, token_accuracy
 
-__all__ = ["init_params", "loss_fn", "teacher_forced", "teacher_forced_batch"]
+__all__ = ["init_params", "make_optimizer", "state_template", "loss_fn", "teacher_forced", "teacher_forced_batch"]
 
 
 def init_params(config: Config, src_vocab_size: int, tgt_vocab_size: int, key) -> topologies.Seq2SeqParams:
@@ -26,6 +27,23 @@ def init_params(config: Config, src_vocab_size: int, tgt_vocab_size: int, key) -
         encoder_layers=config.layers,
         decoder_layers=config.layers,
     )
+
+
+def make_optimizer(config: Config, total_steps: int):
+    """AdamW with warm-up and cosine decay to ``total_steps``, clipped at ``config.clip_norm``."""
+    return T.make_optimizer(
+        config.learning_rate,
+        total_steps=total_steps,
+        warmup_steps=config.warmup_steps,
+        weight_decay=config.weight_decay,
+        clip_norm=config.clip_norm,
+    )
+
+
+def state_template(config: Config, src_size: int, tgt_size: int, optimizer) -> T.TrainState:
+    """A fresh train state of the config's model: the template a checkpoint restores into."""
+    params = init_params(config, src_size, tgt_size, jax.random.key(config.seed))
+    return T.init_state(params, optimizer, jax.random.key(config.seed + 1))
 
 
 def loss_fn(params, batch: dict, key, *, scheduled: bool, dropout: float = 0.0):

@@ -4,18 +4,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from rnn_jax import harness as H
+
 __all__ = ["plot_attention"]
 
 
 def plot_attention(maps, path, title: str = "") -> Path:
     """One heat map per example: output step (rows) against source position (columns)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     n = len(maps)
-    fig, axes = plt.subplots(1, n, figsize=(3.2 * n, 3.4), dpi=80, squeeze=False)
+    fig, axes = H.figure(1, n, figsize=(3.2 * n, 3.4), squeeze=False)
     for ax, (src, out, w) in zip(axes[0], maps, strict=True):
         ax.imshow(w, cmap="Greys", vmin=0.0, vmax=1.0, aspect="auto")
         ax.set_xticks(range(len(src)), [s if s != " " else "_" for s in src], fontsize=7)
@@ -24,8 +21,4 @@ def plot_attention(maps, path, title: str = "") -> Path:
     axes[0][0].set_ylabel("output", fontsize=8)
     if title:
         fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return H.save(fig, path)

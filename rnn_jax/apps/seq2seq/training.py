@@ -1,8 +1,7 @@
-"""Training the seq2seq model: the run directory, the train step, the fit loop, and the test metrics at the end."""
+"""Training the seq2seq model on the trainer harness: the train step, the evaluation hook, the test metrics."""
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import json
 import os
@@ -17,47 +16,80 @@ import jax
 import numpy as np
 
 from rnn_jax import checkpoint
+from rnn_jax import harness as H
 from rnn_jax import train as T
-from rnn_jax.apps.seq2seq.config import COMPUTE_DTYPES, Config, check_config, model_meta
+from rnn_jax.apps.seq2seq.config import KIND, MODEL_FIELDS, Config, check_config
 from rnn_jax.apps.seq2seq.data import EpochBatches, Prepared, prepare, teacher_forcing_schedule
 from rnn_jax.apps.seq2seq.decoding import check_vocab_fits_beam, make_decoder
 from rnn_jax.apps.seq2seq.evaluation import attention_maps, evaluate, examples, val_loss
-from rnn_jax.apps.seq2seq.model import init_params, loss_fn
+from rnn_jax.apps.seq2seq.inference import Model
+from rnn_jax.apps.seq2seq.model import loss_fn, make_optimizer, state_template
 from rnn_jax.apps.seq2seq.plots import plot_attention
 from rnn_jax.data import pairs as P
 from rnn_jax.errors import UserError
 
-__all__ = ["train", "make_optimizer", "state_template", "checkpoint_meta"]
+__all__ = ["TrainResult", "train", "checkpoint_meta"]
+
+
+class TrainResult(NamedTuple):
+    """What :func:`train` returns; ``summary()`` is the JSON line ``rnn-jax seq2seq train`` prints.
+
+    Attributes:
+      exact_match, wer, token_error_rate, n: the test metrics of ``decoder`` (WER = 1 - exact match; the
+        token error rate is the edit distance over the reference length) over ``n`` test sources.
+      decoder: ``"greedy"``, or ``"beamK"`` when ``config.beam = K > 1``.
+      greedy: the greedy test metrics (a dict); beam: beam search's (``None`` without a beam).
+      beam_log_prob_gain: the mean log-probability beam search adds over greedy (``None`` without a beam).
+      final_val_wer: the final model's validation WER; best_val_wer, best_step: the best one's
+        (``best.ckpt``, what :func:`~rnn_jax.apps.seq2seq.load_model` reads back).
+      steps: the step reached. elapsed_s: wall clock of the fit loop. test_decode_s: of the test decoding.
+      examples_per_s: training speed. hardware: the device. out: the run directory (``None``: none).
+      task: the task's name. model: the final model, ready for :func:`~rnn_jax.apps.seq2seq.translate`.
+    """
+
+    exact_match: float
+    wer: float
+    token_error_rate: float
+    n: int
+    decoder: str
+    greedy: dict
+    beam: dict | None
+    beam_log_prob_gain: float | None
+    final_val_wer: float
+    best_val_wer: float
+    best_step: int
+    steps: int
+    elapsed_s: float
+    test_decode_s: float
+    examples_per_s: float
+    hardware: str
+    out: str | None
+    task: str
+    model: Model
+
+    def summary(self) -> dict:
+        """Every field but the model, JSON-able (a beam's metrics under ``"beamK"``)."""
+        summary = {k: v for k, v in self._asdict().items() if k not in ("model", "beam")}
+        if self.beam is not None:
+            summary[self.decoder] = self.beam
+        return summary
 
 
 def _hardware() -> str:
     dev = jax.devices()[0]
-    cores = os.cpu_count()
-    return f"{dev.platform}:{dev.device_kind} ({cores} CPU cores visible, {platform.machine()})"
+    return f"{dev.platform}:{dev.device_kind} ({os.cpu_count()} CPU cores visible, {platform.machine()})"
 
 
 def checkpoint_meta(config: Config, prep: Prepared) -> dict:
-    """What a checkpoint carries beside the state: the config, the model fields, vocabularies, units, max_len."""
-    return {
-        "kind": "seq2seq",
-        "config": dataclasses.asdict(config),
-        "model": model_meta(config),
-        "src_vocab": prep.src_vocab.to_json(),
-        "tgt_vocab": prep.tgt_vocab.to_json(),
-        "source_unit": prep.task.source_unit,
-        "target_unit": prep.task.target_unit,
-        "max_len": prep.max_len,
-    }
-
-
-def make_optimizer(config: Config, total_steps: int):
-    """AdamW with warm-up and cosine decay to ``total_steps``, clipped at ``config.clip_norm``."""
-    return T.make_optimizer(
-        config.learning_rate,
-        total_steps=total_steps,
-        warmup_steps=config.warmup_steps,
-        weight_decay=config.weight_decay,
-        clip_norm=config.clip_norm,
+    """What a checkpoint carries beside the state: the config, the vocabularies, the units, ``max_len``."""
+    return H.run_meta(
+        KIND,
+        config,
+        src_vocab=prep.src_vocab.to_json(),
+        tgt_vocab=prep.tgt_vocab.to_json(),
+        source_unit=prep.task.source_unit,
+        target_unit=prep.task.target_unit,
+        max_len=prep.max_len,
     )
 
 
@@ -94,35 +126,38 @@ def _train_step(s: _StepSettings):
         partial(loss_fn, scheduled=s.scheduled, dropout=s.dropout),
         make_optimizer(config, 1),
         mesh=T.make_mesh(s.devices) if s.devices is not None else None,
-        compute_dtype=COMPUTE_DTYPES[s.dtype],
+        compute_dtype=H.compute_dtype(s.dtype),
     )
 
 
-def state_template(config: Config, src_size: int, tgt_size: int, optimizer) -> T.TrainState:
-    """A fresh train state of the config's model: the template a checkpoint restores into."""
-    params = init_params(config, src_size, tgt_size, jax.random.key(config.seed))
-    return T.init_state(params, optimizer, jax.random.key(config.seed + 1))
+def _check_resume(config: Config) -> None:
+    """With ``resume``: ``out`` holds a seq2seq checkpoint whose model fields match (nothing is written)."""
+    if not config.resume:
+        return
+    if config.out is None:
+        raise UserError("resume needs the run directory: set out")
+    stored = H.stored_config(Config, H.resume_meta(config.out, KIND))
+    H.check_resumable(stored, config, MODEL_FIELDS, config.out)
 
 
 def _initial_state(config: Config, prep: Prepared, out: Path | None, log) -> T.TrainState:
-    """A fresh state, or the run's latest checkpoint with ``resume`` (its model fields must match)."""
+    """A fresh state, or the run's latest checkpoint with ``resume`` (its vocabularies must match)."""
     state = state_template(
-        config, len(prep.src_vocab), len(prep.tgt_vocab), make_optimizer(config, config.steps or 10**6)
+        config, len(prep.src_vocab), len(prep.tgt_vocab), make_optimizer(config, config.steps or 10**9)
     )
     if config.resume:
-        if out is None or checkpoint.latest(out) is None:
-            raise UserError(f"--resume: no checkpoint to resume from in {config.out!r}")
-        state, _ = checkpoint.restore(checkpoint.latest(out), state, expect={"model": model_meta(config)})
+        vocabs = {"src_vocab": prep.src_vocab.to_json(), "tgt_vocab": prep.tgt_vocab.to_json()}
+        state, _ = H.restore_latest(out, state, expect=vocabs)
+        if config.steps is not None:  # a new step budget moves the schedule's end
+            state = state._replace(opt_state=T.set_total_steps(state.opt_state, config.steps))
         log(f"resumed from {checkpoint.latest(out)} at step {int(state.step)}")
-    elif out is not None and (out / "metrics.jsonl").exists():
-        (out / "metrics.jsonl").unlink()  # a fresh run: do not append to an old run's log
     return state
 
 
 def _validation(config: Config, prep: Prepared, greedy):
     """``evaluate(state) -> metrics`` on the first ``eval_size`` validation pairs (the fit loop's hook)."""
     val_pairs = prep.task.val[: config.eval_size]
-    val_data = P.encode_pairs(val_pairs, prep.src_vocab, prep.tgt_vocab)
+    val_data = P.encode_pairs(val_pairs, prep.src_vocab, prep.tgt_vocab, unknown=True)
 
     def evaluate_val(st) -> dict:
         scores, hyps, _ = evaluate(
@@ -139,57 +174,34 @@ def _validation(config: Config, prep: Prepared, greedy):
     return evaluate_val
 
 
-def _fit(config: Config, prep: Prepared, out: Path | None, log) -> T.FitResult:
+def _fit(config: Config, prep: Prepared, out: Path | None, log) -> H.FitResult:
     state = _initial_state(config, prep, out, log)
     batches = EpochBatches(
         prep.train, config.batch_size, config.seed, config.pad_multiple, teacher_forcing_schedule(config)
     )
+    options = H.fit_options(config, log_every=50, best_metric="val_wer", item_name="examples")
     ckpt = checkpoint.Checkpointer(out, checkpoint_meta(config, prep)) if out is not None else None
-    return T.fit(
-        state,
-        _train_step(_StepSettings.of(config)),
-        batches,
-        steps=config.steps,
-        minutes=config.minutes,
-        evaluate=_validation(config, prep, make_decoder(prep.max_len)),
-        eval_every=config.eval_every,
-        checkpointer=ckpt,
-        checkpoint_every=config.eval_every,
-        best_metric="val_wer",
-        out_dir=out,
-        items_per_step=config.batch_size,
-        item_name="examples",
-        log_every=50,
-        progress=config.progress,
-    )
+    evaluate_val = _validation(config, prep, make_decoder(prep.max_len))
+    step = _train_step(_StepSettings.of(config))
+    return H.fit(state, step, batches, options, evaluate=evaluate_val, checkpointer=ckpt, out_dir=out)
 
 
 def _test(config: Config, prep: Prepared, params, log) -> dict:
     """Greedy test metrics, and beam search's when ``config.beam > 1``; the final ones under plain keys."""
     t0 = time.perf_counter()
-    test, size = prep.task.test, config.eval_batch_size
-    g_scores, g_hyps, g_logp = evaluate(
-        params, test, prep.src_vocab, prep.tgt_vocab, make_decoder(prep.max_len), batch_size=size
-    )
-    summary: dict = {"task": prep.task.name, "greedy": g_scores.as_dict()}
+    test, size, units = prep.task.test, config.eval_batch_size, (prep.task.source_unit, prep.task.target_unit)
+    greedy = make_decoder(prep.max_len)
+    g_scores, g_hyps, g_logp = evaluate(params, test, prep.src_vocab, prep.tgt_vocab, greedy, batch_size=size)
+    result = {"greedy": g_scores.as_dict(), "beam": None, "beam_log_prob_gain": None, "decoder": "greedy"}
     final = g_scores
     if config.beam > 1:
         beam_dec = make_decoder(prep.max_len, config.beam, config.length_penalty)
-        b_scores, _, b_logp = evaluate(params, test, prep.src_vocab, prep.tgt_vocab, beam_dec, batch_size=size)
-        summary[f"beam{config.beam}"] = b_scores.as_dict()
-        summary["beam_log_prob_gain"] = float(np.mean(b_logp - g_logp))
-        final = b_scores
-    log("test examples (greedy):\n" + examples(test, g_hyps, prep.task.source_unit, prep.task.target_unit, 8))
-    summary.update(
-        split="test",
-        decoder=f"beam{config.beam}" if config.beam > 1 else "greedy",
-        exact_match=final.exact_match,
-        wer=final.wer,
-        token_error_rate=final.token_error_rate,
-        n=final.n,
-        test_decode_s=time.perf_counter() - t0,
-    )
-    return summary
+        final, _, b_logp = evaluate(params, test, prep.src_vocab, prep.tgt_vocab, beam_dec, batch_size=size)
+        result.update(beam=final.as_dict(), beam_log_prob_gain=float(np.mean(b_logp - g_logp)))
+        result["decoder"] = f"beam{config.beam}"
+    log("test examples (greedy):\n" + examples(test, g_hyps, *units, 8))
+    result.update(final.as_dict(), test_decode_s=time.perf_counter() - t0)
+    return result
 
 
 def _plot(config: Config, prep: Prepared, params, out: Path) -> None:
@@ -202,32 +214,48 @@ def _plot(config: Config, prep: Prepared, params, out: Path) -> None:
     plot_attention(maps, out / "attention.png", f"{prep.task.name}: attention of the greedy output")
 
 
-def train(config: Config, task: P.Task | None = None, log=None) -> dict:
-    """Train on ``config`` (or on ``task``), evaluate on the test split; return the summary dict."""
-    check_config(config)
-    if (config.steps is None) == (config.minutes is None):
-        raise UserError("give exactly one budget: --steps S or --minutes M")
-    log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
+def _result(config: Config, prep: Prepared, fitted: H.FitResult, test: dict, out: Path | None) -> TrainResult:
+    params = fitted.state.params
+    model = Model(params, config, prep.src_vocab, prep.tgt_vocab, prep.task.source_unit, prep.task.target_unit,
+                  prep.max_len)  # fmt: skip
+    best = fitted.best_eval or fitted.last_eval
+    return TrainResult(
+        **test,
+        final_val_wer=fitted.last_eval["val_wer"],
+        best_val_wer=best["val_wer"],
+        best_step=best["step"],
+        steps=fitted.steps,
+        elapsed_s=fitted.elapsed_s,
+        examples_per_s=fitted.items_per_s,
+        hardware=_hardware(),
+        out=str(out) if out is not None else None,
+        task=prep.task.name,
+        model=model,
+    )
+
+
+def train(config: Config, task: P.Task | None = None, log=None) -> TrainResult:
+    """Train on ``config`` (or on ``task``, a :class:`rnn_jax.data.pairs.Task`), then score the test split.
+
+    Nothing is written when the config or the data is refused (a :class:`UserError` naming the field or
+    the file). ``config.verbose=False`` silences the progress bar and the evaluation output; ``log`` (a
+    function of one string) replaces the stderr messages. See :class:`TrainResult` for what comes back.
+    """
+    config = check_config(config)
+    _check_resume(config)
+    log = log or ((lambda msg: print(msg, file=sys.stderr, flush=True)) if config.verbose else (lambda msg: None))
     prep = prepare(config, task)
     check_vocab_fits_beam(config.beam, prep.tgt_vocab)
-    out = checkpoint.ensure_writable_dir(config.out) if config.out else None
+    out = H.prepare(config.out, resume=config.resume) if config.out is not None else None  # the first write
     log(
         f"task {prep.task.name}: {prep.task.description}; {prep.task.sizes()} pairs, "
         f"{len(prep.train.sources)} training examples; vocab {len(prep.src_vocab)} -> {len(prep.tgt_vocab)}"
     )
-    result = _fit(config, prep, out, log)
-    params = result.state.params
-    summary = _test(config, prep, params, log)
+    fitted = _fit(config, prep, out, log)
+    test = _test(config, prep, fitted.state.params, log)
     if out is not None:
-        _plot(config, prep, params, out)
-    summary.update(
-        steps=result.steps,
-        elapsed_s=result.elapsed_s,
-        examples_per_s=result.items_per_s,
-        hardware=_hardware(),
-        out=str(out) if out is not None else None,
-    )
+        _plot(config, prep, fitted.state.params, out)
+    result = _result(config, prep, fitted, test, out)
     if out is not None:
-        with open(out / "summary.json", "w") as f:
-            json.dump(summary, f, indent=2)
-    return summary
+        (out / "summary.json").write_text(json.dumps(result.summary(), indent=2), encoding="utf-8")
+    return result
