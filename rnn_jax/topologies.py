@@ -6,7 +6,7 @@ lecture's name       function                                    e.g.
 one to one           :func:`one_to_one`                          a feed-forward net: one step
 one to many          :func:`one_to_many`                         image captioning (vector -> sequence)
 many to one          :func:`many_to_one`                         sentiment / sequence classification
-many to many         :func:`many_to_many`                        per-frame labels (synchronised)
+many to many         :func:`rnn_jax.run`                         per-frame labels (synchronised)
 many to many (seq2seq) :func:`encoder_decoder_apply`             translation: encoder, then decoder
 sequential processing  :func:`glimpse_apply`                     reading an image by glimpses
 ===================  ==========================================  ======================================
@@ -62,7 +62,6 @@ __all__ = [
     "one_to_one",
     "one_to_many",
     "many_to_one",
-    "many_to_many",
     "Bidirectional",
     "BahdanauParams",
     "LuongParams",
@@ -221,11 +220,6 @@ def many_to_one(cell, params, carry, xs, *, lengths=None, pool: str = "last") ->
     last = jnp.maximum(lengths - 1, 0)[..., None, None]
     summary = jnp.take_along_axis(ys, last, axis=-2)[..., 0, :]
     return carry, jnp.where((lengths > 0)[..., None], summary, 0)
-
-
-def many_to_many(cell, params, carry, xs, *, lengths=None, **run_kwargs):
-    """Many to many, synchronised: one output per input step (``run`` itself): ``(final_carry, ys)``."""
-    return run(cell, params, carry, xs, lengths=lengths, **run_kwargs)
 
 
 # ---------------------------------------------------------------------------------------------------

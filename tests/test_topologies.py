@@ -61,10 +61,10 @@ def test_many_to_one_with_lengths_equals_each_sequence_alone():
     assert float(jnp.abs(empty[0]).max()) == 0.0 and float(jnp.abs(empty[2]).max()) == 0.0
 
 
-def test_many_to_many_is_synchronised():
+def test_run_is_the_synchronised_many_to_many():
     params = R.gru_init(jax.random.key(5), I, H)
     xs = jax.random.normal(jax.random.key(6), (B, T, I))
-    _, ys = Tp.many_to_many(R.gru_cell, params, None, xs, lengths=jnp.array([7, 2, 5]))
+    _, ys = R.run(R.gru_cell, params, None, xs, lengths=jnp.array([7, 2, 5]))
     assert ys.shape == (B, T, H) and float(jnp.abs(ys[1, 2:]).max()) == 0.0
 
 

@@ -18,6 +18,7 @@ import numpy as np
 from rnn_jax import decode, losses
 from rnn_jax.data import images as D
 from rnn_jax.errors import UserError
+from rnn_jax.scan import run
 from rnn_jax.topologies import (
     Dense,
     GlimpseParams,
@@ -28,7 +29,6 @@ from rnn_jax.topologies import (
     dense_init,
     glimpse_apply,
     glimpse_init,
-    many_to_many,
     many_to_one,
     one_to_many,
 )
@@ -96,7 +96,7 @@ def classifier_logits(params: ClassifierParams, xs_TI, length=None) -> Array:
 
 def prefix_logits(params: ClassifierParams, xs_TI) -> Array:
     """``[T, 10]``: row ``t`` is :func:`classifier_logits` after reading ``t + 1`` steps (one scan for all)."""
-    _, ys = many_to_many(cell_of(params.cell), params.cell, None, xs_TI)
+    _, ys = run(cell_of(params.cell), params.cell, None, xs_TI)
     return _heads(params.head, ys)
 
 
@@ -172,7 +172,7 @@ def caption_step(params: CaptionerParams, carry, token):
 def caption_logits(params: CaptionerParams, image_88, inputs_T) -> Array:
     """Teacher forcing: ``[T, V]`` logits of the next character after each input character."""
     cell = cell_of(params.cell)
-    _, ys = many_to_many(cell, params.cell, caption_start(params, image_88), params.embed[inputs_T])
+    _, ys = run(cell, params.cell, caption_start(params, image_88), params.embed[inputs_T])
     return _heads(params.head, ys)
 
 
@@ -233,7 +233,7 @@ def generator_logits(params: GeneratorParams, label, levels_88) -> Array:
     K = _levels(params)
     rows = levels_88.astype(params.init.W.dtype) / (K - 1)
     inputs = jnp.concatenate([jnp.zeros_like(rows[:1]), rows[:-1]])
-    _, ys = many_to_many(cell_of(params.cell), params.cell, generator_start(params, label), inputs)
+    _, ys = run(cell_of(params.cell), params.cell, generator_start(params, label), inputs)
     return _heads(params.head, ys).reshape(D.SIDE, D.SIDE, K)
 
 
@@ -321,7 +321,7 @@ def video_init(key, *, hidden_size: int, cell: str = "gru") -> VideoParams:
 def video_logits(params: VideoParams, frames_F88) -> Array:
     """Many to many, synchronised: ``[F, 10]``, the label after each frame from everything seen so far."""
     xs = frames_F88.reshape(frames_F88.shape[0], -1)
-    _, ys = many_to_many(cell_of(params.cell), params.cell, None, xs)
+    _, ys = run(cell_of(params.cell), params.cell, None, xs)
     return _heads(params.head, ys)
 
 
