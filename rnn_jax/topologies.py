@@ -565,7 +565,7 @@ def encoder_decoder_apply(
     def one(src_S, n_src, tgt_T, n_tgt, k):
         drop = dropout > 0
         k_enc = drop_keys = None
-        if drop:  # (without dropout, k itself draws the coins: the same coins as before dropout existed)
+        if drop:  # only dropout splits k: without it k itself draws the coins, so they depend on the key alone
             k, k_enc, k_dec = jax.random.split(k, 3)
             drop_keys = jax.random.split(k_dec, T)
         ctx, state = _initial_state(params, src_S, n_src, dropout=dropout, key=k_enc)
