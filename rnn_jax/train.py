@@ -1,4 +1,5 @@
-"""Training infrastructure shared by every trainer: state, optimiser, the jitted train step, the fit loop.
+"""The training core shared by every trainer: state, optimiser, the jitted train step (the fit loop that
+drives it is :func:`rnn_jax.harness.fit`).
 
 The whole training step is :func:`make_train_step`: for a loss ``L(params, batch, key)``,
 
@@ -25,13 +26,8 @@ the loss is returned in float32 (the loss function computes its log-softmax in f
 
 from __future__ import annotations
 
-import json
 import math
-import os
-import sys
-import time
-from collections.abc import Callable, Mapping
-from pathlib import Path
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import jax
@@ -46,7 +42,6 @@ from rnn_jax.errors import UserError
 __all__ = [
     "TrainState",
     "TrainingDiverged",
-    "FitResult",
     "WarmupCosineState",
     "warmup_cosine",
     "scale_by_warmup_cosine",
@@ -61,8 +56,6 @@ __all__ = [
     "state_shardings",
     "place_state",
     "cast_floating",
-    "fit",
-    "plot_metrics",
 ]
 
 DATA_AXIS = "data"
@@ -420,261 +413,3 @@ def make_train_step(
         return compiled[signature](place_state(state, mesh), batch)
 
     return sharded_step
-
-
-# ---------------------------------------------------------------------------------------------------
-# The fit loop
-# ---------------------------------------------------------------------------------------------------
-
-
-class FitResult(NamedTuple):
-    """What :func:`fit` returns.
-
-    Attributes:
-      state: the final state.
-      steps: the step reached (``int(state.step)``).
-      elapsed_s: wall-clock seconds spent in :func:`fit`.
-      items_per_s: training items (e.g. characters) per second of training time (no compile, no evaluation).
-      last_eval: the metrics of the final evaluation (empty without ``evaluate``).
-      best_eval: the best evaluation seen by this call (by ``best_metric``), or ``None``.
-    """
-
-    state: TrainState
-    steps: int
-    elapsed_s: float
-    items_per_s: float
-    last_eval: dict
-    best_eval: dict | None
-
-
-def _to_python(value):
-    if isinstance(value, (str, bool, int, float)) or value is None:
-        return value
-    arr = np.asarray(value)
-    if arr.ndim == 0:
-        return arr.item()
-    return arr.tolist()
-
-
-def _append_jsonl(path: Path | None, record: Mapping):
-    if path is None:
-        return
-    with open(path, "a", encoding="utf-8") as f:
-        f.write(json.dumps({k: _to_python(v) for k, v in record.items()}) + "\n")
-
-
-def _check_budget(steps, minutes):
-    if (steps is None) == (minutes is None):
-        raise UserError("give exactly one budget: a number of steps or a number of minutes")
-    if steps is not None and (not isinstance(steps, (int, np.integer)) or isinstance(steps, bool) or steps < 1):
-        raise UserError(f"the step budget must be a positive integer, got {steps!r}")
-    if minutes is not None and not (isinstance(minutes, (int, float)) and math.isfinite(minutes) and minutes > 0):
-        raise UserError(f"the time budget must be a positive number of minutes, got {minutes!r}")
-
-
-def fit(
-    state: TrainState,
-    train_step: Callable,
-    batches: Callable[[int], Any],
-    *,
-    steps: int | None = None,
-    minutes: float | None = None,
-    evaluate: Callable[[TrainState], dict] | None = None,
-    eval_every: int = 500,
-    checkpointer=None,
-    checkpoint_every: int = 500,
-    best_metric: str = "val_loss",
-    out_dir: str | os.PathLike | None = None,
-    items_per_step: int = 1,
-    item_name: str = "items",
-    log_every: int = 50,
-    progress: bool = True,
-    plot: bool = True,
-) -> FitResult:
-    """Train until ``steps`` (the total step count, resumed runs included) or for ``minutes`` of wall clock.
-
-    Args:
-      state: the state to start from (step 0, or a restored checkpoint).
-      train_step: ``(state, batch) -> (state, metrics)`` (see :func:`make_train_step`).
-      batches: ``batches(step) -> batch``, a pure function of the step number: the data cursor is the
-        step, so a resumed run sees exactly the batches an uninterrupted one would.
-      steps / minutes: the budget (exactly one). With ``minutes`` the cosine schedule's end is estimated
-        from the measured speed after 5 steps and again every ``log_every`` steps (see
-        :func:`set_total_steps`), and the final evaluation's duration is kept inside the budget.
-      evaluate: ``evaluate(state) -> dict`` run at the start, every ``eval_every`` steps and at the end;
-        string values (e.g. samples) are printed, all values are logged.
-      checkpointer: an object with ``save(state, name, info)`` (see :class:`rnn_jax.checkpoint.Checkpointer`);
-        ``latest`` is written every ``checkpoint_every`` steps and at the end, ``best`` whenever
-        ``best_metric`` improves.
-      out_dir: where ``metrics.jsonl`` (appended) and ``loss.png`` go; ``None`` writes nothing.
-      items_per_step: items per batch, for the speed shown (e.g. ``B * T`` characters).
-
-    Raises:
-      TrainingDiverged: the loss or a gradient became NaN/inf. Nothing is saved for that step: the last
-        checkpoint written stays the last good one.
-    """
-    from tqdm.auto import tqdm
-
-    _check_budget(steps, minutes)
-    for name, value in dict(eval_every=eval_every, checkpoint_every=checkpoint_every, log_every=log_every).items():
-        if not isinstance(value, int) or value < 1:
-            raise UserError(f"{name} must be a positive integer, got {value!r}")
-    out = Path(out_dir) if out_dir is not None else None
-    metrics_path = out / "metrics.jsonl" if out is not None else None
-    if out is not None:
-        out.mkdir(parents=True, exist_ok=True)
-
-    start = time.perf_counter()
-    deadline = start + 60.0 * minutes if minutes is not None else None
-    step = first_step = int(state.step)
-    if steps is not None:
-        target = steps
-    else:
-        target = step + 10**9  # until the clock says stop; re-estimated below
-        if step == 0:  # a resumed run keeps its schedule's end until the first estimate
-            state = state._replace(opt_state=set_total_steps(state.opt_state, target))
-    bar = tqdm(
-        total=target if steps is not None else None,
-        initial=step,
-        disable=not progress,
-        file=sys.stderr,
-        dynamic_ncols=True,
-        mininterval=0.5,
-        unit="step",
-    )
-    last_eval: dict = {}
-    best_eval: dict | None = None
-    eval_seconds = 0.0  # duration of the latest evaluation
-    loss_sum, loss_n = 0.0, 0
-    # Speed is measured on training time alone (no evaluation, no checkpoint), after the first (compiling) step.
-    train_seconds, timed_steps = 0.0, 0
-    interval_seconds, interval_steps = 0.0, 0
-
-    def diverged(step, what):
-        _append_jsonl(metrics_path, {"kind": "diverged", "step": step, "what": what})
-        saved = checkpointer.last_saved_step if checkpointer is not None else None
-        where = (
-            f"the last good checkpoint (step {saved}) is intact in {checkpointer.directory}"
-            if saved is not None
-            else "no checkpoint had been written yet"
-        )
-        raise TrainingDiverged(f"training stopped at step {step}: {what} (not finite; try a lower --lr); {where}")
-
-    def run_eval(step):
-        nonlocal last_eval, best_eval, eval_seconds
-        t0 = time.perf_counter()
-        result = dict(evaluate(state))
-        eval_seconds = time.perf_counter() - t0
-        last_eval = {"step": step, **result}
-        for k, v in result.items():
-            if isinstance(v, str):
-                bar.write(f"[step {step}] {k}:\n{v}", file=sys.stderr)
-        numbers = {k: v for k, v in result.items() if not isinstance(v, str)}
-        bar.write(f"[step {step}] " + "  ".join(f"{k} {v:.4f}" for k, v in numbers.items()), file=sys.stderr)
-        _append_jsonl(metrics_path, {"kind": "eval", "step": step, "elapsed_s": time.perf_counter() - start, **result})
-        value = result.get(best_metric)
-        if value is not None and not math.isfinite(value):
-            diverged(step, f"the evaluation's {best_metric} is {value}")
-        if value is not None and (best_eval is None or value < best_eval[best_metric]):
-            best_eval = last_eval
-            if checkpointer is not None:
-                checkpointer.save(state, "best", {"metrics": numbers})
-
-    try:
-        if evaluate is not None:
-            # At the start: the loss before training, and (with a time budget) the evaluation's cost is known
-            # (compilation included) before the clock decides how many steps fit.
-            run_eval(step)
-        while step < target:
-            t0 = time.perf_counter()
-            if deadline is not None and t0 + eval_seconds >= deadline:
-                break
-            state, metrics = train_step(state, batches(step))
-            loss = float(metrics["loss"])  # one sync per step: cheap next to an RNN step, and NaN is seen at once
-            if not bool(metrics["finite"]):
-                grad_norm = float(metrics["grad_norm"])
-                diverged(step + 1, f"the loss is {loss} and the gradient norm {grad_norm}")
-            if step > first_step:
-                dt = time.perf_counter() - t0
-                train_seconds, timed_steps = train_seconds + dt, timed_steps + 1
-                interval_seconds, interval_steps = interval_seconds + dt, interval_steps + 1
-            step += 1
-            loss_sum, loss_n = loss_sum + loss, loss_n + 1
-            bar.update(1)
-            if deadline is not None and timed_steps and (timed_steps == 5 or step % log_every == 0):
-                # Steps that fit in the time left, paying for the evaluations still to come.
-                per_step = train_seconds / timed_steps + (eval_seconds / eval_every if evaluate else 0.0)
-                remaining = deadline - time.perf_counter() - eval_seconds
-                target = step + max(int(remaining / per_step), 1)
-                state = state._replace(opt_state=set_total_steps(state.opt_state, target))
-                bar.total = target
-            if step % log_every == 0 or step == target:
-                rate = interval_steps / interval_seconds if interval_seconds > 0 else float("nan")
-                record = {
-                    "kind": "train",
-                    "step": step,
-                    "loss": loss_sum / loss_n,
-                    "grad_norm": float(metrics["grad_norm"]),
-                    f"{item_name}_per_s": rate * items_per_step,
-                    "elapsed_s": time.perf_counter() - start,
-                }
-                _append_jsonl(metrics_path, record)
-                bar.set_postfix(loss=f"{record['loss']:.3f}", **{f"{item_name}/s": f"{rate * items_per_step:,.0f}"})
-                loss_sum, loss_n = 0.0, 0
-                interval_seconds, interval_steps = 0.0, 0
-            if evaluate is not None and step % eval_every == 0 and step < target:
-                run_eval(step)
-            if checkpointer is not None and step % checkpoint_every == 0 and step < target:
-                checkpointer.save(state, "latest")
-        if evaluate is not None and last_eval.get("step") != step:
-            run_eval(step)
-        if checkpointer is not None and checkpointer.last_saved_step != step:
-            checkpointer.save(state, "latest")
-    finally:
-        bar.close()
-
-    elapsed = time.perf_counter() - start
-    items_per_s = timed_steps * items_per_step / train_seconds if train_seconds > 0 else 0.0
-    if out is not None and plot and metrics_path.exists():
-        plot_metrics(metrics_path, out / "loss.png")
-    return FitResult(state, step, elapsed, items_per_s, last_eval, best_eval)
-
-
-def plot_metrics(metrics_path, png_path, *, title: str | None = None) -> Path:
-    """Plot training loss and validation loss against the step from a ``metrics.jsonl`` file."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    train, val = [], []
-    with open(metrics_path, encoding="utf-8") as f:
-        for line in f:
-            record = json.loads(line)
-            if record.get("kind") == "train":
-                train.append((record["step"], record["loss"]))
-            elif record.get("kind") == "eval" and "val_loss" in record:
-                val.append((record["step"], record["val_loss"]))
-    fig, ax = plt.subplots(figsize=(6, 3.5), dpi=80)
-    if train:
-        ax.plot(*zip(*train, strict=True), label="train loss", lw=1)
-    if val:
-        ax.plot(*zip(*val, strict=True), "o-", label="validation loss", lw=1.5, ms=3)
-    points = train + val
-    if points:
-        # Zoom on the part worth reading: the first 5% of the steps (the drop from the initial loss) may leave it.
-        last = max(step for step, _ in points)
-        later = [loss for step, loss in points if step >= 0.05 * last] or [loss for _, loss in points]
-        low, high = min(later), max(later)
-        ax.set_ylim(low - 0.05 * (high - low + 1e-9), high + 0.1 * (high - low + 1e-9))
-    ax.set_xlabel("step")
-    ax.set_ylabel("loss (nats per item)")
-    if title:
-        ax.set_title(title, fontsize=9)
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    png_path = Path(png_path)
-    fig.savefig(png_path)
-    plt.close(fig)
-    return png_path
