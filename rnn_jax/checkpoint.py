@@ -380,7 +380,7 @@ class Checkpointer:
     """Saves ``latest`` / ``best`` checkpoints of a run into one directory, all with the same base ``meta``.
 
     ``save(state, name, info)`` stores ``{**meta, **info, "step": step, "cursor": step}``: the data cursor is
-    the step for trainers whose batches are a pure function of the step (see :func:`rnn_jax.train.fit`).
+    the step for trainers whose batches are a pure function of the step (see :func:`rnn_jax.harness.fit`).
     """
 
     def __init__(self, directory: str | os.PathLike, meta: Mapping | None = None):
