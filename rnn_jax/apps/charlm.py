@@ -2,7 +2,7 @@
 
 The model reads characters ``x_1..x_T`` and predicts each next one::
 
-    e_t = E[x_t]                   (an embedding; or the lecture's one-hot vector with --embed 0)
+    e_t = E[x_t]                   (an embedding; or the lecture's one-hot vector with embed_size=0)
     h_t = stack of cells(h_{t-1}, e_t)      lstm | gru | vanilla, any depth, dropout between layers
     p(x_{t+1} | x_<=t) = softmax(h_t W + b)
 
@@ -30,6 +30,7 @@ import numpy as np
 import optax
 
 from rnn_jax import checkpoint, decode, losses
+from rnn_jax import distributed as D
 from rnn_jax import harness as H
 from rnn_jax import train as T
 from rnn_jax.cells import CELLS
@@ -489,22 +490,26 @@ def train(cfg: CharLMConfig) -> TrainResult:
     """
     cfg = check_config(cfg)
     data = _load_data(cfg)
-    mesh = T.make_mesh(cfg.devices) if cfg.devices is not None else None
-    out = H.prepare(cfg.out, resume=cfg.resume)  # the first write, after every check
-    log = partial(print, file=sys.stderr) if cfg.verbose else (lambda *a, **k: None)
+    main, many = D.is_main_process(), jax.process_count() > 1  # several processes: process 0 writes and prints
+    mesh = T.make_mesh(cfg.devices) if cfg.devices is not None or many else None
+    out = H.prepare(cfg.out, resume=cfg.resume) if main else Path(cfg.out)  # the first write, after every check
+    log = partial(print, file=sys.stderr) if cfg.verbose and main else (lambda *a, **k: None)
     state, optimizer, n_params = _start(cfg, data, out, log)
     compute_dtype = H.compute_dtype(cfg.dtype)
     if cfg.batching == "tbptt":
         batcher = textdata.StreamBatches(data.split.train, cfg.batch_size, cfg.seq_len)
     else:
         batcher = textdata.RandomWindows(data.split.train, cfg.batch_size, cfg.seq_len, seed=cfg.seed)
+    if many:  # each process feeds its own rows (TBPTT: its own streams, whose carry lives on its devices)
+        batcher = D.ProcessBatches(batcher, cfg.batch_size, mesh)
     step_fn = T.make_train_step(partial(loss_fn, cfg=_model_cfg(cfg)), optimizer, mesh=mesh,
                                 compute_dtype=compute_dtype, has_carry=True)  # fmt: skip
     meta = H.run_meta(KIND, dataclasses.replace(cfg, text=None), vocab=data.vocab.chars,
                       text_sha256=data.text_hash, source=data.source)  # fmt: skip
-    result = H.fit(state, step_fn, batcher, H.fit_options(cfg, item_name="chars"),
-                   evaluate=_make_evaluate(cfg, data, compute_dtype),
-                   checkpointer=checkpoint.Checkpointer(out, meta), out_dir=out)  # fmt: skip
+    options = H.fit_options(cfg, item_name="chars")._replace(verbose=cfg.verbose and main)
+    result = H.fit(state, step_fn, batcher, options, evaluate=_make_evaluate(cfg, data, compute_dtype),
+                   checkpointer=D.for_processes(checkpoint.Checkpointer(out, meta)),
+                   out_dir=out if main else None)  # fmt: skip
     last, best = result.last_eval, result.best_eval or result.last_eval
     return TrainResult(
         val_loss=last["val_loss"], val_bpc=last["val_bpc"], best_val_loss=best["val_loss"],
@@ -583,7 +588,9 @@ def _sample(args: argparse.Namespace) -> str:
 def cli_main(argv: list[str], prog: str = "rnn-jax charlm") -> int:
     args = _parser(prog).parse_args(argv)
     if args.action == "train":
-        print(json.dumps(train(config_from_args(args)).summary()))
+        summary = train(config_from_args(args)).summary()
+        if D.is_main_process():
+            print(json.dumps(summary))
     else:
         print(_sample(args))
     return 0

@@ -166,7 +166,8 @@ def stdlib_corpus() -> str:
             parts.append(_decode(path.read_bytes(), str(path)))
     if not parts:
         raise UserError(
-            f"this Python installation ships no standard library sources in {lib}; pass --text PATH instead"
+            f"this Python installation ships no standard library sources in {lib}; "
+            "give a text file as text_path (the CLI's --text) instead"
         )
     return "".join(parts)
 
@@ -285,7 +286,7 @@ def check_sizes(split: Split, *, batch: int, seq_len: int, eval_streams: int = 1
         total = len(split.train) + len(split.val)
         raise UserError(
             f"the text is too short: {total} characters, of which {len(split.train)} for training; one batch of "
-            f"{batch} sequences of {seq_len}+1 characters needs {need_train} (lower --batch or --seq-len, or give "
+            f"{batch} sequences of {seq_len}+1 characters needs {need_train} (lower batch_size or seq_len, or give "
             "a longer text)"
         )
     if len(split.val) < 2:
