@@ -222,6 +222,27 @@ def test_char_lm_train_step_with_pallas_lowers_for_cuda(cell, dtype):
     assert text.count(TRITON_CALL) == 4
 
 
+def _experiment(name):
+    path = Path(__file__).resolve().parents[1] / "experiments" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"experiments_{name}", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_device_check_compile_reads_the_triton_modules():
+    """experiments/device_check_compile.py gets each kernel's Triton IR (a time loop around tl.dot); with the
+    triton package installed it also compiles them for sm_90 within the shared memory of one multiprocessor."""
+    script = _experiment("device_check_compile")
+    modules = script.triton_modules("gru", 5, jnp.dtype(jnp.float32), T=3)
+    assert sorted(modules) == ["rnn_gru_backward", "rnn_gru_forward"]
+    assert all("tt.dot" in m and "scf.for" in m and "loc(" not in m for m in modules.values())
+    if importlib.util.find_spec("triton") is not None:
+        report = script.compile_report(modules["rnn_gru_backward"], script.Config())
+        assert 0 < report["shared"] <= script.SHARED_LIMIT and report["stack"] == 0
+
+
 # ---------------------------------------------------------------------------------------------------
 # On a real GPU (experiments/device_check.sh runs these; skipped elsewhere)
 # ---------------------------------------------------------------------------------------------------

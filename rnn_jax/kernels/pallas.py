@@ -28,6 +28,10 @@ from rnn_jax.kernels.gates import GATE_MATH
 NUM_WARPS = 4
 """Warps per Triton program (the Pallas Triton default; not tuned: no GPU measurement yet)."""
 
+NUM_STAGES = 1
+"""Triton software-pipelining depth: 1, since the time loop's loads depend on nothing a deeper pipeline could
+prefetch early and each stage would take another copy of the staged blocks in shared memory."""
+
 
 class LayerConfig(NamedTuple):
     """Static description of one kernel layer (hashable: it keys the traced kernels)."""
@@ -35,6 +39,7 @@ class LayerConfig(NamedTuple):
     cell: str  # "vanilla" | "lstm" | "gru"
     reverse: bool
     block_n: int  # batch rows per program
+    debug: bool = False  # pallas_call(debug=True): print the kernel's jaxpr and Triton module while lowering
 
 
 def _load_carry(refs):
@@ -140,7 +145,7 @@ def _whole(shape):
     return pl.BlockSpec(shape, lambda i: (0,) * len(shape))
 
 
-def _platform_call(kernel, out_shape, grid, in_specs, out_specs, args, name):
+def _platform_call(kernel, out_shape, grid, in_specs, out_specs, args, name, debug=False):
     """Run ``kernel`` in Pallas interpret mode when lowered for CPU and through Triton for CUDA.
 
     ``lax.platform_dependent`` resolves the choice when the platform being lowered for is known, so a
@@ -150,7 +155,7 @@ def _platform_call(kernel, out_shape, grid, in_specs, out_specs, args, name):
     """
 
     def build(interpret):
-        params = None if interpret else pl_triton.CompilerParams(num_warps=NUM_WARPS, num_stages=1)
+        params = None if interpret else pl_triton.CompilerParams(num_warps=NUM_WARPS, num_stages=NUM_STAGES)
         call = pl.pallas_call(
             kernel,
             out_shape=out_shape,
@@ -160,6 +165,7 @@ def _platform_call(kernel, out_shape, grid, in_specs, out_specs, args, name):
             interpret=interpret,
             compiler_params=params,
             name=name,
+            debug=debug,
         )
         return lambda *a: call(*a)
 
@@ -186,6 +192,7 @@ def forward(cfg: LayerConfig, u, W, extra, carry0, lengths, *, save: bool):
         out_specs,
         (u, W, extra, lengths, *carry0),
         f"rnn_{cfg.cell}_forward",
+        cfg.debug,
     )
     K = math_.carries
     return tuple(outs[:K]), (outs[K] if save else None)
@@ -226,6 +233,7 @@ def backward(cfg: LayerConfig, residuals, dseq):
         out_specs,
         (u, R, jnp.swapaxes(W, 1, 2), extra, lengths, *prev, *dseq),
         f"rnn_{cfg.cell}_backward",
+        cfg.debug,
     )
     du = outs[0]
     dr = outs[1].astype(jnp.float32) if cfg.cell == "gru" else du.astype(jnp.float32)
