@@ -46,6 +46,7 @@ from rnn_jax.cells import (
     Cell,
     GRUParams,
     LSTMParams,
+    LSTMState,
     VanillaParams,
     gru_init,
     lstm_init,
@@ -300,6 +301,23 @@ def _run_flax_cell(cell, carry, xs, batch: tuple[int, ...], broadcast_rngs, opti
     return carry, ys
 
 
+_FUSABLE = (nnx.SimpleCell, nnx.LSTMCell, nnx.OptimizedLSTMCell, nnx.GRUCell)
+
+
+def _fusable(cell) -> bool:
+    """Whether ``cell`` is one of flax's own cells (not a subclass) that a fused library cell computes."""
+    default_promotion = getattr(cell, "promote_dtype", None) is promote_dtype
+    return type(cell) in _FUSABLE and default_promotion and not getattr(cell, "residual", False)
+
+
+def _run_fused(fused: RNNCell, carry, inputs, options: dict):
+    """:func:`run` over an :class:`RNNCell`'s fused cell, inputs, params and carry in the computation dtype."""
+    params, inputs = fused.promoted(inputs)
+    dtype = jax.tree.leaves(params)[0].dtype
+    carry = jax.tree.map(lambda c: jnp.asarray(c, dtype), carry)
+    return run(fused.cell, params, carry, inputs, **options)
+
+
 class RNN(nnx.Module):
     """``nnx.RNN``'s interface and defaults, computed by :func:`rnn_jax.run` (one ``lax.scan``).
 
@@ -320,8 +338,10 @@ class RNN(nnx.Module):
       Every example gets its own keys, and every call new ones.
     - ``state_axes``: ``nnx.Carry`` or ``None`` for every filter (the cell's params are shared by every
       step either way); a state scanned along time is refused.
-    - :class:`RNNCell`: the library's fused cell, with the input projection hoisted where that measures
-      faster. Any other cell is called on one example at a time (``run`` maps it over the batch).
+    - :class:`RNNCell`, and flax's own ``SimpleCell``, ``LSTMCell``, ``OptimizedLSTMCell`` and ``GRUCell``
+      (their arrays fused on the fly by :func:`from_flax_cell`, so gradients reach them): the library's fused
+      cells, with the input projection hoisted where that measures faster. Any other cell is called on one
+      example at a time (``run`` maps it over the batch).
     """
 
     def __init__(
@@ -374,18 +394,18 @@ class RNN(nnx.Module):
         time_axis, batch = _layout(inputs, self.cell.num_feature_axes, time_major)
         options = dict(lengths=seq_lengths, time_major=time_major, reverse=reverse)
         options.update(unroll=self.unroll, remat=self.remat, impl=self.impl)
-        if isinstance(self.cell, RNNCell):  # the fused cell: run's fast path
-            params, inputs = self.cell.promoted(inputs)
-            dtype = jax.tree.leaves(params)[0].dtype
-            initial_carry = jax.tree.map(lambda c: jnp.asarray(c, dtype), initial_carry)
-            carry, ys = run(self.cell.cell, params, initial_carry, inputs, **options)
+        cell, lstm = self.cell, isinstance(self.cell, (nnx.LSTMCell, nnx.OptimizedLSTMCell))
+        if initial_carry is None and not isinstance(cell, RNNCell):  # an RNNCell's carry: zeros, made by run
+            rngs = pick(rngs, self.rngs)
+            rngs = rngs.carry.fork() if isinstance(rngs, nnx.Rngs) else rngs
+            initial_carry = cell.initialize_carry(inputs.shape[:time_axis] + inputs.shape[time_axis + 1 :], rngs)
+        if isinstance(cell, RNNCell) or _fusable(cell):  # the fused cell: run's fast path
+            fused = cell if isinstance(cell, RNNCell) else from_flax_cell(cell)
+            carry = LSTMState(h=initial_carry[1], c=initial_carry[0]) if lstm else initial_carry
+            carry, ys = _run_fused(fused, carry, inputs, options)
+            carry = (carry.c, carry.h) if lstm else carry  # flax's LSTM carry is (c, h)
         else:
-            if initial_carry is None:
-                rngs = pick(rngs, self.rngs)
-                rngs = rngs.carry.fork() if isinstance(rngs, nnx.Rngs) else rngs
-                step_shape = inputs.shape[:time_axis] + inputs.shape[time_axis + 1 :]
-                initial_carry = self.cell.initialize_carry(step_shape, rngs)
-            carry, ys = _run_flax_cell(self.cell, initial_carry, inputs, batch, self.broadcast_rngs, options)
+            carry, ys = _run_flax_cell(cell, initial_carry, inputs, batch, self.broadcast_rngs, options)
         if reverse and not pick(keep_order, self.keep_order):
             # run keeps each output at its own step; nnx.RNN returns them in reading order
             # (each sequence flipped within its length), unless keep_order.
@@ -403,55 +423,54 @@ def _v(variable):
     return variable.get_value()
 
 
-def from_flax_cell(flax_cell) -> RNNCell:
-    """Convert flax's ``nnx.SimpleCell`` / ``nnx.LSTMCell`` / ``nnx.GRUCell`` to an :class:`RNNCell`.
-
-    - ``SimpleCell`` (``h' = tanh(x W_i + b_i + h W_h)``, output ``h'``): a vanilla cell with
-      ``W_hy = I`` and ``b_y = 0``, so ``y_t = h_t`` exactly. Its ``residual`` option has no
-      counterpart here.
-    - ``LSTMCell``: the eight per-gate kernels fused into ``W_x [I, 4H]`` and ``W_h [H, 4H]`` (gate order
-      ``i, f, g, o``, as flax's); flax's hidden-side biases become ``b``.
-    - ``GRUCell``: already fused in ``r, z, n`` order; flax has no ``b_hn``, so it is zero here.
-
-    Gate and activation functions must be flax's defaults (sigmoid, tanh). The result computes the
-    same function up to float rounding (sums may be taken in another order).
-    """
-    default_gates = getattr(flax_cell, "gate_fn", jax.nn.sigmoid) is jax.nn.sigmoid
-    if not (default_gates and flax_cell.activation_fn is jax.nn.tanh):
-        raise ValueError("only flax cells with the default gate (sigmoid) and activation (tanh) convert")
+def _flax_params(flax_cell) -> tuple[str, Any]:
+    """``(name, params)`` of the library cell that computes flax's ``flax_cell`` (the same arrays, fused)."""
     if isinstance(flax_cell, nnx.SimpleCell):
         if flax_cell.residual:
             raise ValueError("a residual SimpleCell (h' = tanh(... + h)) has no counterpart in rnn_jax")
         W_hh = _v(flax_cell.dense_h.kernel)
         H = W_hh.shape[0]
-        params = VanillaParams(
-            W_xh=_v(flax_cell.dense_i.kernel),
-            W_hh=W_hh,
-            b_h=_v(flax_cell.dense_i.bias),
-            W_hy=jnp.eye(H, dtype=W_hh.dtype),
-            b_y=jnp.zeros((H,), W_hh.dtype),
-        )
-        return RNNCell.from_params("vanilla", params)
+        eye, zero = jnp.eye(H, dtype=W_hh.dtype), jnp.zeros((H,), W_hh.dtype)
+        return "vanilla", VanillaParams(_v(flax_cell.dense_i.kernel), W_hh, _v(flax_cell.dense_i.bias), eye, zero)
+    if isinstance(flax_cell, nnx.OptimizedLSTMCell):  # already fused, gate order i, f, g, o
+        dense_i, dense_h = flax_cell.dense_i, flax_cell.dense_h
+        return "lstm", LSTMParams(W_x=_v(dense_i.kernel), W_h=_v(dense_h.kernel), b=_v(dense_h.bias))
     if isinstance(flax_cell, nnx.LSTMCell):
         gates = ("i", "f", "g", "o")
         inputs = {"i": flax_cell.ii, "f": flax_cell.if_, "g": flax_cell.ig, "o": flax_cell.io}
         hidden = {"i": flax_cell.hi, "f": flax_cell.hf, "g": flax_cell.hg, "o": flax_cell.ho}
-        params = LSTMParams(
+        return "lstm", LSTMParams(
             W_x=jnp.concatenate([_v(inputs[g].kernel) for g in gates], axis=1),
             W_h=jnp.concatenate([_v(hidden[g].kernel) for g in gates], axis=1),
             b=jnp.concatenate([_v(hidden[g].bias) for g in gates]),
         )
-        return RNNCell.from_params("lstm", params)
     if isinstance(flax_cell, nnx.GRUCell):
         W_h = _v(flax_cell.dense_h.kernel)
-        params = GRUParams(
-            W_x=_v(flax_cell.dense_i.kernel),
-            W_h=W_h,
-            b=_v(flax_cell.dense_i.bias),
-            b_hn=jnp.zeros((W_h.shape[0],), W_h.dtype),
-        )
-        return RNNCell.from_params("gru", params)
-    raise TypeError(f"no conversion from {type(flax_cell).__name__}; expected nnx.SimpleCell, LSTMCell or GRUCell")
+        zero = jnp.zeros((W_h.shape[0],), W_h.dtype)
+        return "gru", GRUParams(W_x=_v(flax_cell.dense_i.kernel), W_h=W_h, b=_v(flax_cell.dense_i.bias), b_hn=zero)
+    raise TypeError(
+        f"no conversion from {type(flax_cell).__name__}; "
+        "expected nnx.SimpleCell, LSTMCell, OptimizedLSTMCell or GRUCell"
+    )
+
+
+def from_flax_cell(flax_cell) -> RNNCell:
+    """Convert flax's ``nnx.SimpleCell`` / ``LSTMCell`` / ``OptimizedLSTMCell`` / ``GRUCell`` to an :class:`RNNCell`.
+
+    - ``SimpleCell`` (``h' = tanh(x W_i + b_i + h W_h)``, output ``h'``): a vanilla cell with
+      ``W_hy = I`` and ``b_y = 0``, so ``y_t = h_t`` exactly. Its ``residual`` option has no
+      counterpart here.
+    - ``LSTMCell``: the eight per-gate kernels fused into ``W_x [I, 4H]`` and ``W_h [H, 4H]`` (gate order
+      ``i, f, g, o``, as flax's); flax's hidden-side biases become ``b``. ``OptimizedLSTMCell`` is fused already.
+    - ``GRUCell``: already fused in ``r, z, n`` order; flax has no ``b_hn``, so it is zero here.
+
+    The cell's ``gate_fn``, ``activation_fn`` and ``dtype`` carry over. The result computes the same
+    function up to float rounding (sums may be taken in another order). The arrays are computed from
+    flax's (concatenated), so inside a transform gradients reach the flax cell's params.
+    """
+    name, params = _flax_params(flax_cell)
+    fns = {k: getattr(flax_cell, k) for k in _ACTIVATIONS[name]}
+    return RNNCell.from_params(name, params, dtype=flax_cell.dtype, **fns)
 
 
 def _set(variable, value):
