@@ -14,7 +14,8 @@
 - Conversions: ``RNNCell.from_params(cell, params)`` and ``module.params`` go between a module and the
   functional params pytree (the same arrays, so the module computes exactly the functional result);
   :func:`from_flax_cell` / :func:`to_flax_cell` go between this library's params and flax's own
-  ``nnx.SimpleCell`` / ``nnx.LSTMCell`` / ``nnx.GRUCell``.
+  ``nnx.SimpleCell`` / ``nnx.LSTMCell`` / ``nnx.GRUCell`` (and ``OptimizedLSTMCell`` one way); :class:`RNN`
+  uses :func:`from_flax_cell` on the fly to run flax's own cells as the fused ones.
 
 Carries follow the cell: ``LSTMState(h, c)`` for an :class:`RNNCell` LSTM, ``(c, h)`` for flax's LSTMs.
 Integer features are promoted as flax promotes them (with float32 params: to float32); the functional
@@ -332,7 +333,7 @@ class RNN(nnx.Module):
     - ``remat`` (``False``, ``"step"``, ``"sqrt"``) trades compute for memory on long sequences;
       ``unroll=None`` lets :func:`rnn_jax.run` choose the loop's unroll (a speed knob: results do not change);
       ``impl`` is :func:`rnn_jax.run`'s algorithm (``"auto"``, ``"scan"``, ``"custom_jvp"``, ``"pallas"``;
-      only ``"auto"`` and ``"scan"`` run a cell other than an :class:`RNNCell`).
+      only ``"auto"`` and ``"scan"`` run a cell that is not fused, see below).
     - ``broadcast_rngs``: a filter of the cell's rng streams (e.g. ``"dropout"``) whose draws repeat at
       every step (recurrent dropout: one mask per sequence); the other streams draw anew at every step.
       Every example gets its own keys, and every call new ones.
