@@ -272,3 +272,24 @@ def test_resume_after_sigkill_is_exact(text_file, tmp_path):
     b, *_ = charlm.load_model(str(whole), "latest")
     for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
         np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+def test_help_shows_a_default_for_every_flag_and_readme_commands_parse(capsys):
+    parser = charlm._parser("rnn-jax charlm")
+    for action, config_type in (("train", charlm.CharLMConfig), ("sample", charlm.SampleConfig)):
+        with pytest.raises(SystemExit):
+            parser.parse_args([action, "--help"])
+        text = " ".join(capsys.readouterr().out.split())
+        for f in charlm.dataclasses.fields(config_type):
+            if f.metadata["cli"]:  # each field's flag, its help line and its default (or "required")
+                flag = "--" + f.name.replace("_", "-")
+                described = [f"{f.metadata['help']} ({tail}" for tail in ("default ", "required)")]
+                assert flag in text and any(d in text for d in described), (action, f.name)
+    # The README's commands, flag by flag.
+    cfg = charlm.config_from_args(parser.parse_args(["train", "--text", "t.txt", "--minutes", "5"]))
+    assert cfg.text_path == "t.txt" and cfg.minutes == 5.0 and cfg.steps is None and cfg.unroll is None
+    cfg = charlm.config_from_args(parser.parse_args(["train", "--corpus", "tinyshakespeare", "--minutes", "5"]))
+    assert cfg.corpus == "tinyshakespeare"
+    args = parser.parse_args(["sample", "--ckpt", "runs/charlm", "--prime", "ROMEO:", "--length", "300",
+                              "--temperature", "0.8"])  # fmt: skip
+    assert (args.ckpt, args.prime, args.length, args.temperature) == ("runs/charlm", "ROMEO:", 300, 0.8)
