@@ -10,6 +10,7 @@ import pytest
 
 from rnn_jax.data import text as D
 from rnn_jax.errors import UserError
+from rnn_jax.harness import Batcher
 
 
 def test_vocab_round_trip_and_unknown_characters():
@@ -60,6 +61,7 @@ def test_streams_continue_across_batches_and_reset_on_wrap():
     assert wrapped.reset_B.all()
     np.testing.assert_array_equal(wrapped.inputs_BT, b0.inputs_BT)  # a pure function of the cursor
     np.testing.assert_array_equal(batches(7).inputs_BT, batches(3).inputs_BT)
+    assert isinstance(batches, Batcher) and batches.items_per_step == 3 * 5  # the harness's batcher protocol
 
 
 def test_random_windows_are_deterministic_per_cursor():
@@ -69,6 +71,7 @@ def test_random_windows_are_deterministic_per_cursor():
     np.testing.assert_array_equal(a.inputs_BT, b.inputs_BT)
     np.testing.assert_array_equal(a.targets_BT, a.inputs_BT + 1)
     assert a.reset_B.all() and not np.array_equal(windows(12).inputs_BT, a.inputs_BT)
+    assert isinstance(windows, Batcher) and windows.items_per_step == 3 * 7
 
 
 def test_eval_windows_predict_every_character_once():
