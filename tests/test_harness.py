@@ -89,7 +89,7 @@ def test_key_value_overrides_and_config_file(tmp_path):
     with pytest.raises(UserError, match=r"expected key=value, got 'steps'"):
         H.config_from_overrides(Cfg, ["steps"])
     (tmp_path / "bad.json").write_text(json.dumps({"hidden_size": "big"}))
-    with pytest.raises(UserError, match=r"hidden_size must be a int, got 'big'"):
+    with pytest.raises(UserError, match=r"hidden_size must be of type int, got 'big'"):
         H.config_from_argv(Cfg, ["--config", str(tmp_path / "bad.json")])
 
 

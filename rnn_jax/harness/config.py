@@ -203,7 +203,7 @@ def _check_type(config_type: type, name: str, value):
     if base is float and isinstance(value, int) and not isinstance(value, bool):
         value, ok = float(value), True
     if not ok:
-        raise UserError(f"{name} must be a {getattr(base, '__name__', base)}, got {value!r}")
+        raise UserError(f"{name} must be of type {getattr(base, '__name__', base)}, got {value!r}")
     return value
 
 
