@@ -1,5 +1,6 @@
 """The seq2seq trainer on tiny synthetic tasks: it learns, beam never loses to greedy, the CLI and its errors."""
 
+import dataclasses
 import json
 
 import jax
@@ -245,3 +246,28 @@ def test_cli_pairs_file_not_utf8_is_one_line_exit_2_and_writes_nothing(tmp_path,
     captured = capsys.readouterr()
     assert captured.out == "" and not out.exists()
     assert captured.err.count("\n") == 1 and "is not UTF-8 text (byte 0xe9 on line 2)" in captured.err
+
+
+def test_documented_commands_parse_to_the_configs_they_mean_old_spellings_included():
+    parser = S.cli._parser("rnn-jax seq2seq")
+    argv = "train --task g2p --minutes 78 --beam 5 --hidden 256 --embed 64 --batch 128 --lr 3e-3 --eval-every 1500"
+    cfg = S.config_from_args(parser.parse_args([*argv.split(), "--eval-size", "3000", "--out", "runs/g2p"]))
+    assert cfg == S.Config(task="g2p", minutes=78.0, beam=5, hidden_size=256, embed_size=64, batch_size=128,
+                           learning_rate=3e-3, eval_every=1500, eval_size=3000, out="runs/g2p")  # fmt: skip
+    argv = ["train", "--pairs", "my.tsv", "--steps", "30", "--unidirectional", "--no-progress", "--warmup", "7"]
+    cfg = S.config_from_args(parser.parse_args(argv))
+    assert (cfg.pairs, cfg.steps, cfg.minutes, cfg.out) == ("my.tsv", 30, None, "runs/seq2seq-my")
+    assert not cfg.bidirectional and not cfg.verbose and cfg.warmup_steps == 7
+
+
+@pytest.mark.parametrize("action", ["train", "translate"])
+def test_help_shows_a_default_or_required_for_every_flag(action, capsys):
+    sub = S.cli._parser("rnn-jax seq2seq")._subparsers._group_actions[0].choices[action]
+    flags = [f for f in sub._actions if f.option_strings and f.option_strings[0] not in ("-h", "--unidirectional")]
+    assert len(flags) == (len(dataclasses.fields(S.Config)) if action == "train" else 3)
+    for flag in flags:
+        assert flag.help.endswith(")") and ("(default " in flag.help or "(required)" in flag.help), flag.help
+    with pytest.raises(SystemExit):
+        S.cli_main([action, "--help"])
+    printed = " ".join(capsys.readouterr().out.split())  # help lines wrap
+    assert printed.count("(default ") + printed.count("(required)") == len(flags)
