@@ -504,6 +504,23 @@ def _check_batch(name, a, batch):
         raise ValueError(f"{name} must have the batch shape {tuple(batch)}, got {tuple(jnp.shape(a))}")
 
 
+def _check_training_args(teacher_forcing, key, scheduled: str, dropout: float) -> tuple[bool, bool]:
+    """``(forced, needs_key)``: whether every step reads the target, and whether a PRNG key is drawn from."""
+    if scheduled not in ("argmax", "sample"):
+        raise UserError(f"scheduled must be 'argmax' or 'sample', got {scheduled!r}")
+    traced = isinstance(teacher_forcing, jax.core.Tracer)
+    if not traced and not 0.0 <= float(teacher_forcing) <= 1.0:
+        raise UserError(f"teacher_forcing must lie in [0, 1], got {teacher_forcing}")
+    forced = not traced and float(teacher_forcing) == 1.0
+    if not forced and key is None:
+        raise UserError(f"teacher_forcing={teacher_forcing} < 1 flips a coin per step: pass a PRNG key")
+    if not 0.0 <= float(dropout) < 1.0:
+        raise UserError(f"dropout must lie in [0, 1), got {dropout}")
+    if dropout > 0 and key is None:
+        raise UserError(f"dropout={dropout} draws masks: pass a PRNG key")
+    return forced, not forced or dropout > 0
+
+
 def encoder_decoder_apply(
     params: Seq2SeqParams,
     src,
@@ -548,18 +565,7 @@ def encoder_decoder_apply(
     if tgt_len is not None:
         tgt_len = jnp.asarray(tgt_len)
         _check_batch("tgt_len", tgt_len, batch)
-    if scheduled not in ("argmax", "sample"):
-        raise UserError(f"scheduled must be 'argmax' or 'sample', got {scheduled!r}")
-    forced = not isinstance(teacher_forcing, jax.core.Tracer) and float(teacher_forcing) == 1.0
-    if not forced and key is None:
-        raise UserError(f"teacher_forcing={teacher_forcing} < 1 flips a coin per step: pass a PRNG key")
-    if not 0.0 <= float(dropout) < 1.0:
-        raise UserError(f"dropout must lie in [0, 1), got {dropout}")
-    if dropout > 0 and key is None:
-        raise UserError(f"dropout={dropout} draws masks: pass a PRNG key")
-    needs_key = not forced or dropout > 0
-    if not isinstance(teacher_forcing, jax.core.Tracer) and not 0.0 <= float(teacher_forcing) <= 1.0:
-        raise UserError(f"teacher_forcing must lie in [0, 1], got {teacher_forcing}")
+    forced, needs_key = _check_training_args(teacher_forcing, key, scheduled, dropout)
     T = tgt_in.shape[-1]
 
     def one(src_S, n_src, tgt_T, n_tgt, k):
