@@ -29,7 +29,16 @@ from rnn_jax.decode import BeamResult, Decoded, beam_search, greedy, prime, samp
 from rnn_jax.errors import UserError
 from rnn_jax.harness import FitOptions, FitResult, fit
 from rnn_jax.linear import DiagParams, MinGRUParams, diag_cell, diag_init, mingru_cell, mingru_init, run_linear
-from rnn_jax.losses import SequenceLoss, exact_match, length_mask, sequence_cross_entropy, token_accuracy
+from rnn_jax.losses import (
+    SequenceLoss,
+    check_token_ids,
+    classification_accuracy,
+    classification_cross_entropy,
+    exact_match,
+    length_mask,
+    sequence_cross_entropy,
+    token_accuracy,
+)
 from rnn_jax.scan import bidirectional, broadcast_carry, run, run_stack, zeros_carry
 from rnn_jax.topologies import (
     encoder_decoder_apply,
@@ -52,6 +61,9 @@ __all__ = [
     "decode",
     "encoder_decoder_apply",
     "encoder_decoder_init",
+    "check_token_ids",
+    "classification_accuracy",
+    "classification_cross_entropy",
     "exact_match",
     "glimpse_apply",
     "glimpse_init",
