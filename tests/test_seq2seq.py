@@ -271,3 +271,9 @@ def test_help_shows_a_default_or_required_for_every_flag(action, capsys):
         S.cli_main([action, "--help"])
     printed = " ".join(capsys.readouterr().out.split())  # help lines wrap
     assert printed.count("(default ") + printed.count("(required)") == len(flags)
+
+
+def test_a_beam_wider_than_the_target_vocabulary_names_the_field():
+    S.decoding.check_vocab_fits_beam(7, P.Vocab.build(["abc"]))  # 3 specials, <unk>, a b c
+    with pytest.raises(UserError, match="beam must be at most the target vocabulary size 7, got 8"):
+        S.decoding.check_vocab_fits_beam(8, P.Vocab.build(["abc"]))

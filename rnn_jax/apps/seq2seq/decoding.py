@@ -73,7 +73,9 @@ def make_decoder(max_len: int, beam: int = 1, length_penalty: float = 0.0):
 
 
 def check_vocab_fits_beam(beam: int, tgt_vocab: P.Vocab) -> None:
-    """A beam no wider than the target vocabulary, or a :class:`UserError`."""
+    """A beam no wider than the target vocabulary (``beam`` named as the config field), or a :class:`UserError`."""
+    if isinstance(beam, int) and not isinstance(beam, bool) and beam > len(tgt_vocab):
+        raise UserError(f"beam must be at most the target vocabulary size {len(tgt_vocab)}, got {beam}")
     decode.check_sampling_args(len(tgt_vocab), max_len=1, beam_width=beam)
 
 
