@@ -53,6 +53,8 @@ __all__ = [
     "cluster_detected",
     "is_main_process",
     "process_rows",
+    "ProcessBatches",
+    "for_processes",
     "host_state",
     "reduce_metrics",
     "MainProcessCheckpointer",
@@ -255,6 +257,29 @@ def process_rows(global_rows: int, mesh: Mesh) -> slice:
     return slice(starts[0], stop)
 
 
+class ProcessBatches:
+    """This process's rows of a global batcher's batches (a :class:`rnn_jax.harness.Batcher` again).
+
+    ``batches(k)[rows]`` for every array of the batch, with ``rows`` from :func:`process_rows`: for the
+    char-LM's truncated BPTT, process ``p`` keeps streams ``[p B / P, (p + 1) B / P)`` at every step, so the
+    carry of a stream (split like the batch) stays on the process that reads it. ``items_per_step`` stays
+    the global batch's. Meant for batchers whose batch is cheap to index (views of the text); a data set
+    too large for one host should build its rows itself.
+    """
+
+    def __init__(self, batches: Callable[[int], object], global_rows: int, mesh: Mesh):
+        self.batches, self.rows = batches, process_rows(global_rows, mesh)
+        self.items_per_step = getattr(batches, "items_per_step", 1)
+
+    def __call__(self, k: int):
+        return jax.tree.map(lambda a: a[self.rows] if np.ndim(a) else a, self.batches(k))
+
+
+def for_processes(checkpointer):
+    """``checkpointer`` in one process; a :class:`MainProcessCheckpointer` around it in a multi-process run."""
+    return checkpointer if jax.process_count() == 1 or checkpointer is None else MainProcessCheckpointer(checkpointer)
+
+
 def host_state(tree):
     """``tree`` with every array readable in this process: split arrays gathered from all processes.
 
@@ -368,16 +393,22 @@ def _child_env(devices_per_process: int) -> dict:
     return dict(os.environ, XLA_FLAGS=" ".join(flags), JAX_PLATFORMS="cpu", PYTHONUNBUFFERED="1")
 
 
-def _relay(stream, prefix: bytes, out) -> None:
-    """Copy a child's output to ``out``, each line (also each ``\\r``-refreshed progress line) prefixed."""
-    at_start = True
+def _relay(stream, prefix: bytes, out, lock: threading.Lock) -> None:
+    """Copy a child's output to ``out`` whole line by whole line (also each ``\\r``-refreshed progress line),
+    each prefixed, so that the children's lines never interleave mid-line."""
+    pending = b""
     for chunk in iter(lambda: stream.read1(4096), b""):
-        pieces = []
-        for byte in chunk.splitlines(keepends=True):
-            pieces.append((prefix if at_start else b"") + byte)
-            at_start = byte.endswith((b"\n", b"\r"))
-        out.write(b"".join(pieces))
-        out.flush()
+        pieces = (pending + chunk).splitlines(keepends=True)
+        pending = pieces.pop() if not pieces[-1].endswith((b"\n", b"\r")) else b""
+        # A lone line end (tqdm's refresh) gets no label.
+        text = b"".join(p if p in (b"\n", b"\r", b"\r\n") else prefix + p for p in pieces)
+        with lock:
+            out.write(text)
+            out.flush()
+    if pending:
+        with lock:
+            out.write(prefix + pending + b"\n")
+            out.flush()
 
 
 def _exit_description(code: int) -> str:
@@ -423,13 +454,14 @@ def launch(command: Sequence[str], processes: int, devices_per_process: int, *, 
             raise UserError(f"--{name} must be a positive integer, got {value!r}")
     address = f"127.0.0.1:{port or _free_port()}"
     env = _child_env(devices_per_process)
-    procs, relays = [], []
+    procs, relays, lock = [], [], threading.Lock()
     for i in range(processes):
         argv = _child_argv(
             command, ["--coordinator", address, "--num-processes", str(processes), "--process-id", str(i)]
         )
         p = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-        relay = threading.Thread(target=_relay, args=(p.stdout, f"[p{i}] ".encode(), sys.stdout.buffer), daemon=True)
+        args = (p.stdout, f"[p{i}] ".encode(), sys.stdout.buffer, lock)
+        relay = threading.Thread(target=_relay, args=args, daemon=True)
         relay.start()
         procs.append(p)
         relays.append(relay)

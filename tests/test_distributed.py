@@ -22,6 +22,7 @@ import sys
 import textwrap
 import time
 
+import jax
 import numpy as np
 import pytest
 
@@ -92,6 +93,9 @@ WORKER = textwrap.dedent(
     """
 )
 
+CHARLM_FLAGS = ["--hidden-size", "8", "--embed-size", "4", "--batch-size", "8", "--seq-len", "8", "--steps", "4",
+                "--eval-every", "2", "--checkpoint-every", "2", "--samples", "0", "--eval-streams", "4",
+                "--eval-window", "16", "--unroll", "1", "--warmup-steps", "1"]  # fmt: skip
 STEPS, KILL_AT = 8, 5  # checkpoints every 2 steps: the last one before the kill is step 4
 
 
@@ -143,13 +147,24 @@ def runs(tmp_path_factory):
     wave = [subprocess.Popen(launch, env=dict(os.environ, PYTHONUNBUFFERED="1"), stdout=subprocess.PIPE,
                              stderr=subprocess.STDOUT, text=True),
             _start(script, root / "one", 4)]  # fmt: skip
+    text = root / "text.txt"
+    rng = np.random.default_rng(0)
+    text.write_text(" ".join(rng.choice(["the", "cat", "sat", "on", "a", "mat", "and", "ran"], 500)))
+    charlm = ["charlm", "train", "--text", str(text), *CHARLM_FLAGS]
+    wave += [subprocess.Popen([sys.executable, "-m", "rnn_jax.cli", "launch", "--processes", "2",
+                               "--devices-per-process", "2", "--", *charlm, "--out", str(root / "lm2")],
+                              env=dict(os.environ, PYTHONUNBUFFERED="1"), stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True),
+             subprocess.Popen([sys.executable, "-m", "rnn_jax.cli", *charlm, "--devices", "4", "--no-verbose",
+                               "--out", str(root / "lm1")], env=_env(4), stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True)]  # fmt: skip
     killed = [_start(script, root / "part", 2, KILL_AT, _flags(port, 2, i), subprocess.PIPE) for i in range(2)]
     killed_code, _ = _finish(killed[1:])
     t_killed = time.monotonic()
     survivor_code, survivor_out = _finish(killed[:1], timeout=120)
     survivor_s = time.monotonic() - t_killed
     codes, outputs = _finish(wave)
-    assert codes == [0, 0], "\n".join(o[0][-3000:] for o in outputs)
+    assert codes == [0, 0, 0, 0], "\n".join(o[0][-3000:] for o in outputs)
 
     resumable = root / "alone"
     resumable.mkdir()
@@ -160,7 +175,8 @@ def runs(tmp_path_factory):
     resumed.append(_start(script, resumable, 4))
     resumed_codes, resumed_outputs = _finish(resumed)
     assert resumed_codes == [0, 0, 0], "\n".join(o[0][-2000:] for o in resumed_outputs)
-    return {"root": root, "launch_stdout": outputs[0][0], "killed_code": killed_code[0], "step_at_kill": step_at_kill,
+    return {"root": root, "launch_stdout": outputs[0][0], "charlm_stdout": outputs[2][0],
+            "killed_code": killed_code[0], "step_at_kill": step_at_kill,
             "survivor": (survivor_code[0], survivor_out[0][1], survivor_s)}  # fmt: skip
 
 
@@ -206,3 +222,23 @@ def test_resumed_with_one_process_of_the_same_device_count_matches(runs):
     for a, b in zip(single["params"] + single["carry"], full["params"] + full["carry"], strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
     assert sorted(_losses(runs["root"] / "alone")) == list(range(5, STEPS + 1))
+
+
+def test_charlm_trainer_on_two_processes_equals_one_process_of_four_devices(runs):
+    from rnn_jax.apps import charlm
+
+    root = runs["root"]
+    records = [[json.loads(line) for line in (root / d / "metrics.jsonl").read_text().splitlines()]
+               for d in ("lm1", "lm2")]  # fmt: skip
+    evals = [[(r["step"], r["val_loss"]) for r in rs if r["kind"] == "eval"] for rs in records]
+    assert [s for s, _ in evals[0]] == [s for s, _ in evals[1]] == [0, 2, 4]
+    np.testing.assert_allclose([v for _, v in evals[1]], [v for _, v in evals[0]], rtol=1e-6)
+    train = [[r["loss"] for r in rs if r["kind"] == "train"] for rs in records]
+    np.testing.assert_allclose(train[1], train[0], rtol=1e-6)
+    one, two = charlm.load_model(str(root / "lm1"), "latest"), charlm.load_model(str(root / "lm2"), "latest")
+    assert one.meta["step"] == two.meta["step"] == 4
+    for a, b in zip(jax.tree.leaves(two.params), jax.tree.leaves(one.params), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+    # Process 0 alone prints: the summary line appears once, from [p0].
+    summaries = [line for line in runs["charlm_stdout"].splitlines() if '"val_loss"' in line]
+    assert len(summaries) == 1 and summaries[0].startswith("[p0] "), runs["charlm_stdout"][-3000:]
