@@ -27,6 +27,7 @@ import numpy as np
 import pytest
 
 from rnn_jax import distributed
+from rnn_jax.errors import UserError
 
 WORKER = textwrap.dedent(
     """
@@ -242,3 +243,84 @@ def test_charlm_trainer_on_two_processes_equals_one_process_of_four_devices(runs
     # Process 0 alone prints: the summary line appears once, from [p0].
     summaries = [line for line in runs["charlm_stdout"].splitlines() if '"val_loss"' in line]
     assert len(summaries) == 1 and summaries[0].startswith("[p0] "), runs["charlm_stdout"][-3000:]
+
+
+# ---------------------------------------------------------------------------------------------------
+# The pieces, in this process (no runtime started)
+# ---------------------------------------------------------------------------------------------------
+
+
+def test_split_flags_takes_the_three_flags_out_before_a_double_dash():
+    argv = ["train", "--coordinator", "h:1", "--steps", "3", "--num-processes=2", "--process-id", "1", "--", "-x"]
+    rest, found = distributed.split_flags(argv)
+    assert rest == ["train", "--steps", "3", "--", "-x"]
+    assert found == {"coordinator": "h:1", "num_processes": 2, "process_id": 1}
+    assert distributed.split_flags(["--", "--process-id", "1"]) == (["--", "--process-id", "1"], {})
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [(["--process-id"], "needs a value"), (["--num-processes", "two"], "must be an integer")],
+)
+def test_split_flags_refuses_bad_values(argv, message):
+    with pytest.raises(UserError, match=message):
+        distributed.split_flags(argv)
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(coordinator="nohost"), "HOST:PORT"),
+        (dict(coordinator="h:1", num_processes=2, process_id=2), "below --num-processes"),
+        (dict(coordinator="h:1", num_processes=0, process_id=0), "num_processes must be an integer >= 1"),
+    ],
+)
+def test_initialize_refuses_bad_arguments_before_starting_anything(kwargs, message):
+    with pytest.raises(UserError, match=message):
+        distributed.initialize(**kwargs)
+
+
+@pytest.mark.parametrize(
+    "env, expected",
+    [
+        ({}, False),
+        ({"SLURM_JOB_ID": "7", "SLURM_STEP_NODELIST": "n[1-2]", "SLURM_PROCID": "0", "SLURM_NTASKS": "2"}, True),
+        ({"SLURM_JOB_ID": "7", "SLURM_STEP_NODELIST": "n1", "SLURM_PROCID": "0", "SLURM_NTASKS": "1"}, False),
+        ({"OMPI_MCA_orte_hnp_uri": "x", "OMPI_COMM_WORLD_SIZE": "4"}, True),
+        ({"KUBERNETES_SERVICE_HOST": "k", "JOB_COMPLETION_INDEX": "0"}, True),
+        ({"TPU_WORKER_HOSTNAMES": "w0,w1"}, True),
+        ({"TPU_WORKER_HOSTNAMES": "w0"}, False),
+        ({"JAX_COORDINATOR_ADDRESS": "h:1"}, True),
+        ({"RNN_JAX_DISTRIBUTED": "1"}, True),
+        ({"RNN_JAX_DISTRIBUTED": "0"}, False),
+    ],
+)
+def test_cluster_detected_reads_the_environment(env, expected):
+    assert distributed.cluster_detected(env) is expected
+
+
+def test_one_process_builds_every_row_and_keeps_its_checkpointer():
+    from rnn_jax import train as T
+
+    mesh = T.make_mesh(1)
+    assert distributed.process_rows(6, mesh) == slice(0, 6)
+    batches = distributed.ProcessBatches(lambda k: (np.arange(6) + k, np.float32(0.5)), 6, mesh)
+    rows, scalar = batches(2)
+    np.testing.assert_array_equal(rows, np.arange(6) + 2)
+    assert scalar == np.float32(0.5) and batches.items_per_step == 1
+    sentinel = object()
+    assert distributed.for_processes(sentinel) is sentinel
+    assert distributed.reduce_metrics({"a": 1.5}) == {"a": 1.5}
+    assert distributed.is_main_process()
+
+
+def test_launch_stops_and_names_the_failing_process(tmp_path):
+    script = tmp_path / "fail.py"
+    script.write_text("import sys, time\nif '1' == sys.argv[-1]:\n    sys.exit(3)\ntime.sleep(60)\n")
+    argv = [sys.executable, "-m", "rnn_jax.cli", "launch", "--processes", "2", "--", "python", str(script)]
+    t0 = time.monotonic()
+    out = subprocess.run(argv, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 1 and time.monotonic() - t0 < 50
+    assert out.stderr.strip().splitlines()[-1] == (
+        "rnn-jax launch: error: process 1 exited with status 3; stopping the 1 still running"
+    )
