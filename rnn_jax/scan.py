@@ -19,10 +19,22 @@ real step (padding stays at the end, as in a bidirectional encoder).
 
 Where it pays (a :class:`~rnn_jax.cells.Cell`), the input projection of all ``T`` steps is one large
 matmul before the loop and the output head one large matmul after it; only the recurrence itself is
-sequential. ``hoist=None`` (the default) chooses hoisting by cell, backend and carry size
-(:func:`auto_hoist`: on CPU the LSTM and GRU project inside the step) and ``unroll=None`` the loop's
-unroll by backend and carry size (:func:`auto_unroll`); the measurements behind both are in
-``docs/bench.md``.
+sequential.
+
+Choices per platform. What ``impl="auto"``, ``hoist=None`` and ``unroll=None`` pick, and which residuals
+the backward pass stores, follow the platform the computation is *lowered for* (``lax.platform_dependent``),
+not the host's backend, so a train step lowered for a GPU or TPU from a CPU machine gets the GPU/TPU
+choices (measurements: ``docs/bench.md``):
+
+- CPU: the vanilla RNN takes the ``custom_jvp`` fast path (unroll 1) wherever it applies; otherwise the
+  LSTM and GRU project inside the step, the vanilla RNN hoists while the batch carry has at most
+  :data:`CPU_SMALL_STATE` elements, unroll 4 for such small carries (else 1), and a larger carry stores
+  only the cell's ``saved`` pre-activations (:func:`auto_hoist`, :func:`auto_unroll`, :func:`auto_saved`).
+- GPU (cuda, rocm), TPU and any other platform: the plain scan, the projection hoisted, unroll
+  ``min(8, T)``, residuals as XLA keeps them.
+
+Under ``jit`` both choices are traced and only the lowering platform's is compiled (a multi-platform
+export keeps both behind a switch); eagerly, only the running platform's runs.
 """
 
 from __future__ import annotations
@@ -139,16 +151,65 @@ def _check_carry(cell, params, carry, batch: tuple[int, ...]):
                 )
 
 
-def _check_lengths(lengths, T: int, batch: tuple[int, ...]):
+def _check_lengths(lengths, xs, time_major: bool):
+    """``lengths``: integers of the batch shape, in ``[0, T]`` where the values are known (outside ``jit``)."""
+    T, batch = _sequence_layout(xs, time_major)
     dtype = jnp.result_type(lengths)
     if not jnp.issubdtype(dtype, jnp.integer):
         raise TypeError(f"lengths must be integers, got dtype {dtype}")
-    if tuple(jnp.shape(lengths)) != batch:
-        raise UserError(f"lengths must have the batch shape {_shape_str(batch)}, got {_shape_str(jnp.shape(lengths))}")
+    shape = tuple(jnp.shape(lengths))
+    if shape != batch:
+        hint = ""
+        other = jnp.shape(jax.tree.leaves(xs)[0])
+        flipped = other[1:-1] if not time_major else other[:-2]
+        if shape == flipped or shape == (T,):
+            hint = (
+                f"; {_shape_str(shape)} is what the batch would be with time_major={not time_major} "
+                f"(xs has shape {_shape_str(other)}): is time_major={time_major} wrong?"
+            )
+        raise UserError(f"lengths must have the batch shape {_shape_str(batch)}, got {_shape_str(shape)}{hint}")
     if not isinstance(lengths, jax.core.Tracer):  # values can only be checked outside jit
         values = np.asarray(lengths)
         if values.size and (values.min() < 0 or values.max() > T):
             raise UserError(f"lengths must lie in [0, T={T}], got values from {values.min()} to {values.max()}")
+
+
+def _cell_name(cell) -> str:
+    if isinstance(cell, Cell):
+        return f"the {cell.name} cell"
+    return f"the cell function {getattr(cell, '__qualname__', None) or type(cell).__name__}"
+
+
+def _struct(tree) -> str:
+    """A pytree's structure with each leaf's shape and dtype, for error messages."""
+    return str(jax.tree.map(lambda a: f"{jnp.result_type(a)}{list(jnp.shape(a))}", tree))
+
+
+def _first(tree, n_axes: int):
+    """Shapes and dtypes (weak types kept) of each leaf's first entry along its ``n_axes`` leading axes."""
+    return jax.eval_shape(lambda t: jax.tree.map(lambda a: jnp.asarray(a)[(0,) * n_axes], t), tree)
+
+
+def _check_step(cell, params, carry, xs, n_batch: int):
+    """Trace one step of one example (shapes only): the cell must return a ``(carry, y)`` pair whose carry
+    has the structure, shapes and dtypes of the carry it was given (``lax.scan`` feeds it back)."""
+    carry_1 = jax.eval_shape(cell.init_carry, params) if carry is None else _first(carry, n_batch)
+    out = jax.eval_shape(cell, params, carry_1, _first(xs, n_batch + 1))
+    if not (isinstance(out, (tuple, list)) and len(out) == 2):
+        got = f"a {type(out).__name__} of {len(out)}" if isinstance(out, (tuple, list)) else type(out).__name__
+        raise TypeError(
+            f"{_cell_name(cell)} must return a pair (new_carry, y), got {got}: {_struct(out)}; "
+            "return (carry, y), e.g. (h, h) when the output is the hidden state"
+        )
+    same = jax.tree.structure(out[0]) == jax.tree.structure(carry_1) and all(
+        a.shape == b.shape and (a.dtype == b.dtype or a.weak_type)  # lax.scan casts a weakly typed start
+        for a, b in zip(jax.tree.leaves(carry_1), jax.tree.leaves(out[0]))
+    )
+    if not same:
+        raise TypeError(
+            f"{_cell_name(cell)} changes its carry across a step: it takes {_struct(carry_1)} and returns "
+            f"{_struct(out[0])}; return a carry with the same structure, shapes and dtypes as the one it reads"
+        )
 
 
 def check_run_args(cell, params, carry, xs, *, lengths=None, time_major: bool = False) -> tuple[int, tuple[int, ...]]:
@@ -165,7 +226,8 @@ def check_run_args(cell, params, carry, xs, *, lengths=None, time_major: bool = 
     else:
         _check_carry(cell, params, carry, batch)
     if lengths is not None:
-        _check_lengths(lengths, T, batch)
+        _check_lengths(lengths, xs, time_major)
+    _check_step(cell, params, carry, xs, len(batch))
     return T, batch
 
 
@@ -582,10 +644,23 @@ def _check_options(cell, *, remat, unroll, impl):
         raise UserError(f"unroll must be a positive integer, got {unroll!r} (or None: chosen by platform and size)")
 
 
-def _execute(cell, params, carry, xs, lengths, call: _Call, plan: Plan):
+def _execute(cell, params, carry, xs, lengths, *, call: _Call, plan: Plan):
     if plan.impl == "custom_jvp":
         return _run_vanilla_fast(cell, params, carry, xs, call, plan)
     return _run_scan(cell, params, carry, xs, lengths, call, plan)
+
+
+def _per_platform(cell, args, call: _Call, *, cpu: Plan, accelerator: Plan):
+    """Follow ``cpu`` where the computation is lowered for CPU, ``accelerator`` elsewhere (GPU, TPU).
+
+    ``lax.platform_dependent`` traces both and keeps only the lowering platform's branch in the module
+    (both, behind a switch, for a multi-platform export); outside ``jit`` only the running platform's
+    runs. Identical plans need no switch.
+    """
+    if cpu == accelerator:
+        return _execute(cell, *args, call=call, plan=cpu)
+    on_cpu, elsewhere = (partial(_execute, cell, call=call, plan=plan) for plan in (cpu, accelerator))
+    return lax.platform_dependent(*args, cpu=on_cpu, default=elsewhere)
 
 
 def run(
@@ -614,23 +689,28 @@ def run(
       xs: ``[..., T, I]``, or ``[T, ..., I]`` with ``time_major=True``; a pytree of such arrays is
         accepted (each leaf with the same ``T`` and batch shape).
       lengths: optional integer array of the batch shape; steps ``t >= lengths`` leave the carry
-        unchanged and output zeros.
+        unchanged and output zeros. Values outside ``[0, T]`` are refused where they are known (eagerly);
+        under ``jit`` they cannot be checked: a length above ``T`` then acts as ``T`` and a negative one as 0.
       time_major: whether time is the first axis of ``xs`` (and of the outputs).
-      reverse: run from the last step to the first (outputs stay at their own positions).
+      reverse: run from the last step to the first (outputs stay at their own positions). It respects
+        ``lengths``: the padded steps come first and leave the carry alone, so each sequence is read from
+        its own last real step back to step 0, and ``ys[t]`` is the output after reading steps ``t..len-1``.
       unroll: steps per iteration of the compiled loop (a speed knob; results do not change);
-        ``None`` picks it by platform and carry size (:func:`auto_unroll`).
+        ``None`` picks it by lowering platform and carry size (:func:`auto_unroll`).
       remat: ``False``/``"none"``: store every step's residuals for BPTT; ``True``/``"step"``:
         recompute each step in the backward pass (``jax.checkpoint``); ``"sqrt"``: nested scan that
         stores one carry per chunk of ``ceil(sqrt(T))`` steps (memory ``O(sqrt T)``).
       return_carries: also return the carry after every step.
       hoist: for a ``Cell``, compute the input projection of all steps as one matmul before the loop
         (``True``) or inside each step (``False``); a speed knob, results agree to float rounding.
-        ``None`` picks it by cell, platform and carry size (:func:`auto_hoist`). Ignored for plain functions.
-      impl: the algorithm, and so the gradient rule (``unroll``, ``hoist`` and ``remat`` never change it):
+        ``None`` picks it by cell, lowering platform and carry size (:func:`auto_hoist`). Ignored for plain
+        functions.
+      impl: the algorithm, and so the gradient rule (``unroll`` and ``hoist`` never change it):
         ``"scan"``: ``lax.scan`` differentiated by JAX; ``"custom_jvp"``: the vanilla layer with its
         hand-written tangent (weight gradients after the loop; vanilla cell only, no ``lengths``,
         ``reverse``, ``remat``, ``return_carries``); ``"pallas"``: the kernels of :mod:`rnn_jax.kernels`
-        (``unroll`` and ``hoist`` do not apply); ``"auto"``: :func:`auto_plan`.
+        (``unroll`` and ``hoist`` do not apply); ``"auto"``: per lowering platform (module docstring,
+        :func:`auto_plan`): on CPU ``"custom_jvp"`` where it applies, else ``"scan"``.
 
     Returns:
       ``(final_carry, ys)``, or ``(final_carry, ys, carries)`` with ``return_carries``; ``ys`` and
@@ -645,9 +725,11 @@ def run(
     if impl == "custom_jvp" and (reason := custom_jvp_refusal(cell, **options)) is not None:
         raise UserError(f"impl='custom_jvp' {reason}; use impl='scan' (or impl='auto')")
     state_size = _carry_size(cell, params, carry, batch)
-    plan = auto_plan(cell, T, state_size, platform=jax.default_backend(), impl=impl, hoist=hoist, unroll=unroll,
-                     **options)  # fmt: skip
-    return _execute(cell, params, carry, xs, lengths, call, plan)
+    plans = {
+        platform: auto_plan(cell, T, state_size, platform=platform, impl=impl, hoist=hoist, unroll=unroll, **options)
+        for platform in ("cpu", "cuda")
+    }
+    return _per_platform(cell, (params, carry, xs, lengths), call, cpu=plans["cpu"], accelerator=plans["cuda"])
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -712,6 +794,11 @@ def run_stack(
     Returns:
       ``(final_carries, ys)``: a list with each layer's final carry, and the last layer's outputs.
     """
+    if not isinstance(params, (list, tuple)) or hasattr(params, "_fields"):  # a NamedTuple is one layer's params
+        raise TypeError(
+            f"run_stack takes one params pytree per layer (a list or tuple of them), got a single "
+            f"{type(params).__name__}; pass [params] for one layer (or call run), or a list with one per layer"
+        )
     n_layers = len(params)
     if n_layers < 1:
         raise UserError("run_stack needs at least one layer of params")
@@ -727,6 +814,11 @@ def run_stack(
     finals = []
     ys = xs
     for layer, (cell, p, c, k) in enumerate(zip(cells, params, carries, keys)):
+        if c is None and not isinstance(cell, Cell):
+            raise UserError(
+                f"layer {layer} of run_stack is a plain function, so its carry cannot default to zeros; pass "
+                "carries=[carry_0, carry_1, ...] with an explicit initial carry for it (None only for a Cell)"
+            )
         if layer > 0:
             ys = inverted_dropout(k, dropout_rate, ys)
         c, ys = run(cell, p, c, ys, **run_kwargs)

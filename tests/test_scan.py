@@ -256,3 +256,52 @@ def test_error_mismatched_batches_and_bad_options(lstm_params):
         R.run(R.lstm_cell, lstm_params, None, xs, unroll=0)
     with pytest.raises(ValueError, match="needs a Cell"):
         R.run(lambda p, c, x: (c, x), None, None, xs)
+
+
+def test_error_run_stack_given_one_params_instead_of_a_list(lstm_params):
+    with pytest.raises(TypeError, match=r"one params pytree per layer.*got a single LSTMParams; pass \[params\]"):
+        R.run_stack(R.lstm_cell, lstm_params, None, jnp.ones((B, T, I)))
+
+
+def test_error_run_stack_plain_function_layer_needs_a_carry(lstm_params):
+    plain = lambda p, c, x: R.lstm_cell(p, c, x)  # noqa: E731
+    with pytest.raises(ValueError, match=r"layer 0 of run_stack is a plain function.*pass carries=\[carry_0"):
+        R.run_stack(plain, [lstm_params], None, jnp.ones((B, T, I)))
+
+
+def test_error_cell_that_does_not_return_a_pair():
+    def three_outputs(p, h, x):
+        return h, x, x
+
+    with pytest.raises(TypeError, match=r"three_outputs must return a pair \(new_carry, y\), got a tuple of 3.*"
+                                        r"return \(carry, y\)"):  # fmt: skip
+        R.run(three_outputs, None, jnp.zeros((B, H)), jnp.ones((B, T, I)))
+
+
+def test_error_cell_whose_carry_changes_names_both_structures():
+    def grows(p, h, x):
+        return (h, h), x
+
+    def resizes(p, h, x):
+        return x, x
+
+    both = r"takes float32\[5\] and returns \('float32\[5\]', 'float32\[5\]'\); return a carry with the same"
+    with pytest.raises(TypeError, match=r"grows changes its carry.*" + both):
+        R.run(grows, None, jnp.zeros((B, H)), jnp.ones((B, T, I)))
+    with pytest.raises(TypeError, match=r"resizes changes its carry.*takes float32\[5\] and returns float32\[4\]"):
+        R.run(resizes, None, jnp.zeros((B, H)), jnp.ones((B, T, I)))
+
+
+def test_error_lengths_along_the_time_axis_hints_at_time_major(lstm_params):
+    with pytest.raises(ValueError, match=r"shape \(3\), got \(7\); .*time_major=True .*is time_major=False wrong"):
+        R.run(R.lstm_cell, lstm_params, None, jnp.ones((B, T, I)), lengths=jnp.full((T,), T))
+    with pytest.raises(ValueError, match=r"batch shape \(7\), got \(3\); .*is time_major=True wrong"):
+        R.run(R.lstm_cell, lstm_params, None, jnp.ones((B, T, I)), lengths=jnp.full((B,), 2), time_major=True)
+
+
+def test_lengths_above_T_under_jit_act_as_T(lstm_params):
+    """Documented: under jit the values cannot be checked; a length above T reads the whole sequence."""
+    xs = jax.random.normal(jax.random.key(17), (B, T, I))
+    run = jax.jit(lambda n: R.run(R.lstm_cell, lstm_params, None, xs, lengths=n))
+    over, exact = run(jnp.array([T + 5, 3, T])), run(jnp.array([T, 3, T]))
+    jax.tree.map(np.testing.assert_array_equal, over, exact)
