@@ -305,3 +305,20 @@ def test_lengths_above_T_under_jit_act_as_T(lstm_params):
     run = jax.jit(lambda n: R.run(R.lstm_cell, lstm_params, None, xs, lengths=n))
     over, exact = run(jnp.array([T + 5, 3, T])), run(jnp.array([T, 3, T]))
     jax.tree.map(np.testing.assert_array_equal, over, exact)
+
+
+def test_pallas_impl_restores_batch_shape_and_layout():
+    """run flattens every batch dimension into the kernel's N and puts the outputs back where xs has time."""
+    params = _params("vanilla", jax.random.key(18))
+    xs = jax.random.normal(jax.random.key(19), (2, B, 5, I))  # two batch dimensions, batch-major
+    h0 = jax.random.normal(jax.random.key(20), (2, B, H))
+    lengths = jnp.array([[5, 1, 3], [0, 4, 5]])
+    for reverse in (False, True):
+        want = R.run(R.vanilla_cell, params, h0, xs, lengths=lengths, reverse=reverse, impl="scan")
+        got = R.run(R.vanilla_cell, params, h0, xs, lengths=lengths, reverse=reverse, impl="pallas")
+        jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6), got, want)
+
+
+def test_pallas_impl_refuses_what_the_kernel_cannot_run():
+    with pytest.raises(ValueError, match=r"impl='pallas' cannot run this call: .*; use impl='scan'"):
+        R.run(lambda p, c, x: (c, x), None, jnp.zeros((B, H)), jnp.ones((B, T, I)), impl="pallas")
