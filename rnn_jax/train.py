@@ -359,7 +359,10 @@ def make_train_step(
         ``has_carry``: ``loss_fn(params, carry, batch, key) -> (loss, (aux, new_carry))``. The loss must
         be a mean over the batch (so that a sharded batch gives the same loss and gradients).
       optimizer: an optax transformation (see :func:`make_optimizer`).
-      mesh: a mesh with a ``"data"`` axis to split the batch over, or ``None`` for one device.
+      mesh: a mesh with a ``"data"`` axis to split the batch over, or ``None`` for one device. In a
+        multi-process run (:mod:`rnn_jax.distributed`) each process passes its own rows of the batch
+        (:func:`shard_batch`), the state is placed from its global value (:func:`place_state`), and the
+        metrics come back replicated: every process reads the same global loss.
       compute_dtype: e.g. ``jnp.bfloat16`` to run the loss on params (and carry) cast to it; the master
         params, the stored carry and the optimiser stay in their own (float32) dtype.
       has_carry: whether the loss reads and returns a carry kept in ``state.carry``.
