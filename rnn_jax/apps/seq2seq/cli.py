@@ -12,6 +12,7 @@ import dataclasses
 import json
 from pathlib import Path
 
+from rnn_jax import distributed as D
 from rnn_jax import harness as H
 from rnn_jax.apps.seq2seq.config import KIND, Config
 from rnn_jax.apps.seq2seq.inference import load_model, translate
@@ -63,7 +64,9 @@ def cli_main(argv: list[str], prog: str = "rnn-jax seq2seq") -> int:
     """``train``: print the test metrics as one JSON line; ``translate``: one ``input<TAB>output`` line each."""
     args = _parser(prog).parse_args(argv)
     if args.action == "train":
-        print(json.dumps(train(config_from_args(args)).summary()))
+        summary = train(config_from_args(args)).summary()
+        if D.is_main_process():  # several processes: process 0 alone prints
+            print(json.dumps(summary))
         return 0
     tc = H.config_from_args(TranslateConfig, args)
     H.check_int("beam", tc.beam)

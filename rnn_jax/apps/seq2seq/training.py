@@ -16,6 +16,7 @@ import jax
 import numpy as np
 
 from rnn_jax import checkpoint
+from rnn_jax import distributed as D
 from rnn_jax import harness as H
 from rnn_jax import train as T
 from rnn_jax.apps.seq2seq.config import KIND, MODEL_FIELDS, Config, check_config
@@ -125,7 +126,7 @@ def _train_step(s: _StepSettings):
     return T.make_train_step(
         partial(loss_fn, scheduled=s.scheduled, dropout=s.dropout),
         make_optimizer(config, 1),
-        mesh=T.make_mesh(s.devices) if s.devices is not None else None,
+        mesh=T.make_mesh(s.devices) if s.devices is not None or jax.process_count() > 1 else None,
         compute_dtype=H.compute_dtype(s.dtype),
     )
 
@@ -179,8 +180,13 @@ def _fit(config: Config, prep: Prepared, out: Path | None, log) -> H.FitResult:
     batches = EpochBatches(
         prep.train, config.batch_size, config.seed, config.pad_multiple, teacher_forcing_schedule(config)
     )
+    main = D.is_main_process()  # several processes: process 0 alone prints and writes
+    if jax.process_count() > 1:  # each process feeds its own rows of every batch
+        batches = D.ProcessBatches(batches, config.batch_size, T.make_mesh(config.devices))
     options = H.fit_options(config, log_every=50, best_metric="val_wer", item_name="examples")
+    options = options._replace(verbose=options.verbose and main)
     ckpt = checkpoint.Checkpointer(out, checkpoint_meta(config, prep)) if out is not None else None
+    ckpt, out = D.for_processes(ckpt), out if main else None
     evaluate_val = _validation(config, prep, make_decoder(prep.max_len))
     step = _train_step(_StepSettings.of(config))
     return H.fit(state, step, batches, options, evaluate=evaluate_val, checkpointer=ckpt, out_dir=out)
@@ -243,19 +249,22 @@ def train(config: Config, task: P.Task | None = None, log=None) -> TrainResult:
     """
     config = check_config(config)
     _check_resume(config)
-    log = log or ((lambda msg: print(msg, file=sys.stderr, flush=True)) if config.verbose else (lambda msg: None))
+    verbose = config.verbose and D.is_main_process()
+    log = log or ((lambda msg: print(msg, file=sys.stderr, flush=True)) if verbose else (lambda msg: None))
     prep = prepare(config, task)
     check_vocab_fits_beam(config.beam, prep.tgt_vocab)
-    out = H.prepare(config.out, resume=config.resume) if config.out is not None else None  # the first write
+    main = D.is_main_process()  # several processes: process 0 alone writes (the others read on resume)
+    out = H.prepare(config.out, resume=config.resume) if config.out is not None and main else None  # first write
+    out = Path(config.out) if config.out is not None and not main else out
     log(
         f"task {prep.task.name}: {prep.task.description}; {prep.task.sizes()} pairs, "
         f"{len(prep.train.sources)} training examples; vocab {len(prep.src_vocab)} -> {len(prep.tgt_vocab)}"
     )
     fitted = _fit(config, prep, out, log)
     test = _test(config, prep, fitted.state.params, log)
-    if out is not None:
+    if out is not None and main:
         _plot(config, prep, fitted.state.params, out)
     result = _result(config, prep, fitted, test, out)
-    if out is not None:
+    if out is not None and main:
         (out / "summary.json").write_text(json.dumps(result.summary(), indent=2), encoding="utf-8")
     return result
