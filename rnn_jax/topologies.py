@@ -20,6 +20,14 @@ leading batch dimensions. The seq2seq and glimpse models have params as pytrees 
 functions; the model's structure (cell kind, attention, bidirectional encoder) is read from the *types*
 of its params, so ``*_apply(params, ...)`` needs no config and params work with ``jax.grad`` and optax
 as they are.
+
+Every function that runs a recurrence takes ``run``'s algorithm options, ``impl`` (default ``"auto"``) and
+``unroll`` (default ``None``: chosen by platform and size), and passes them to each :func:`rnn_jax.run`.
+Where the scanned step is the cell itself (:func:`many_to_one`, the encoder layers of
+:func:`encoder_decoder_apply`) ``impl`` is followed as given. Where the step is a plain function built
+around the cell (the decoder with its attention, :func:`one_to_many`'s feedback loop, :func:`glimpse_apply`)
+the kernels cannot run it: ``impl="pallas"`` and ``"custom_jvp"`` run those loops with ``"scan"``
+(:func:`step_impl`), while ``unroll`` applies to every loop.
 """
 
 from __future__ import annotations
@@ -59,6 +67,7 @@ __all__ = [
     "carry_from_hidden",
     "cell_of",
     "cell_init",
+    "step_impl",
     "one_to_one",
     "one_to_many",
     "many_to_one",
@@ -155,6 +164,12 @@ def _out_size(params) -> int:
 # ---------------------------------------------------------------------------------------------------
 
 
+def step_impl(impl: str) -> str:
+    """The ``impl`` for a loop whose step is a plain function around a cell: ``"scan"`` for ``"pallas"`` and
+    ``"custom_jvp"`` (their kernels run the built-in cells only), ``impl`` itself otherwise."""
+    return "scan" if impl in ("pallas", "custom_jvp") else impl
+
+
 def one_to_one(cell, params, carry, x):
     """One to one: a single step, ``(carry, y) = cell(params, carry, x)``, for ``x [..., I]``.
 
@@ -165,7 +180,15 @@ def one_to_one(cell, params, carry, x):
 
 
 def one_to_many(
-    cell, params, carry, x_I, *, steps: int, feedback: Callable[[Any], Any] | None = None
+    cell,
+    params,
+    carry,
+    x_I,
+    *,
+    steps: int,
+    feedback: Callable[[Any], Any] | None = None,
+    impl: str = "auto",
+    unroll: int | None = None,
 ) -> tuple[Any, Any]:
     """One to many: read ``x_1 = x_I``, then feed each output back as the next input, for ``steps`` steps.
 
@@ -177,6 +200,7 @@ def one_to_many(
     Args:
       carry: the initial carry with the batch dims in front, or ``None`` for zeros (a ``Cell``).
       x_I: the first input, ``[..., I]``.
+      impl, unroll: for :func:`rnn_jax.run`; the loop's step feeds back, so ``impl`` goes through :func:`step_impl`.
 
     Returns:
       ``(final_carry, ys [..., T, O])``.
@@ -194,23 +218,26 @@ def one_to_many(
         return (c, feedback(y)), y
 
     dummy = jnp.zeros(batch + (steps, 0), jnp.float32)  # no per-step input: the loop feeds itself
-    (carry, _), ys = run(fed_back, params, (carry, x_I), dummy)
+    (carry, _), ys = run(fed_back, params, (carry, x_I), dummy, impl=step_impl(impl), unroll=unroll)
     return carry, ys
 
 
-def many_to_one(cell, params, carry, xs, *, lengths=None, pool: str = "last") -> tuple[Any, Array]:
+def many_to_one(
+    cell, params, carry, xs, *, lengths=None, pool: str = "last", impl: str = "auto", unroll: int | None = None
+) -> tuple[Any, Array]:
     """Many to one: summarise a sequence by its output at the last real step, or by the mean output.
 
     ``pool="last"``: ``y_{L-1}`` with ``L`` each sequence's length (``T`` without ``lengths``); ``"mean"``:
     ``(1/L) sum_{t<L} y_t``. For LSTM and GRU ``y_t = h_t``, so ``"last"`` is the final hidden state; for the
     vanilla cell it is the head's output at that step (the lecture's classifier). Length 0 gives zeros.
+    ``impl`` and ``unroll`` go to :func:`rnn_jax.run` as given.
 
     Returns:
       ``(final_carry, summary [..., O])``.
     """
     if pool not in ("last", "mean"):
         raise UserError(f"pool must be 'last' or 'mean', got {pool!r}")
-    carry, ys = run(cell, params, carry, xs, lengths=lengths)
+    carry, ys = run(cell, params, carry, xs, lengths=lengths, impl=impl, unroll=unroll)
     T = jnp.shape(ys)[-2]
     if lengths is None:
         lengths = jnp.full(jnp.shape(ys)[:-2], T, jnp.int32)
@@ -379,24 +406,40 @@ def _layers(x) -> tuple:
     return x if type(x) is tuple else (x,)
 
 
-def encode(params: Seq2SeqParams, src_S, src_len, *, dropout: float = 0.0, key=None) -> tuple[Array, Array]:
-    """Run the encoder over one source sequence: ``(memory [S, M], summary [M])``.
+def encode(
+    params: Seq2SeqParams,
+    src,
+    src_len,
+    *,
+    dropout: float = 0.0,
+    key=None,
+    impl: str = "auto",
+    unroll: int | None = None,
+) -> tuple[Array, Array]:
+    """Run the encoder over source sequences ``src [..., S]``: ``(memory [..., S, M], summary [..., M])``.
 
-    ``memory`` holds the top layer's outputs (zero past ``src_len``); ``summary`` is the top layer's
+    ``memory`` holds the top layer's outputs (zero past ``src_len [...]``); ``summary`` is the top layer's
     final hidden state (forward and backward concatenated for a bidirectional encoder), taken at the
-    last real step. Between layers, ``dropout`` (with ``key``) zeroes features of the layer below's outputs.
+    last real step. Between layers, ``dropout`` zeroes features of the layer below's outputs, drawn from
+    ``key``: one PRNG key per source (the batch shape ``[...]``), so a source's masks do not depend on the
+    batch it sits in. Each layer is one :func:`rnn_jax.run` over the whole batch with ``impl`` and
+    ``unroll`` (``impl="pallas"``: one kernel per layer and direction).
     """
-    x = params.src_embed[src_S]
+    src, src_len = jnp.asarray(src), jnp.asarray(src_len, jnp.int32)
+    n_batch = src.ndim - 1
+    x = params.src_embed[src]
     layers = _layers(params.encoder)
-    keys = jax.random.split(key, len(layers)) if key is not None else [None] * len(layers)
+    keys = None if key is None else vmap_batch(lambda k: jax.random.split(k, len(layers)), n_batch)(key)
+    drop = vmap_batch(lambda k, a: inverted_dropout(k, dropout, a), n_batch)
+    options = dict(lengths=src_len, impl=impl, unroll=unroll)
     for i, layer in enumerate(layers):
-        if i > 0:
-            x = inverted_dropout(keys[i], dropout, x)
+        if i > 0 and keys is not None:
+            x = drop(keys[..., i], x)
         if isinstance(layer, Bidirectional):
-            (c_fw, c_bw), x = bidirectional(cell_of(layer.fw), tuple(layer), None, x, lengths=src_len)
+            (c_fw, c_bw), x = bidirectional(cell_of(layer.fw), tuple(layer), None, x, **options)
             summary = jnp.concatenate([hidden_of(c_fw), hidden_of(c_bw)], axis=-1)
         else:
-            c, x = run(cell_of(layer), layer, None, x, lengths=src_len)
+            c, x = run(cell_of(layer), layer, None, x, **options)
             summary = hidden_of(c)
     return x, summary
 
@@ -471,11 +514,10 @@ def decoder_step_fn(ctx: DecoderContext, state: DecoderState, token) -> tuple[De
     return state, logits
 
 
-def _initial_state(params: Seq2SeqParams, src_S, src_len, *, dropout: float = 0.0, key=None):
-    """Encode one source: ``(DecoderContext, DecoderState)``. Decoder layer ``l`` starts from
-    ``h_0 = tanh(bridge_l(summary))`` (an LSTM's ``c_0 = 0``)."""
+def _decoder_state(params: Seq2SeqParams, memory, summary, src_len):
+    """One source's encoding (``memory [S, M]``, ``summary [M]``) as ``(DecoderContext, DecoderState)``.
+    Decoder layer ``l`` starts from ``h_0 = tanh(bridge_l(summary))`` (an LSTM's ``c_0 = 0``)."""
     src_len = jnp.asarray(src_len, jnp.int32)
-    memory, summary = encode(params, src_S, src_len, dropout=dropout, key=key)
     carries = tuple(
         carry_from_hidden(cell_of(layer), layer, jnp.tanh(dense(bridge, summary)))
         for layer, bridge in zip(_layers(params.decoder), _layers(params.bridge), strict=True)
@@ -494,7 +536,8 @@ def decoder_start(params: Seq2SeqParams, src_S, src_len, start_token) -> tuple[D
 
     The decoder starts from ``h_0 = tanh(bridge(summary))`` (an LSTM's cell state from zero).
     """
-    ctx, state = _initial_state(params, src_S, src_len)
+    memory, summary = encode(params, src_S, src_len)
+    ctx, state = _decoder_state(params, memory, summary, src_len)
     state, logits = decoder_step_fn(ctx, state, jnp.asarray(start_token, jnp.int32))
     return ctx, state, logits
 
@@ -521,6 +564,18 @@ def _check_training_args(teacher_forcing, key, scheduled: str, dropout: float) -
     return forced, not forced or dropout > 0
 
 
+def _example_keys(key, batch: tuple[int, ...], needs_key: bool, drop: bool):
+    """``(coins, encoder, decoder)`` keys of the batch shape, ``None`` where nothing is drawn. Only dropout
+    splits an example's key: without it the key itself draws the coins, so they depend on the key alone."""
+    if not needs_key:
+        return None, None, None
+    keys = jax.random.split(key, int(np.prod(batch, dtype=int))).reshape(batch) if batch else key
+    if not drop:
+        return keys, None, None
+    parts = vmap_batch(lambda k: jax.random.split(k, 3), len(batch))(keys)
+    return parts[..., 0], parts[..., 1], parts[..., 2]
+
+
 def encoder_decoder_apply(
     params: Seq2SeqParams,
     src,
@@ -532,6 +587,8 @@ def encoder_decoder_apply(
     key=None,
     scheduled: str = "argmax",
     dropout: float = 0.0,
+    impl: str = "auto",
+    unroll: int | None = None,
 ) -> Seq2SeqOutput:
     """Encoder-decoder with teacher forcing: the decoder reads ``tgt_in`` (start token first) and predicts
     the next token at every step.
@@ -550,6 +607,9 @@ def encoder_decoder_apply(
       key: PRNG key, needed when ``teacher_forcing`` is not the constant 1 or ``dropout > 0``.
       dropout: the probability of zeroing a feature between stacked layers (encoder and decoder) and
         of the features the output layer reads (training; decoding uses no dropout).
+      impl, unroll: :func:`rnn_jax.run`'s options. The encoder layers run over the whole batch with
+        ``impl`` as given; the decoder's step (attention, fed-back tokens) is a plain function, so it runs
+        with :func:`step_impl` of ``impl`` (``"scan"`` for ``"pallas"``).
 
     Returns:
       :class:`Seq2SeqOutput` ``(logits [..., T, V], attention [..., T, S] or None, inputs [..., T])``.
@@ -568,13 +628,12 @@ def encoder_decoder_apply(
     forced, needs_key = _check_training_args(teacher_forcing, key, scheduled, dropout)
     T = tgt_in.shape[-1]
 
-    def one(src_S, n_src, tgt_T, n_tgt, k):
-        drop = dropout > 0
-        k_enc = drop_keys = None
-        if drop:  # only dropout splits k: without it k itself draws the coins, so they depend on the key alone
-            k, k_enc, k_dec = jax.random.split(k, 3)
-            drop_keys = jax.random.split(k_dec, T)
-        ctx, state = _initial_state(params, src_S, n_src, dropout=dropout, key=k_enc)
+    keys, k_enc, k_dec = _example_keys(key, batch, needs_key, dropout > 0)
+    memory, summary = encode(params, src, src_len, dropout=dropout, key=k_enc, impl=impl, unroll=unroll)
+
+    def one(memory_SM, summary_M, n_src, tgt_T, n_tgt, k, k_dec):
+        drop_keys = None if k_dec is None else jax.random.split(k_dec, T)
+        ctx, state = _decoder_state(params, memory_SM, summary_M, n_src)
         if forced:
             coins_T, draw_keys = jnp.ones((T,), bool), None
         else:
@@ -597,14 +656,13 @@ def encoder_decoder_apply(
 
         V = params.out.b.shape[0]
         xs = jnp.stack([jnp.arange(T, dtype=tgt_T.dtype), tgt_T], axis=-1)
-        _, (logits, w, toks) = run(step, ctx, (state, jnp.zeros((V,), jnp.float32)), xs, lengths=n_tgt)
+        carry = (state, jnp.zeros((V,), jnp.float32))
+        _, (logits, w, toks) = run(step, ctx, carry, xs, lengths=n_tgt, impl=step_impl(impl), unroll=unroll)
         return logits, w, toks[:, 0]
 
-    fn = vmap_batch(one, len(batch), in_axes=(0, 0, 0, None if tgt_len is None else 0, 0 if needs_key else None))
-    keys = None
-    if needs_key:
-        keys = jax.random.split(key, int(np.prod(batch, dtype=int))).reshape(batch) if batch else key
-    logits, w, toks = fn(src, src_len.astype(jnp.int32), tgt_in.astype(jnp.int32), tgt_len, keys)
+    axes = [0, 0, 0, 0, None if tgt_len is None else 0] + [None if k is None else 0 for k in (keys, k_dec)]
+    fn = vmap_batch(one, len(batch), in_axes=tuple(axes))
+    logits, w, toks = fn(memory, summary, src_len.astype(jnp.int32), tgt_in.astype(jnp.int32), tgt_len, keys, k_dec)
     return Seq2SeqOutput(logits=logits, attention=w, inputs=toks)
 
 
@@ -651,7 +709,9 @@ def glimpse_init(
     )
 
 
-def glimpse_apply(params: GlimpseParams, parts, *, steps: int, hard: bool = False) -> GlimpseOutput:
+def glimpse_apply(
+    params: GlimpseParams, parts, *, steps: int, hard: bool = False, impl: str = "auto", unroll: int | None = None
+) -> GlimpseOutput:
     """Read a fixed input by ``steps`` glimpses, choosing each time where to look next; decide at the end.
 
     For one example with parts ``x [N, F]``::
@@ -662,7 +722,8 @@ def glimpse_apply(params: GlimpseParams, parts, *, steps: int, hard: bool = Fals
         logits = h_T W_head + b                   # decide at the end
 
     ``hard=True`` looks at exactly one part, ``one_hot(argmax a_t)``, with the soft weights' gradient
-    (straight-through). ``parts`` is ``[..., N, F]`` (e.g. :func:`image_patches`).
+    (straight-through). ``parts`` is ``[..., N, F]`` (e.g. :func:`image_patches`). The glimpse step is a
+    plain function around the cell: it runs with :func:`step_impl` of ``impl`` and with ``unroll``.
     """
     if not isinstance(steps, (int, np.integer)) or steps < 1:
         raise UserError(f"glimpse_apply needs steps >= 1, got {steps!r}")
@@ -681,7 +742,8 @@ def glimpse_apply(params: GlimpseParams, parts, *, steps: int, hard: bool = Fals
             c, _ = cell(p.cell, c, jnp.concatenate([a_N @ x_NF, a_N]))
             return c, a_N
 
-        c, looks = run(step, params, cell.init_carry(params.cell), jnp.zeros((steps, 0), x_NF.dtype))
+        xs = jnp.zeros((steps, 0), x_NF.dtype)  # no per-step input: each step chooses its own glimpse
+        c, looks = run(step, params, cell.init_carry(params.cell), xs, impl=step_impl(impl), unroll=unroll)
         return dense(params.head, hidden_of(c)), looks
 
     logits, looks = vmap_batch(one, len(parts.shape[:-2]))(parts)

@@ -1,5 +1,7 @@
 """The lecture's topologies against Python loops and per-sequence runs; attention masking; scheduled sampling."""
 
+from functools import partial
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -10,6 +12,7 @@ from rnn_jax import decode as D
 from rnn_jax import losses as Ls
 from rnn_jax import topologies as Tp
 from rnn_jax.errors import UserError
+from rnn_jax.scan import IMPLS
 
 B, T, I, H = 3, 7, 4, 5
 S, V_SRC, V_TGT, E = 6, 7, 9, 3
@@ -369,3 +372,74 @@ def test_bad_input_is_named():
         Tp.many_to_one(R.gru_cell, R.gru_init(jax.random.key(0), I, H), None, jnp.zeros((T, I)), pool="max")
     with pytest.raises(UserError, match="3x3"):
         Tp.image_patches(jnp.zeros((8, 8)), 3)
+
+
+# ---------------------------------------------------------------------------------------------------
+# run's options (impl, unroll) through the topologies
+# ---------------------------------------------------------------------------------------------------
+
+
+def _values_and_grads(fn, params):
+    """``fn(params)``'s outputs and the gradient of the mean square of its float outputs, jitted."""
+
+    def loss(p):
+        return sum(jnp.mean(jnp.square(a)) for a in jax.tree.leaves(fn(p)) if jnp.issubdtype(a.dtype, jnp.floating))
+
+    return jax.jit(fn)(params), jax.jit(jax.grad(loss))(params)
+
+
+def _seq2seq_fn(src, tgt_in, **options):
+    return lambda p: Tp.encoder_decoder_apply(p, src, SRC_LEN, tgt_in, **options)
+
+
+@pytest.mark.parametrize("options", [{"impl": "scan"}, {"impl": "auto", "unroll": 3}, {"impl": "scan", "unroll": 2}])
+def test_run_options_give_the_default_values_and_gradients(options):
+    """Each topology with ``impl``/``unroll`` equals the default (float32 tolerance), values and gradients."""
+    params = _init(11, attention="luong", bidirectional=True, encoder_layers=2, decoder_layers=2)
+    _, src, tgt_in = _seq2seq("luong")
+    xs = jax.random.normal(jax.random.key(12), (B, T, I))
+    gru = R.gru_init(jax.random.key(13), I, H)
+    vanilla = R.vanilla_init(jax.random.key(14), I, H, I)
+    glimpse = Tp.glimpse_init(jax.random.key(15), n_parts=4, part_size=4, hidden_size=H, n_classes=3)
+    parts = jax.random.normal(jax.random.key(16), (B, 4, 4))
+    cases = [
+        (params, lambda **o: _seq2seq_fn(src, tgt_in, **o)),
+        (gru, lambda **o: lambda p: Tp.many_to_one(R.gru_cell, p, None, xs, lengths=jnp.array([7, 3, 1]), **o)),
+        (vanilla, lambda **o: lambda p: Tp.one_to_many(R.vanilla_cell, p, None, xs[:, 0], steps=4, **o)),
+        (glimpse, lambda **o: lambda p: Tp.glimpse_apply(p, parts, steps=3, **o)),
+    ]
+    for p, make in cases:
+        _close(_values_and_grads(make(**options), p), _values_and_grads(make(), p))
+        with pytest.raises(UserError, match="impl must be one of"):  # the option reaches run
+            jax.eval_shape(make(impl="fast"), p)
+
+
+def test_step_impl_runs_plain_function_steps_on_the_scan():
+    assert [Tp.step_impl(i) for i in IMPLS] == ["auto", "scan", "scan", "scan"]
+
+
+def _has_pallas(fn, *args) -> bool:
+    return "pallas_call" in str(jax.make_jaxpr(fn)(*args))
+
+
+def _summary(xs, p, *, impl):
+    return Tp.many_to_one(R.lstm_cell, p, None, xs, lengths=SRC_LEN, impl=impl)
+
+
+def test_pallas_runs_the_encoder_and_many_to_one_and_the_plain_steps_on_the_scan():
+    """``impl="pallas"`` (interpret mode on CPU): the encoder layers and many_to_one run the kernel and equal
+    the scan in values and gradients; the attention decoder, one_to_many and glimpses run on the scan."""
+    params = _init(17, cell="gru", attention="bahdanau", bidirectional=True)
+    _, src, tgt_in = _seq2seq("bahdanau")
+    pallas, scan = (_seq2seq_fn(src, tgt_in, impl=i) for i in ("pallas", "scan"))
+    assert _has_pallas(pallas, params) and not _has_pallas(scan, params)
+    _close(_values_and_grads(pallas, params), _values_and_grads(scan, params), rtol=1e-5, atol=1e-5)
+
+    lstm = R.lstm_init(jax.random.key(18), I, H)
+    xs = jax.random.normal(jax.random.key(19), (B, T, I))
+    summary = {i: partial(_summary, xs, impl=i) for i in ("pallas", "scan")}
+    assert _has_pallas(summary["pallas"], lstm)
+    _close(_values_and_grads(summary["pallas"], lstm), _values_and_grads(summary["scan"], lstm), rtol=1e-5, atol=1e-5)
+    vanilla = R.vanilla_init(jax.random.key(20), I, H, I)
+    fed = Tp.one_to_many(R.vanilla_cell, vanilla, None, xs[:, 0], steps=3, impl="pallas")
+    _close(fed, Tp.one_to_many(R.vanilla_cell, vanilla, None, xs[:, 0], steps=3, impl="scan"))
