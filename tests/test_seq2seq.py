@@ -277,3 +277,36 @@ def test_a_beam_wider_than_the_target_vocabulary_names_the_field():
     S.decoding.check_vocab_fits_beam(7, P.Vocab.build(["abc"]))  # 3 specials, <unk>, a b c
     with pytest.raises(UserError, match="beam must be at most the target vocabulary size 7, got 8"):
         S.decoding.check_vocab_fits_beam(8, P.Vocab.build(["abc"]))
+
+
+def test_impl_and_unroll_flags_reach_the_config():
+    parser = S.cli._parser("rnn-jax seq2seq")
+    cfg = S.config_from_args(parser.parse_args(["train", "--impl", "pallas", "--unroll", "3"]))
+    assert (cfg.impl, cfg.unroll) == ("pallas", 3)
+    cfg = S.config_from_args(parser.parse_args(["train", "--unroll", "auto"]))
+    assert (cfg.impl, cfg.unroll) == ("auto", None) == (S.Config().impl, S.Config().unroll)
+    with pytest.raises(UserError, match="impl must be one of"):
+        S.check_config(S.Config(impl="fast"))
+
+
+def test_train_step_with_pallas_lowers_for_cuda():
+    """seq2seq's own train step (2 bidirectional LSTM encoder layers, Luong attention, dropout, scheduled
+    sampling) with ``impl="pallas"`` lowers for CUDA from this CPU machine: a forward and a backward Triton
+    kernel per encoder layer and direction; the attention decoder stays on the scan."""
+    config = S.Config(**{**TINY, "hidden_size": 16}, layers=2, dropout=0.1, teacher_forcing=0.5, impl="pallas")
+    settings = S.training._StepSettings.of(config)
+    step = S.training._train_step(settings)
+    state = S.state_template(config, 11, 13, S.make_optimizer(config, 1))
+    B, S_, T_ = 4, 6, 5
+    batch = {
+        "src": jnp.zeros((B, S_), jnp.int32),
+        "src_len": jnp.full((B,), S_, jnp.int32),
+        "tgt_in": jnp.zeros((B, T_), jnp.int32),
+        "tgt_out": jnp.zeros((B, T_), jnp.int32),
+        "tgt_len": jnp.full((B,), T_, jnp.int32),
+        "teacher_forcing": np.float32(0.5),
+    }
+    text = step.trace(state, batch).lower(lowering_platforms=("cuda",)).as_text()
+    assert text.count("__gpu$xla.gpu.triton") == 2 * 2 * 2
+    scan_step = S.training._train_step(settings._replace(impl="scan"))
+    assert "__gpu$xla.gpu.triton" not in scan_step.trace(state, batch).lower(lowering_platforms=("cuda",)).as_text()

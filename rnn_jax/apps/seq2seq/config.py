@@ -22,7 +22,10 @@ class Config:
 
     The data: a named ``task`` (:data:`rnn_jax.data.pairs.TASKS`), or a ``pairs`` file (a path) of
     ``source<TAB>target`` lines, which replaces the task. The model fields (:data:`MODEL_FIELDS`) must match
-    a checkpoint's to resume it. ``out=None`` (Python only) trains without writing anything.
+    a checkpoint's to resume it. ``out=None`` (Python only) trains without writing anything. ``impl`` and
+    ``unroll`` are :func:`rnn_jax.run`'s options for the train step (the encoder layers take ``impl`` as given,
+    the attention decoder runs ``"scan"`` for ``"pallas"``: :func:`rnn_jax.topologies.step_impl`); evaluation
+    and decoding use ``run``'s defaults.
     """
 
     task: str = field("addition", f"one of {', '.join(P.TASKS)} (ignored with pairs)", metavar="TASK")
@@ -59,6 +62,8 @@ class Config:
     dtype: str = shared_field("dtype", "float32")
     devices: int | None = shared_field("devices")
     pad_multiple: int = field(8, "pad lengths to a multiple of this (fewer shapes to compile)")
+    unroll: int | None = shared_field("unroll")
+    impl: str = shared_field("impl", "auto")
     # the run
     seed: int = shared_field("seed", 0)
     out: str | None = shared_field("out", "runs/seq2seq")

@@ -46,12 +46,13 @@ def state_template(config: Config, src_size: int, tgt_size: int, optimizer) -> T
     return T.init_state(params, optimizer, jax.random.key(config.seed + 1))
 
 
-def loss_fn(params, batch: dict, key, *, scheduled: bool, dropout: float = 0.0):
+def loss_fn(params, batch: dict, key, *, scheduled: bool, dropout: float = 0.0, impl: str = "auto", unroll=None):
     """Per-token mean cross-entropy of the decoder's predictions, masked by the target lengths.
 
     ``scheduled=False`` reads the target at every step (no coin is drawn); otherwise each step reads it
     with probability ``batch["teacher_forcing"]`` (a traced value: a schedule costs no recompilation).
-    ``dropout`` (between layers and before the output layer) draws its masks from ``key`` too.
+    ``dropout`` (between layers and before the output layer) draws its masks from ``key`` too. ``impl`` and
+    ``unroll`` go to :func:`rnn_jax.run` (:func:`rnn_jax.topologies.encoder_decoder_apply`).
     """
     out = topologies.encoder_decoder_apply(
         params,
@@ -62,6 +63,8 @@ def loss_fn(params, batch: dict, key, *, scheduled: bool, dropout: float = 0.0):
         teacher_forcing=batch["teacher_forcing"] if scheduled else 1.0,
         key=key if scheduled or dropout > 0 else None,
         dropout=dropout,
+        impl=impl,
+        unroll=unroll,
     )
     loss = sequence_cross_entropy(out.logits, batch["tgt_out"], lengths=batch["tgt_len"])
     acc = token_accuracy(out.logits, batch["tgt_out"], lengths=batch["tgt_len"])

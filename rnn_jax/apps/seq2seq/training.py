@@ -105,13 +105,16 @@ class _StepSettings(NamedTuple):
     dtype: str
     devices: int | None
     dropout: float
+    impl: str
+    unroll: int | None
 
     @classmethod
     def of(cls, c: Config) -> _StepSettings:
         scheduled = c.teacher_forcing < 1.0
         return cls(
-            c.learning_rate, c.warmup_steps, c.weight_decay, c.clip_norm, scheduled, c.dtype, c.devices, c.dropout
-        )
+            c.learning_rate, c.warmup_steps, c.weight_decay, c.clip_norm, scheduled, c.dtype, c.devices, c.dropout,
+            c.impl, c.unroll,
+        )  # fmt: skip
 
 
 @functools.lru_cache(maxsize=8)
@@ -124,7 +127,7 @@ def _train_step(s: _StepSettings):
         learning_rate=s.learning_rate, warmup_steps=s.warmup_steps, weight_decay=s.weight_decay, clip_norm=s.clip_norm
     )
     return T.make_train_step(
-        partial(loss_fn, scheduled=s.scheduled, dropout=s.dropout),
+        partial(loss_fn, scheduled=s.scheduled, dropout=s.dropout, impl=s.impl, unroll=s.unroll),
         make_optimizer(config, 1),
         mesh=T.make_mesh(s.devices) if s.devices is not None or jax.process_count() > 1 else None,
         compute_dtype=H.compute_dtype(s.dtype),
