@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from rnn_jax import cli
+from rnn_jax import harness as H_
 from rnn_jax.apps import digits as G
 from rnn_jax.data import images as D
 from rnn_jax.errors import UserError
@@ -275,3 +276,47 @@ def test_experiment_script_overrides_go_through_the_harness(tmp_path):
     assert configs["video"] == G.VideoConfig(hidden_size=9, out="o", steps=3)  # read: a classify field only
     with pytest.raises(UserError, match=r"no named experiment has the field\(s\) \['read'\]"):
         script._parse(["video", "read=rows"])
+
+
+# ---------------------------------------------------------------------------------------------------
+# run's options (impl, unroll) in every training loss
+# ---------------------------------------------------------------------------------------------------
+
+
+def _loss_cases(captioner, generator):
+    images = _images(jax.random.key(20), 3)
+    labels = jnp.array([1, 4, 9])
+    inputs, targets, lengths = D.caption_tokens(np.array([1, 3, 6]))
+    frames = jnp.asarray(D.video_frames(np.asarray(images), n_frames=3, noise=0.2, occlusion=2))
+    glimpse = G.glimpse_init(jax.random.key(21), n_parts=25, part_size=16, hidden_size=H, n_classes=10)
+    glimpse_logits = partial(G.glimpse_class_logits, patch=4, glimpses=2, hard=True)
+    return {
+        "classifier": (G.classifier_loss, G.classifier_init(jax.random.key(22), in_size=8, hidden_size=H),
+                       (D.as_rows(np.asarray(images)), labels, jnp.array([8, 3, 1], jnp.int32))),
+        "caption": (G.caption_loss, captioner, (images, inputs, targets, lengths)),
+        "generator": (G.generator_loss, generator, (labels, D.quantize(np.asarray(images), 3))),
+        "glimpse": (partial(G.classification_loss, glimpse_logits), glimpse, (images, labels)),
+        "video": (G.video_loss, G.video_init(jax.random.key(23), hidden_size=H), (frames, labels)),
+    }  # fmt: skip
+
+
+@pytest.mark.parametrize("name", ["classifier", "caption", "generator", "glimpse", "video"])
+def test_run_options_reach_every_training_loss(name, captioner, generator):
+    """Each loss with ``impl="scan", unroll=2`` equals the default in value and gradient (float32 tolerance),
+    and an unknown ``impl`` reaches ``run``'s check."""
+    loss, params, batch = _loss_cases(captioner, generator)[name]
+    grad = jax.value_and_grad(loss, has_aux=True)
+    (value, _), grads = grad(params, batch, None)
+    (value_o, _), grads_o = grad(params, batch, None, impl="scan", unroll=2)
+    np.testing.assert_allclose(value_o, value, rtol=1e-5)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6), grads_o, grads)
+    with pytest.raises(UserError, match="impl must be one of"):
+        loss(params, batch, None, impl="fast")
+
+
+def test_impl_and_unroll_are_flags_and_pallas_is_refused_naming_scan(tmp_path):
+    cfg = H_.config_from_args(G.ClassifyConfig, {"impl": "scan", "unroll": 4})
+    assert (cfg.impl, cfg.unroll) == ("scan", 4) and (G.VideoConfig().impl, G.VideoConfig().unroll) == ("auto", None)
+    with pytest.raises(UserError, match="impl='pallas' cannot train the digits models.*use impl='scan'"):
+        G.classify(G.ClassifyConfig(impl="pallas", steps=1, out=str(tmp_path / "x")))
+    assert not (tmp_path / "x").exists()

@@ -31,7 +31,8 @@ _STEPS_HELP = "training steps (one batch each)"
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """What every experiment shares: the cell, its size, and the optimiser's budget."""
+    """What every experiment shares: the cell, its size, the optimiser's budget, and :func:`rnn_jax.run`'s
+    ``unroll`` and ``impl`` for the training loss (``impl="pallas"`` is refused: :func:`check_config`)."""
 
     cell: str = shared_field("cell", "gru")
     hidden_size: int = shared_field("hidden_size", 64)
@@ -43,6 +44,8 @@ class TrainConfig:
     out: str | None = field(None, "where the PNG, the JSON and metrics.jsonl go (none: runs/digits/NAME)",
                             aliases=("out_dir",), metavar="DIR")  # fmt: skip
     verbose: bool = shared_field("verbose", True)
+    unroll: int | None = shared_field("unroll")
+    impl: str = shared_field("impl", "auto")
 
 
 @dataclass(frozen=True)
@@ -95,6 +98,11 @@ def check_config(cfg: TrainConfig, n_train: int) -> TrainConfig:
     """The settings every experiment shares (messages name the field), checked against ``n_train`` images."""
     cfg = H.check_config(cfg)
     H.check_int("steps", cfg.steps)
+    if cfg.impl == "pallas":
+        raise UserError(
+            "impl='pallas' cannot train the digits models: they run one example at a time under jax.vmap, and "
+            "the Pallas kernel's gradient has no vmap rule; use impl='scan' (or 'auto')"
+        )
     if cfg.batch_size > n_train:
         raise UserError(f"batch_size {cfg.batch_size} exceeds the {n_train} training images")
     return cfg

@@ -94,6 +94,7 @@ def _fit(cfg: TrainConfig, params, loss_fn, batches: ImageBatches, out_dir) -> H
     state = train.init_state(params, optimizer, jax.random.key(cfg.seed))
     out = H.prepare(out_dir, resume=False) if out_dir is not None else None  # the first write, after the checks
     options = H.FitOptions(steps=cfg.steps, log_every=100, item_name="images", verbose=cfg.verbose)
+    loss_fn = partial(loss_fn, impl=cfg.impl, unroll=cfg.unroll)
     return H.fit(state, train.make_train_step(loss_fn, optimizer), batches, options, out_dir=out)
 
 
@@ -248,7 +249,9 @@ def generate(cfg: GenerateConfig = GenerateConfig()) -> Result:  # noqa: B008 (f
     draw = partial(generate_image, temperature=cfg.temperature)
     drawn = jax.jit(jax.vmap(draw, (None, 0, 0)))(params, jnp.asarray(wanted), keys)
 
-    checker_cfg = ClassifyConfig(seed=cfg.seed, steps=cfg.classifier_steps, verbose=cfg.verbose, cell="gru")
+    checker_cfg = ClassifyConfig(
+        seed=cfg.seed, steps=cfg.classifier_steps, verbose=cfg.verbose, cell="gru", unroll=cfg.unroll, impl=cfg.impl
+    )
     checker, _ = train_classifier(checker_cfg, splits)
     # The drawn digits and the real test digits through the checker in one call.
     judge_all = jax.jit(jax.vmap(classifier_logits, (None, 0)))

@@ -3,7 +3,9 @@
 Every model function works on **one example** (an ``[8, 8]`` image, a label) and is batched with
 ``jax.vmap``; the recurrences are the topologies of :mod:`rnn_jax.topologies` over the cells of
 :mod:`rnn_jax.cells`, so the only loop over time is :func:`rnn_jax.run`'s ``lax.scan``. Every loss has the
-train step's signature ``loss(params, batch, key) -> (loss, metrics)``.
+train step's signature ``loss(params, batch, key) -> (loss, metrics)``, and takes :func:`rnn_jax.run`'s
+``impl`` and ``unroll`` as keywords (passed to every recurrence of the model; the models' evaluation
+functions use ``run``'s defaults).
 """
 
 from __future__ import annotations
@@ -88,9 +90,9 @@ def classifier_init(key, *, in_size: int, hidden_size: int, cell: str = "gru") -
     return ClassifierParams(cell_init(cell, k1, in_size, hidden_size), dense_init(k2, hidden_size, D.NUM_CLASSES))
 
 
-def classifier_logits(params: ClassifierParams, xs_TI, length=None) -> Array:
+def classifier_logits(params: ClassifierParams, xs_TI, length=None, *, impl: str = "auto", unroll=None) -> Array:
     """Many to one: ``logits = W_head y_L + b`` with ``y_L`` the output after the first ``length`` steps."""
-    _, y = many_to_one(cell_of(params.cell), params.cell, None, xs_TI, lengths=length)
+    _, y = many_to_one(cell_of(params.cell), params.cell, None, xs_TI, lengths=length, impl=impl, unroll=unroll)
     return dense(params.head, y)
 
 
@@ -115,18 +117,20 @@ def _mean_cross_entropy(logits_BC, labels_B):
     return loss, {"accuracy": losses.token_accuracy(logits_BC, labels_B)}
 
 
-def classification_loss(logits_fn, params, batch, key):
-    """The classification loss of ``logits_fn(params, x) -> [10]`` over a batch ``(xs, labels)``."""
+def classification_loss(logits_fn, params, batch, key, *, impl: str = "auto", unroll=None):
+    """The classification loss of ``logits_fn(params, x, impl=, unroll=) -> [10]`` over a batch ``(xs, labels)``."""
     del key
     xs, labels = batch
+    logits_fn = partial(logits_fn, impl=impl, unroll=unroll)
     return _mean_cross_entropy(jax.vmap(logits_fn, (None, 0))(params, xs), labels)
 
 
-def classifier_loss(params, batch, key):
+def classifier_loss(params, batch, key, *, impl: str = "auto", unroll=None):
     """The many-to-one classifier's loss over ``(xs [B, T, I], labels [B], lengths [B])``."""
     del key
     xs, labels, lengths = batch
-    return _mean_cross_entropy(jax.vmap(classifier_logits, (None, 0, 0))(params, xs, lengths), labels)
+    logits_fn = partial(classifier_logits, impl=impl, unroll=unroll)
+    return _mean_cross_entropy(jax.vmap(logits_fn, (None, 0, 0))(params, xs, lengths), labels)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -169,10 +173,10 @@ def caption_step(params: CaptionerParams, carry, token):
     return carry, dense(params.head, y)
 
 
-def caption_logits(params: CaptionerParams, image_88, inputs_T) -> Array:
+def caption_logits(params: CaptionerParams, image_88, inputs_T, *, impl: str = "auto", unroll=None) -> Array:
     """Teacher forcing: ``[T, V]`` logits of the next character after each input character."""
-    cell = cell_of(params.cell)
-    _, ys = run(cell, params.cell, caption_start(params, image_88), params.embed[inputs_T])
+    carry = caption_start(params, image_88)
+    _, ys = run(cell_of(params.cell), params.cell, carry, params.embed[inputs_T], impl=impl, unroll=unroll)
     return _heads(params.head, ys)
 
 
@@ -182,11 +186,11 @@ def caption_greedy(params: CaptionerParams, image_88, max_len: int) -> decode.De
     return decode.greedy(caption_step, params, carry, logits, max_len=max_len, end_token=D.END)
 
 
-def caption_loss(params, batch, key):
+def caption_loss(params, batch, key, *, impl: str = "auto", unroll=None):
     """The captioner's loss over ``(images, inputs [B, T], targets [B, T], lengths [B])``."""
     del key
     images, inputs, targets, lengths = batch
-    logits = jax.vmap(caption_logits, (None, 0, 0))(params, images, inputs)
+    logits = jax.vmap(partial(caption_logits, impl=impl, unroll=unroll), (None, 0, 0))(params, images, inputs)
     loss = losses.sequence_cross_entropy(logits, targets, lengths=lengths)
     # The lecture's loss, summed over the characters of each caption (padding after <end> masked out).
     return loss.sum_over_steps, {"per_char": loss.per_token_mean}
@@ -224,7 +228,7 @@ def generator_start(params: GeneratorParams, label):
     return carry_from_hidden(cell_of(params.cell), params.cell, h0)
 
 
-def generator_logits(params: GeneratorParams, label, levels_88) -> Array:
+def generator_logits(params: GeneratorParams, label, levels_88, *, impl: str = "auto", unroll=None) -> Array:
     """Teacher forcing: ``[8, 8, K]`` logits of row ``t``'s grey levels given rows ``< t`` (row ``-1`` = 0).
 
     ``levels_88`` holds the integer grey levels (:func:`rnn_jax.data.images.quantize`); the model reads
@@ -233,7 +237,8 @@ def generator_logits(params: GeneratorParams, label, levels_88) -> Array:
     K = _levels(params)
     rows = levels_88.astype(params.init.W.dtype) / (K - 1)
     inputs = jnp.concatenate([jnp.zeros_like(rows[:1]), rows[:-1]])
-    _, ys = run(cell_of(params.cell), params.cell, generator_start(params, label), inputs)
+    start = generator_start(params, label)
+    _, ys = run(cell_of(params.cell), params.cell, start, inputs, impl=impl, unroll=unroll)
     return _heads(params.head, ys).reshape(D.SIDE, D.SIDE, K)
 
 
@@ -262,11 +267,11 @@ def generate_image(params: GeneratorParams, label, key, temperature: float) -> A
     return rows
 
 
-def generator_loss(params, batch, key):
+def generator_loss(params, batch, key, *, impl: str = "auto", unroll=None):
     """The generator's loss over ``(labels [B], levels [B, 8, 8])``: nats per image."""
     del key
     labels, levels = batch
-    logits = jax.vmap(generator_logits, (None, 0, 0))(params, labels, levels)
+    logits = jax.vmap(partial(generator_logits, impl=impl, unroll=unroll), (None, 0, 0))(params, labels, levels)
     # Each image is a sequence of 64 pixel decisions: flatten to [B, 64, K] for the sequence loss.
     loss = losses.sequence_cross_entropy(
         logits.reshape(labels.shape[0], -1, logits.shape[-1]), levels.reshape(labels.shape[0], -1)
@@ -288,19 +293,20 @@ def image_windows(image_88, patch: int) -> Array:
     return windows.reshape(n * n, patch * patch)
 
 
-def glimpse_logits(params: GlimpseParams, image_88, *, patch: int, glimpses: int, hard: bool):
+def glimpse_logits(params: GlimpseParams, image_88, *, patch: int, glimpses: int, hard: bool, **run_options):
     """Look at the image ``glimpses`` times, one ``patch x patch`` window each, and classify at the end.
 
     The windows are every position of the patch (stride 1); at each step the model's attention over
     them (from its hidden state) chooses the next one. Returns ``(logits [10], looks [G, N])``.
+    ``run_options`` (``impl``, ``unroll``) go to :func:`rnn_jax.topologies.glimpse_apply`.
     """
-    out = glimpse_apply(params, image_windows(image_88, patch), steps=glimpses, hard=hard)
+    out = glimpse_apply(params, image_windows(image_88, patch), steps=glimpses, hard=hard, **run_options)
     return out.logits, out.looks
 
 
-def glimpse_class_logits(params: GlimpseParams, image_88, *, patch: int, glimpses: int, hard: bool) -> Array:
+def glimpse_class_logits(params: GlimpseParams, image_88, *, patch: int, glimpses: int, hard: bool, **run_options):
     """The ``[10]`` logits of :func:`glimpse_logits` alone (what the classification loss reads)."""
-    return glimpse_logits(params, image_88, patch=patch, glimpses=glimpses, hard=hard)[0]
+    return glimpse_logits(params, image_88, patch=patch, glimpses=glimpses, hard=hard, **run_options)[0]
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -318,18 +324,18 @@ def video_init(key, *, hidden_size: int, cell: str = "gru") -> VideoParams:
     return VideoParams(cell_init(cell, k1, D.SIDE * D.SIDE, hidden_size), dense_init(k2, hidden_size, D.NUM_CLASSES))
 
 
-def video_logits(params: VideoParams, frames_F88) -> Array:
+def video_logits(params: VideoParams, frames_F88, *, impl: str = "auto", unroll=None) -> Array:
     """Many to many, synchronised: ``[F, 10]``, the label after each frame from everything seen so far."""
     xs = frames_F88.reshape(frames_F88.shape[0], -1)
-    _, ys = run(cell_of(params.cell), params.cell, None, xs)
+    _, ys = run(cell_of(params.cell), params.cell, None, xs, impl=impl, unroll=unroll)
     return _heads(params.head, ys)
 
 
-def video_loss(params, batch, key):
+def video_loss(params, batch, key, *, impl: str = "auto", unroll=None):
     """The per-frame labeller's loss over ``(frames [B, F, 8, 8], labels [B])``."""
     del key
     frames, labels = batch
-    logits = jax.vmap(video_logits, (None, 0))(params, frames)
+    logits = jax.vmap(partial(video_logits, impl=impl, unroll=unroll), (None, 0))(params, frames)
     per_frame = jnp.broadcast_to(labels[:, None], logits.shape[:2])
     # A label at every frame, each frame weighted alike: the per-token mean.
     return losses.sequence_cross_entropy(logits, per_frame).per_token_mean, {}
