@@ -6,7 +6,9 @@ layer's outputs (Luong by default, Bahdanau or none on request) -> output layer;
 stacked layers and before the output layer. Training minimises the per-token mean of the masked
 cross-entropy of ``y_1 .. y_n </s>`` given ``<s> y_1 .. y_n``, with teacher forcing; scheduled sampling
 (``teacher_forcing < 1``) lets each decoder step read the model's own previous prediction with
-probability ``1 - r``, ``r`` decaying linearly from 1 over ``teacher_forcing_decay_steps``.
+probability ``1 - r``, ``r`` decaying linearly from 1 over ``teacher_forcing_decay_steps``. The train step
+passes ``--impl`` and ``--unroll`` to :func:`rnn_jax.run` (defaults: ``run``'s own choices per platform); with
+``--impl pallas`` the encoder layers run the Pallas kernels and the attention decoder runs the scan.
 
 Decoding (:mod:`rnn_jax.decode`, compiled, one example vmapped over the batch): greedy, and beam search
 of width ``K``. The beam result is the best *finished* hypothesis among the ``K`` beams and the greedy
