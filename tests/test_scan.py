@@ -137,22 +137,28 @@ def _masking_case(draw):
     )
 
 
+_jit_run = jax.jit(R.run, static_argnums=0, static_argnames="reverse")
+
+
 @given(_masking_case())
 def test_masking_matches_each_sequence_run_alone(case):
-    """Past each length outputs are zero; the final carry is the carry of the unpadded sequence alone."""
+    """Past each length outputs are zero; the final carry is the carry of the unpadded sequence alone,
+    computed by calling the cell step by step in Python (forward, or from its last real step back)."""
     batch_shape, steps, lengths, reverse, name = case
     params = _params(name, jax.random.key(10))
     cell = R.CELLS[name]
-    xs = jax.random.normal(jax.random.key(11), batch_shape + (steps, I))
-    final, ys = R.run(cell, params, None, xs, lengths=jnp.asarray(lengths), reverse=reverse)
+    xs = np.asarray(jax.random.normal(jax.random.key(11), batch_shape + (steps, I)))
+    final, ys = _jit_run(cell, params, None, xs, lengths=jnp.asarray(lengths), reverse=reverse)
+    final, ys = jax.tree.map(np.asarray, final), np.asarray(ys)
     for idx in np.ndindex(*batch_shape):
         n = int(lengths[idx])
         np.testing.assert_array_equal(ys[idx][n:], 0.0)
-        alone_final = R.zeros_carry(cell, params)
-        if n:
-            alone_final, alone_ys = R.run(cell, params, None, xs[idx][:n], reverse=reverse)
-            np.testing.assert_allclose(ys[idx][:n], alone_ys, rtol=1e-5, atol=1e-6)
-        jax.tree.map(lambda a, b, i=idx: np.testing.assert_allclose(a[i], b, rtol=1e-5, atol=1e-6), final, alone_final)
+        alone = R.zeros_carry(cell, params)
+        order = range(n - 1, -1, -1) if reverse else range(n)
+        for t in order:
+            alone, y = cell(params, alone, xs[idx][t])
+            np.testing.assert_allclose(ys[idx][t], y, rtol=1e-5, atol=1e-6)
+        jax.tree.map(lambda a, b, i=idx: np.testing.assert_allclose(a[i], b, rtol=1e-5, atol=1e-6), final, alone)
 
 
 def test_learnable_initial_carry_gets_the_batch_sum_of_gradients():
