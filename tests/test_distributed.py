@@ -97,6 +97,8 @@ WORKER = textwrap.dedent(
 CHARLM_FLAGS = ["--hidden-size", "8", "--embed-size", "4", "--batch-size", "8", "--seq-len", "8", "--steps", "4",
                 "--eval-every", "2", "--checkpoint-every", "2", "--samples", "0", "--eval-streams", "4",
                 "--eval-window", "16", "--unroll", "1", "--warmup-steps", "1"]  # fmt: skip
+SEQ2SEQ_FLAGS = ["--hidden-size", "8", "--embed-size", "4", "--batch-size", "8", "--steps", "4", "--eval-every", "2",
+                 "--checkpoint-every", "2", "--eval-size", "8", "--warmup-steps", "1", "--unroll", "1"]  # fmt: skip
 STEPS, KILL_AT = 8, 5  # checkpoints every 2 steps: the last one before the kill is step 4
 
 
@@ -159,13 +161,25 @@ def runs(tmp_path_factory):
              subprocess.Popen([sys.executable, "-m", "rnn_jax.cli", *charlm, "--devices", "4", "--no-verbose",
                                "--out", str(root / "lm1")], env=_env(4), stdout=subprocess.PIPE,
                               stderr=subprocess.STDOUT, text=True)]  # fmt: skip
+    pairs = root / "pairs.tsv"
+    words = ["".join(rng.choice(list("abcdef"), int(n))) for n in rng.integers(2, 6, 120)]
+    pairs.write_text("".join(f"{w}\t{w[::-1]}\n" for w in dict.fromkeys(words)))
+    seq2seq = ["seq2seq", "train", "--pairs", str(pairs), *SEQ2SEQ_FLAGS]
+    wave += [subprocess.Popen([sys.executable, "-m", "rnn_jax.cli", "launch", "--processes", "2",
+                               "--devices-per-process", "2", "--", *seq2seq, "--out", str(root / "s2"),
+                               "--no-verbose"],
+                              env=dict(os.environ, PYTHONUNBUFFERED="1"), stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True),
+             subprocess.Popen([sys.executable, "-m", "rnn_jax.cli", *seq2seq, "--devices", "4", "--no-verbose",
+                               "--out", str(root / "s1")], env=_env(4), stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True)]  # fmt: skip
     killed = [_start(script, root / "part", 2, KILL_AT, _flags(port, 2, i), subprocess.PIPE) for i in range(2)]
     killed_code, _ = _finish(killed[1:])
     t_killed = time.monotonic()
     survivor_code, survivor_out = _finish(killed[:1], timeout=120)
     survivor_s = time.monotonic() - t_killed
     codes, outputs = _finish(wave)
-    assert codes == [0, 0, 0, 0], "\n".join(o[0][-3000:] for o in outputs)
+    assert codes == [0] * len(wave), "\n".join(o[0][-3000:] for o in outputs)
 
     resumable = root / "alone"
     resumable.mkdir()
@@ -243,6 +257,23 @@ def test_charlm_trainer_on_two_processes_equals_one_process_of_four_devices(runs
     # Process 0 alone prints: the summary line appears once, from [p0].
     summaries = [line for line in runs["charlm_stdout"].splitlines() if '"val_loss"' in line]
     assert len(summaries) == 1 and summaries[0].startswith("[p0] "), runs["charlm_stdout"][-3000:]
+
+
+def test_seq2seq_trainer_on_two_processes_equals_one_process_of_four_devices(runs):
+    from rnn_jax.apps import seq2seq
+
+    root = runs["root"]
+    records = [[json.loads(line) for line in (root / d / "metrics.jsonl").read_text().splitlines()]
+               for d in ("s1", "s2")]  # fmt: skip
+    evals = [[(r["step"], r["val_loss"]) for r in rs if r["kind"] == "eval"] for rs in records]
+    assert [s for s, _ in evals[0]] == [s for s, _ in evals[1]] and len(evals[0]) >= 2
+    np.testing.assert_allclose([v for _, v in evals[1]], [v for _, v in evals[0]], rtol=1e-6)
+    train = [[r["loss"] for r in rs if r["kind"] == "train"] for rs in records]
+    assert train[0] and len(train[0]) == len(train[1])
+    np.testing.assert_allclose(train[1], train[0], rtol=1e-6)
+    one, two = seq2seq.load_model(str(root / "s1"), "latest"), seq2seq.load_model(str(root / "s2"), "latest")
+    for a, b in zip(jax.tree.leaves(two.params), jax.tree.leaves(one.params), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
 
 
 # ---------------------------------------------------------------------------------------------------
