@@ -321,6 +321,24 @@ class Seq2SeqOutput(NamedTuple):
     inputs: Array
 
 
+def _check_model_sizes(attention, **sizes):
+    for name, v in sizes.items():
+        if not isinstance(v, (int, np.integer)) or v < 1:
+            raise UserError(f"{name} must be a positive integer, got {v!r}")
+    if attention not in ATTENTIONS:
+        raise UserError(f"attention must be one of {ATTENTIONS}, got {attention!r}")
+
+
+def _attention_init(keys, attention, H: int, M: int, A: int, dtype):
+    """Attention params drawn from the iterator ``keys``: Bahdanau (query, memory, ``v``), Luong, or None."""
+    if attention == "bahdanau":
+        W_q, W_m = dense_init(next(keys), H, A, dtype).W, dense_init(next(keys), M, A, dtype).W
+        return BahdanauParams(W_q=W_q, W_m=W_m, v=jax.nn.initializers.normal(1.0)(next(keys), (A,), dtype))
+    if attention == "luong":
+        return LuongParams(W=dense_init(next(keys), H, M, dtype).W, combine=dense_init(next(keys), M + H, H, dtype))
+    return None
+
+
 def encoder_decoder_init(
     key,
     *,
@@ -346,18 +364,8 @@ def encoder_decoder_init(
     ``H`` of the one below); attention reads the top encoder layer and the top decoder layer. Every depth
     gives tuples (one layer: a tuple of one).
     """
-    for name, v in dict(
-        src_vocab=src_vocab,
-        tgt_vocab=tgt_vocab,
-        embed_size=embed_size,
-        hidden_size=hidden_size,
-        encoder_layers=encoder_layers,
-        decoder_layers=decoder_layers,
-    ).items():
-        if not isinstance(v, (int, np.integer)) or v < 1:
-            raise UserError(f"{name} must be a positive integer, got {v!r}")
-    if attention not in ATTENTIONS:
-        raise UserError(f"attention must be one of {ATTENTIONS}, got {attention!r}")
+    sizes = dict(src_vocab=src_vocab, tgt_vocab=tgt_vocab, embed_size=embed_size, hidden_size=hidden_size)
+    _check_model_sizes(attention, **sizes, encoder_layers=encoder_layers, decoder_layers=decoder_layers)
     H, E = hidden_size, embed_size
     He = encoder_hidden_size or H
     M = 2 * He if bidirectional else He
@@ -376,13 +384,7 @@ def encoder_decoder_init(
 
     encoder = [encoder_layer(k, E)] + [encoder_layer(deeper, M) for _ in range(encoder_layers - 1)]
     dec_in = E + (M if attention == "bahdanau" else H if attention == "luong" else 0)
-    if attention == "bahdanau":
-        W_q, W_m = dense_init(next(k), H, A, dtype).W, dense_init(next(k), M, A, dtype).W
-        att = BahdanauParams(W_q=W_q, W_m=W_m, v=embed(next(k), (A,), dtype))
-    elif attention == "luong":
-        att = LuongParams(W=dense_init(next(k), H, M, dtype).W, combine=dense_init(next(k), M + H, H, dtype))
-    else:
-        att = None
+    att = _attention_init(k, attention, H, M, A, dtype)
     src_embed, tgt_embed = embed(next(k), (src_vocab, E), dtype), embed(next(k), (tgt_vocab, E), dtype)
     bridge, decoder = [dense_init(next(k), M, H, dtype)], [cell_init(cell, next(k), dec_in, H, dtype)]
     out = dense_init(next(k), H + (M if attention == "bahdanau" else 0), tgt_vocab, dtype)
@@ -576,6 +578,22 @@ def _example_keys(key, batch: tuple[int, ...], needs_key: bool, drop: bool):
     return parts[..., 0], parts[..., 1], parts[..., 2]
 
 
+def _check_apply_inputs(src, src_len, tgt_in, tgt_len):
+    """The arrays of :func:`encoder_decoder_apply`, checked for shared batch dims and non-empty sources."""
+    src, tgt_in, src_len = jnp.asarray(src), jnp.asarray(tgt_in), jnp.asarray(src_len)
+    batch = src.shape[:-1]
+    if src.ndim < 1 or tgt_in.ndim != src.ndim or tgt_in.shape[-1] < 1:
+        raise ValueError(f"src [..., S] and tgt_in [..., T] need the same batch dims, got {src.shape}, {tgt_in.shape}")
+    _check_batch("tgt_in[..., 0]", tgt_in[..., 0], batch)
+    _check_batch("src_len", src_len, batch)
+    if not isinstance(src_len, jax.core.Tracer) and src_len.size and np.asarray(src_len).min() < 1:
+        raise UserError(f"every source needs at least one token, got a source length of {np.asarray(src_len).min()}")
+    if tgt_len is not None:
+        tgt_len = jnp.asarray(tgt_len)
+        _check_batch("tgt_len", tgt_len, batch)
+    return src, src_len, tgt_in, tgt_len
+
+
 def encoder_decoder_apply(
     params: Seq2SeqParams,
     src,
@@ -614,17 +632,8 @@ def encoder_decoder_apply(
     Returns:
       :class:`Seq2SeqOutput` ``(logits [..., T, V], attention [..., T, S] or None, inputs [..., T])``.
     """
-    src, tgt_in, src_len = jnp.asarray(src), jnp.asarray(tgt_in), jnp.asarray(src_len)
+    src, src_len, tgt_in, tgt_len = _check_apply_inputs(src, src_len, tgt_in, tgt_len)
     batch = src.shape[:-1]
-    if src.ndim < 1 or tgt_in.ndim != src.ndim or tgt_in.shape[-1] < 1:
-        raise ValueError(f"src [..., S] and tgt_in [..., T] need the same batch dims, got {src.shape}, {tgt_in.shape}")
-    _check_batch("tgt_in[..., 0]", tgt_in[..., 0], batch)
-    _check_batch("src_len", src_len, batch)
-    if not isinstance(src_len, jax.core.Tracer) and src_len.size and np.asarray(src_len).min() < 1:
-        raise UserError(f"every source needs at least one token, got a source length of {np.asarray(src_len).min()}")
-    if tgt_len is not None:
-        tgt_len = jnp.asarray(tgt_len)
-        _check_batch("tgt_len", tgt_len, batch)
     forced, needs_key = _check_training_args(teacher_forcing, key, scheduled, dropout)
     T = tgt_in.shape[-1]
 
