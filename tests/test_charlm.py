@@ -223,6 +223,22 @@ def test_python_errors_name_fields_and_paths(tmp_path):
     assert not (tmp_path / "r").exists()
 
 
+def test_dropout_reaches_the_output_layer_of_a_one_layer_model():
+    """One layer: the only dropout is on the features the (linear) output layer reads, so the logits are
+    random with a key, equal to the deterministic ones without, and equal to them on average over keys."""
+    cfg = charlm.CharLMConfig(cell="gru", layers=1, hidden_size=5, embed_size=3, dropout=0.4)
+    params = charlm.init_params(jax.random.key(1), cfg, 7)
+    ids = np.array([[0, 3, 6, 2], [1, 1, 5, 4], [2, 0, 0, 6]])
+    carries = charlm.zero_carries(cfg, params, 3)
+    _, plain = charlm.forward(params, cfg, carries, ids)
+    no_dropout = charlm.CharLMConfig(cell="gru", layers=1, hidden_size=5, embed_size=3)
+    np.testing.assert_array_equal(plain, charlm.forward(params, no_dropout, carries, ids)[1])
+    keys = jax.random.split(jax.random.key(2), 4000)
+    dropped = jax.vmap(lambda k: charlm.forward(params, cfg, carries, ids, key=k)[1])(keys)
+    assert not np.allclose(dropped[0], plain) and not np.allclose(dropped[0], dropped[1])
+    np.testing.assert_allclose(dropped.mean(0), plain, atol=0.05 * float(np.abs(plain).max()))
+
+
 def test_vanilla_stack_emits_logits_from_its_own_head():
     vanilla = charlm.init_params(jax.random.key(0), charlm.CharLMConfig(cell="vanilla", layers=2, hidden_size=5,
                                                                          embed_size=0), 7)  # fmt: skip

@@ -4,6 +4,7 @@ The model reads characters ``x_1..x_T`` and predicts each next one::
 
     e_t = E[x_t]                   (an embedding; or the lecture's one-hot vector with embed_size=0)
     h_t = stack of cells(h_{t-1}, e_t)      lstm | gru | vanilla, any depth, dropout between layers
+                                            and before the output layer
     p(x_{t+1} | x_<=t) = softmax(h_t W + b)
 
 and is trained on the mean cross-entropy (nats per character) with truncated BPTT: each batch continues
@@ -37,7 +38,7 @@ from rnn_jax.cells import CELLS
 from rnn_jax.data import text as textdata
 from rnn_jax.errors import UserError
 from rnn_jax.harness import field, shared_field
-from rnn_jax.scan import run_stack, zeros_carry
+from rnn_jax.scan import inverted_dropout, run_stack, zeros_carry
 
 __all__ = [
     "CharLMConfig",
@@ -79,8 +80,8 @@ class CharLMConfig:
     batching: str = field("tbptt", "tbptt: B streams, carry passed on; random: windows", choices=("tbptt", "random"))
     # model (defaults by measurement: see docs/charlm.md)
     cell: str = shared_field("cell", "gru")
-    hidden_size: int = shared_field("hidden_size", 384)
-    layers: int = shared_field("layers", 1)
+    hidden_size: int = shared_field("hidden_size", 256)
+    layers: int = shared_field("layers", 2)
     embed_size: int = shared_field("embed_size", 64)  # 0: one-hot inputs, as in the lecture
     dropout: float = shared_field("dropout", 0.0)
     # optimisation
@@ -88,7 +89,7 @@ class CharLMConfig:
     seq_len: int = shared_field("seq_len", 32)
     learning_rate: float = shared_field("learning_rate", 4e-3)
     warmup_steps: int = shared_field("warmup_steps", 100)
-    weight_decay: float = shared_field("weight_decay", 0.0)
+    weight_decay: float = shared_field("weight_decay", 0.2)
     clip_norm: float = shared_field("clip_norm", 1.0)
     final_lr_fraction: float = shared_field("final_lr_fraction", 0.05)
     steps: int | None = shared_field("steps")
@@ -98,7 +99,7 @@ class CharLMConfig:
     devices: int | None = shared_field("devices")
     unroll: int | None = shared_field("unroll")
     impl: str = shared_field("impl", "auto")
-    eval_every: int = shared_field("eval_every", 250)
+    eval_every: int = shared_field("eval_every", 500)
     checkpoint_every: int = shared_field("checkpoint_every", 250)
     eval_streams: int = field(64, "parallel carried streams of the validation text")
     eval_window: int = field(256, "characters per validation window")
@@ -223,15 +224,20 @@ def forward(params: LMParams, cfg: CharLMConfig, carries, x_BT, *, key=None):
     ``jit`` check them where the data enters (:func:`rnn_jax.losses.check_token_ids`).
     """
     losses.check_token_ids(x_BT, _vocab_size(params), "inputs")
+    # Dropout on every non-recurrent connection (Zaremba et al. 2014): between layers (run_stack) and on
+    # the features the output layer reads, so that --dropout regularises a one-layer model too.
+    k_stack, k_out = jax.random.split(key) if key is not None else (None, None)
     finals, h_BTH = run_stack(
         CELLS[cfg.cell],
         params.layers,
         list(carries),
         _embed(params, x_BT),
         dropout_rate=cfg.dropout,
-        key=key,
+        key=k_stack,
         **_run_kwargs(cfg),
     )
+    if params.head_W is not None:  # a vanilla stack's last cell is the output layer itself (W_hy)
+        h_BTH = inverted_dropout(k_out, cfg.dropout, h_BTH)
     return tuple(finals), _head(params, h_BTH)
 
 

@@ -53,7 +53,7 @@ SHARED_FIELDS: dict[str, tuple[str, tuple[str, ...], str, tuple | None]] = {
     "hidden_size": ("hidden units per layer", ("hidden",), "none", None),
     "embed_size": ("embedding size (0: one-hot inputs)", ("embed",), "none", None),
     "layers": ("stacked recurrent layers", (), "none", None),
-    "dropout": ("dropout rate between layers, in training", (), "none", None),
+    "dropout": ("dropout rate between layers and before the output layer, in training", (), "none", None),
     "batch_size": ("sequences per batch", ("batch",), "none", None),
     "seq_len": ("time steps per training window", (), "none", None),
     "learning_rate": ("peak learning rate (AdamW, linear warm-up, cosine decay)", ("lr",), "none", None),
