@@ -18,6 +18,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "rnn_jax.apps.seq2seq",
         "train and run encoder-decoder models (reversal, addition, dates, G2P, TSV pairs)",
     ),
+    "g2p": ("rnn_jax.apps.g2p", "pronounce English words (ARPAbet) with the G2P model shipped in the package"),
     "digits": (
         "rnn_jax.apps.digits",
         "image experiments on the 8x8 digits: classify, caption, generate, glimpse, video",

@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from rnn_jax import cli, topologies
+from rnn_jax import checkpoint, cli, topologies
 from rnn_jax.apps import seq2seq as S
 from rnn_jax.data import pairs as P
 from rnn_jax.errors import UserError
@@ -69,6 +69,59 @@ def test_translate_from_checkpoint(trained):
         S.translate(model, ["aA#"])
     with pytest.raises(UserError, match="beam must be an integer >= 1, got 0"):
         S.translate(model, ["abc"], beam=0)
+
+
+def test_export_to_float16_loads_back_and_translates_the_same(trained, tmp_path):
+    _, out = trained
+    model = S.load_model(str(out))
+    path = S.export_model(model, tmp_path / "m.ckpt", info={"command": "rnn-jax seq2seq train ..."})
+    assert path.stat().st_size < (out / "best.ckpt").stat().st_size / 3  # no optimiser moments, half the bytes
+    meta = checkpoint.read_meta(path)
+    assert meta["param_dtype"] == "float16" and meta["info"] == {"command": "rnn-jax seq2seq train ..."}
+    loaded = S.load_model(path)
+    # float32 params back: exactly the float32 model's rounded to float16
+    for got, want in zip(jax.tree.leaves(loaded.params), jax.tree.leaves(model.params), strict=True):
+        assert got.dtype == jnp.float32
+        np.testing.assert_array_equal(got, np.asarray(want).astype(np.float16).astype(np.float32))
+    assert (loaded.src_vocab, loaded.tgt_vocab, loaded.max_len) == (model.src_vocab, model.tgt_vocab, model.max_len)
+    words = ["abcde", "ba", "cab", "edd"]
+    assert S.translate(loaded, words, beam=3) == S.translate(model, words, beam=3)
+    with pytest.raises(UserError, match="dtype must be one of float16, bfloat16, float32, got 'int8'"):
+        S.export_model(model, tmp_path / "x.ckpt", dtype="int8")
+
+
+def test_cli_export_evaluate_and_translate_a_file(trained, tmp_path, capsys):
+    _, out = trained
+    info = tmp_path / "info.json"
+    info.write_text(json.dumps({"test_wer": 0.01}))
+    argv = ["seq2seq", "export", "--ckpt", str(out), "--to", str(tmp_path / "m.ckpt"), "--info", str(info)]
+    assert cli.main(argv) == 0
+    assert "params in float16" in capsys.readouterr().out
+    assert checkpoint.read_meta(tmp_path / "m.ckpt")["info"] == {"test_wer": 0.01}
+    assert cli.main(["seq2seq", "translate", "--ckpt", str(tmp_path / "m.ckpt"), "abcde"]) == 0
+    assert capsys.readouterr().out == "abcde\tedcba\n"
+    argv = ["seq2seq", "evaluate", "--ckpt", str(tmp_path / "m.ckpt"), "--limit", "40", "--beam", "1"]
+    assert cli.main(argv) == 0
+    printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    model = S.load_model(tmp_path / "m.ckpt")
+    expected = S.score_split(model, "test", beam=1, limit=40)  # the same pairs through the library
+    assert printed["n"] == 40 and printed["split"] == "test" and printed["beam"] == 1
+    for name in ("wer", "token_error_rate", "exact_match"):
+        assert printed[name] == expected[name]
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["translate", "abc"], "give either --ckpt DIR (a trained run) or --model NAME"),
+        (["translate", "--model", "nope", "abc"], "no shipped model named 'nope'; shipped: g2p"),
+        (["evaluate", "--model", "g2p", "--ckpt", "x"], "give either --ckpt DIR (a trained run) or --model NAME"),
+        (["evaluate", "--model", "g2p", "--limit", "0"], "limit must be an integer >= 1, got 0"),
+    ],
+)
+def test_cli_model_choice_errors(argv, message, capsys):
+    assert cli.main(["seq2seq", *argv]) == 2
+    assert message in capsys.readouterr().err
 
 
 def _fresh_model(key):
@@ -260,11 +313,15 @@ def test_documented_commands_parse_to_the_configs_they_mean_old_spellings_includ
     assert not cfg.bidirectional and not cfg.verbose and cfg.warmup_steps == 7
 
 
-@pytest.mark.parametrize("action", ["train", "translate"])
+_ACTION_CONFIGS = {"train": S.Config, "translate": S.TranslateConfig, "evaluate": S.EvaluateConfig,
+                   "export": S.ExportConfig}  # fmt: skip
+
+
+@pytest.mark.parametrize("action", list(_ACTION_CONFIGS))
 def test_help_shows_a_default_or_required_for_every_flag(action, capsys):
     sub = S.cli._parser("rnn-jax seq2seq")._subparsers._group_actions[0].choices[action]
     flags = [f for f in sub._actions if f.option_strings and f.option_strings[0] not in ("-h", "--unidirectional")]
-    assert len(flags) == (len(dataclasses.fields(S.Config)) if action == "train" else 3)
+    assert len(flags) == len(dataclasses.fields(_ACTION_CONFIGS[action]))
     for flag in flags:
         assert flag.help.endswith(")") and ("(default " in flag.help or "(required)" in flag.help), flag.help
     with pytest.raises(SystemExit):

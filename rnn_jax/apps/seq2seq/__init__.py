@@ -25,6 +25,9 @@ Command line::
     rnn-jax seq2seq train --task g2p --minutes 60 --beam 5 --out runs/g2p
     rnn-jax seq2seq train --pairs my_pairs.tsv --steps 3000
     rnn-jax seq2seq translate --ckpt runs/g2p --beam 5 hello world
+    rnn-jax seq2seq translate --model g2p --beam 5 hello world       # the model shipped in the package
+    rnn-jax seq2seq evaluate --model g2p --beam 5                    # its test PER/WER, one JSON line
+    rnn-jax seq2seq export --ckpt runs/g2p --to g2p.ckpt             # params alone, float16
 
 ``train`` prints progress and periodic validation (with a few decoded examples) on stderr and, as its
 last stdout line, one JSON object with the test metrics; it writes ``metrics.jsonl``, ``loss.png``,
@@ -38,12 +41,12 @@ loss), :mod:`~rnn_jax.apps.seq2seq.decoding` (greedy and beam), :mod:`~rnn_jax.a
 and :mod:`~rnn_jax.apps.seq2seq.cli`.
 """
 
-from rnn_jax.apps.seq2seq.cli import TranslateConfig, cli_main, config_from_args
+from rnn_jax.apps.seq2seq.cli import EvaluateConfig, ExportConfig, TranslateConfig, cli_main, config_from_args
 from rnn_jax.apps.seq2seq.config import ATTENTIONS, CELL_KINDS, KIND, MODEL_FIELDS, Config, check_config
 from rnn_jax.apps.seq2seq.data import EpochBatches, Prepared, batch_arrays, prepare, teacher_forcing_schedule
 from rnn_jax.apps.seq2seq.decoding import decode_pairs, make_decoder
 from rnn_jax.apps.seq2seq.evaluation import attention_maps, evaluate
-from rnn_jax.apps.seq2seq.inference import Model, load_model, translate
+from rnn_jax.apps.seq2seq.inference import SHIPPED_MODELS, Model, export_model, load_model, score_split, translate
 from rnn_jax.apps.seq2seq.model import init_params, loss_fn, make_optimizer, state_template, teacher_forced_batch
 from rnn_jax.apps.seq2seq.plots import plot_attention
 from rnn_jax.apps.seq2seq.training import TrainResult, checkpoint_meta, train
@@ -60,6 +63,8 @@ __all__ = [
     "KIND",
     "TrainResult",
     "TranslateConfig",
+    "EvaluateConfig",
+    "ExportConfig",
     "checkpoint_meta",
     "make_optimizer",
     "state_template",
@@ -76,6 +81,9 @@ __all__ = [
     "train",
     "load_model",
     "translate",
+    "export_model",
+    "score_split",
+    "SHIPPED_MODELS",
     "plot_attention",
     "cli_main",
     "config_from_args",

@@ -1,4 +1,4 @@
-"""``rnn-jax seq2seq train|translate``: the trainer and a trained model from the command line.
+"""``rnn-jax seq2seq train|translate|evaluate|export``: the trainer and a trained model from the command line.
 
 Every flag of ``train`` is a field of :class:`~rnn_jax.apps.seq2seq.Config` (``--hidden-size``, with the
 older spellings ``--hidden``, ``--embed``, ``--batch``, ``--lr``, ``--warmup``, ``--no-progress`` and
@@ -15,21 +15,57 @@ from pathlib import Path
 from rnn_jax import distributed as D
 from rnn_jax import harness as H
 from rnn_jax.apps.seq2seq.config import KIND, Config
-from rnn_jax.apps.seq2seq.inference import load_model, translate
+from rnn_jax.apps.seq2seq.inference import (
+    EXPORT_DTYPES,
+    SHIPPED_MODELS,
+    export_model,
+    load_model,
+    score_split,
+    translate,
+)
 from rnn_jax.apps.seq2seq.training import train
+from rnn_jax.errors import UserError
 from rnn_jax.harness import field
 
-__all__ = ["TranslateConfig", "cli_main", "config_from_args"]
+__all__ = ["TranslateConfig", "EvaluateConfig", "ExportConfig", "cli_main", "config_from_args"]
+
+
+_MODEL_HELP = f"a model shipped with the package ({', '.join(SHIPPED_MODELS)}), instead of --ckpt"
 
 
 @dataclasses.dataclass(frozen=True)
 class TranslateConfig:
-    """The settings of ``rnn-jax seq2seq translate``."""
+    """The settings of ``rnn-jax seq2seq translate``: a checkpoint or a shipped model, and the beam."""
+
+    ckpt: str | None = field(None, "a run directory (its best checkpoint) or a .ckpt file", metavar="DIR")
+    model: str | None = field(None, _MODEL_HELP, metavar="NAME")
+    which: str = field("best", "which checkpoint of the run directory", choices=("best", "latest"))
+    beam: int = field(1, "beam width (1: greedy)")
+
+
+@dataclasses.dataclass(frozen=True)
+class EvaluateConfig:
+    """The settings of ``rnn-jax seq2seq evaluate``: score a model on its own task's test (or val) split."""
+
+    ckpt: str | None = field(None, "a run directory (its best checkpoint) or a .ckpt file", metavar="DIR")
+    model: str | None = field(None, _MODEL_HELP, metavar="NAME")
+    which: str = field("best", "which checkpoint of the run directory", choices=("best", "latest"))
+    beam: int = field(5, "beam width (1: greedy)")
+    split: str = field("test", "the split to score", choices=("test", "val"))
+    limit: int | None = field(None, "score only the first N pairs of the split")
+
+
+@dataclasses.dataclass(frozen=True)
+class ExportConfig:
+    """The settings of ``rnn-jax seq2seq export``: a run's params alone, in half precision."""
 
     ckpt: str | None = field(None, "a run directory (its best checkpoint) or a .ckpt file", metavar="DIR",
                              required=True)  # fmt: skip
     which: str = field("best", "which checkpoint of the run directory", choices=("best", "latest"))
-    beam: int = field(1, "beam width (1: greedy)")
+    to: str | None = field(None, "the file to write", metavar="FILE.ckpt", required=True)
+    dtype: str = field("float16", "the params' dtype in the file", choices=EXPORT_DTYPES)
+    info: str | None = field(None, "a JSON file whose object goes into the header (command, metrics)",
+                             metavar="FILE.json")  # fmt: skip
 
 
 def _parser(prog: str) -> argparse.ArgumentParser:
@@ -42,7 +78,18 @@ def _parser(prog: str) -> argparse.ArgumentParser:
     translate_p = sub.add_parser("translate", help="decode inputs with a trained model")
     H.add_config_arguments(translate_p, TranslateConfig)
     translate_p.add_argument("inputs", nargs="+", metavar="WORD", help="the sources to translate")
+    evaluate_p = sub.add_parser("evaluate", help="score a model on its task's test split (one JSON line)")
+    H.add_config_arguments(evaluate_p, EvaluateConfig)
+    export_p = sub.add_parser("export", help="write a run's params alone in half precision (a shippable model)")
+    H.add_config_arguments(export_p, ExportConfig)
     return parser
+
+
+def _load(c) -> object:
+    """The model of ``--ckpt`` or of ``--model``: exactly one of them."""
+    if (c.ckpt is None) == (c.model is None):
+        raise UserError("give either --ckpt DIR (a trained run) or --model NAME (a shipped model), not both")
+    return load_model(c.ckpt, c.which) if c.ckpt is not None else load_model(name=c.model)
 
 
 def config_from_args(given: dict | argparse.Namespace) -> Config:
@@ -61,16 +108,31 @@ def config_from_args(given: dict | argparse.Namespace) -> Config:
 
 
 def cli_main(argv: list[str], prog: str = "rnn-jax seq2seq") -> int:
-    """``train``: print the test metrics as one JSON line; ``translate``: one ``input<TAB>output`` line each."""
+    """``train``/``evaluate``: the test metrics as one JSON line; ``translate``: one ``input<TAB>output`` line
+    each; ``export``: one line naming the file written."""
     args = _parser(prog).parse_args(argv)
     if args.action == "train":
         summary = train(config_from_args(args)).summary()
         if D.is_main_process():  # several processes: process 0 alone prints
             print(json.dumps(summary))
         return 0
+    if args.action == "evaluate":
+        ec = H.config_from_args(EvaluateConfig, args)
+        if ec.limit is not None:
+            H.check_int("limit", ec.limit)
+        model = _load(ec)
+        result = score_split(model, ec.split, ec.beam, ec.limit)
+        print(json.dumps({**result, "model": ec.model or ec.ckpt}))
+        return 0
+    if args.action == "export":
+        xc = H.config_from_args(ExportConfig, args)
+        info = json.loads(Path(xc.info).read_text(encoding="utf-8")) if xc.info else {}
+        path = export_model(load_model(xc.ckpt, xc.which), xc.to, dtype=xc.dtype, info=info)
+        print(f"wrote {path} ({path.stat().st_size / 1e6:.2f} MB, params in {xc.dtype})")
+        return 0
     tc = H.config_from_args(TranslateConfig, args)
     H.check_int("beam", tc.beam)
-    model = load_model(tc.ckpt, tc.which)
+    model = _load(tc)
     for text, output in zip(args.inputs, translate(model, args.inputs, tc.beam), strict=True):
         print(f"{text}\t{output}")
     return 0

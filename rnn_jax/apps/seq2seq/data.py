@@ -9,7 +9,7 @@ import numpy as np
 from rnn_jax.apps.seq2seq.config import Config
 from rnn_jax.data import pairs as P
 
-__all__ = ["Prepared", "prepare", "EpochBatches", "batch_arrays", "teacher_forcing_schedule"]
+__all__ = ["Prepared", "prepare", "load_config_task", "EpochBatches", "batch_arrays", "teacher_forcing_schedule"]
 
 
 class Prepared(NamedTuple):
@@ -21,6 +21,16 @@ class Prepared(NamedTuple):
     max_len: int  # decoding length: longest training target + </s> + slack
 
 
+def load_config_task(config: Config) -> P.Task:
+    """The task ``config`` names (``task``, ``keep_stress``), or its ``pairs`` file read with its units."""
+    return P.load_task(
+        config.task,
+        keep_stress=config.keep_stress,
+        pairs_file=config.pairs,
+        **({"source_unit": config.source_unit, "target_unit": config.target_unit} if config.pairs else {}),
+    )
+
+
 def prepare(config: Config, task: P.Task | None = None) -> Prepared:
     """Load the task (unless given); build the vocabularies and the decoding length from the training split.
 
@@ -28,13 +38,7 @@ def prepare(config: Config, task: P.Task | None = None) -> Prepared:
     (a source symbol) or can never be produced (a target symbol), so it counts as an error, and
     ``max_len = L + 1 + max(2, L // 4)`` with ``L`` the longest training target (plus ``</s>`` and slack).
     """
-    if task is None:
-        task = P.load_task(
-            config.task,
-            keep_stress=config.keep_stress,
-            pairs_file=config.pairs,
-            **({"source_unit": config.source_unit, "target_unit": config.target_unit} if config.pairs else {}),
-        )
+    task = load_config_task(config) if task is None else task
     src_vocab = P.Vocab.build(p.source for p in task.train)
     tgt_vocab = P.Vocab.build(t for p in task.train for t in p.targets)
     longest = max(len(t) for p in task.train for t in p.targets)
