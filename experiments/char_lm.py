@@ -23,12 +23,13 @@ from rnn_jax.harness import config_from_argv
 CONFIG = CharLMConfig(
     text_path=None,  # a UTF-8 file; None trains on the embedded python-stdlib corpus
     cell="gru",
-    hidden_size=384,
-    layers=1,
+    hidden_size=256,
+    layers=2,
     embed_size=64,
     batch_size=64,
     seq_len=32,
     learning_rate=4e-3,
+    weight_decay=0.2,
     minutes=2.0,
     out="runs/char_lm",
 )
