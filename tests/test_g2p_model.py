@@ -58,4 +58,4 @@ def test_cli_prints_one_line_per_word_and_refuses_symbols_by_name(capsys):
     assert lines[1] == "world\tW ER L D"
     assert all(re.fullmatch(r"[A-Z]+( [A-Z]+)*", line.split("\t")[1]) for line in lines)
     assert cli.main(["g2p", "don't"]) == 2
-    assert "outside the vocabulary: [\"'\"]" in capsys.readouterr().err
+    assert 'outside the vocabulary: ["\'"]' in capsys.readouterr().err

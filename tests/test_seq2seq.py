@@ -113,9 +113,9 @@ def test_cli_export_evaluate_and_translate_a_file(trained, tmp_path, capsys):
 @pytest.mark.parametrize(
     "argv, message",
     [
-        (["translate", "abc"], "give either --ckpt DIR (a trained run) or --model NAME"),
+        (["translate", "abc"], "give one of --ckpt DIR (a trained run) or --model NAME"),
         (["translate", "--model", "nope", "abc"], "no shipped model named 'nope'; shipped: g2p"),
-        (["evaluate", "--model", "g2p", "--ckpt", "x"], "give either --ckpt DIR (a trained run) or --model NAME"),
+        (["evaluate", "--model", "g2p", "--ckpt", "x"], "give one of --ckpt DIR (a trained run) or --model NAME"),
         (["evaluate", "--model", "g2p", "--limit", "0"], "limit must be an integer >= 1, got 0"),
     ],
 )

@@ -1,9 +1,9 @@
 """``rnn-jax g2p WORD...``: English words to ARPAbet phonemes with the G2P model shipped in the package.
 
 The model is the project's own seq2seq model trained on CMUdict (stress stripped; the training command and
-its test PER/WER are in docs/seq2seq.md and in the file's header), stored as float16 params in
+its test PER/WER are in the README and in the file's header), stored as float16 params in
 ``rnn_jax/models/``: nothing to train and nothing to download. Words are lower-cased; the model knows the
-letters ``a``-``z`` and the few symbols of CMUdict's entries, and refuses others by name.
+letters ``a``-``z`` and refuses other symbols by name.
 """
 
 from __future__ import annotations

@@ -18,6 +18,7 @@ from rnn_jax.apps.seq2seq.config import KIND, Config
 from rnn_jax.apps.seq2seq.inference import (
     EXPORT_DTYPES,
     SHIPPED_MODELS,
+    Model,
     export_model,
     load_model,
     score_split,
@@ -34,22 +35,25 @@ _MODEL_HELP = f"a model shipped with the package ({', '.join(SHIPPED_MODELS)}), 
 
 
 @dataclasses.dataclass(frozen=True)
-class TranslateConfig:
-    """The settings of ``rnn-jax seq2seq translate``: a checkpoint or a shipped model, and the beam."""
+class _ModelChoice:
+    """The model a command reads: a run's checkpoint (``--ckpt``, ``--which``) or a shipped one (``--model``)."""
 
     ckpt: str | None = field(None, "a run directory (its best checkpoint) or a .ckpt file", metavar="DIR")
     model: str | None = field(None, _MODEL_HELP, metavar="NAME")
     which: str = field("best", "which checkpoint of the run directory", choices=("best", "latest"))
+
+
+@dataclasses.dataclass(frozen=True)
+class TranslateConfig(_ModelChoice):
+    """The settings of ``rnn-jax seq2seq translate``: a checkpoint or a shipped model, and the beam."""
+
     beam: int = field(1, "beam width (1: greedy)")
 
 
 @dataclasses.dataclass(frozen=True)
-class EvaluateConfig:
+class EvaluateConfig(_ModelChoice):
     """The settings of ``rnn-jax seq2seq evaluate``: score a model on its own task's test (or val) split."""
 
-    ckpt: str | None = field(None, "a run directory (its best checkpoint) or a .ckpt file", metavar="DIR")
-    model: str | None = field(None, _MODEL_HELP, metavar="NAME")
-    which: str = field("best", "which checkpoint of the run directory", choices=("best", "latest"))
     beam: int = field(5, "beam width (1: greedy)")
     split: str = field("test", "the split to score", choices=("test", "val"))
     limit: int | None = field(None, "score only the first N pairs of the split")
@@ -85,10 +89,10 @@ def _parser(prog: str) -> argparse.ArgumentParser:
     return parser
 
 
-def _load(c) -> object:
+def _load(c: _ModelChoice) -> Model:
     """The model of ``--ckpt`` or of ``--model``: exactly one of them."""
     if (c.ckpt is None) == (c.model is None):
-        raise UserError("give either --ckpt DIR (a trained run) or --model NAME (a shipped model), not both")
+        raise UserError("give one of --ckpt DIR (a trained run) or --model NAME (a shipped model)")
     return load_model(c.ckpt, c.which) if c.ckpt is not None else load_model(name=c.model)
 
 
