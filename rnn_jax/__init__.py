@@ -39,7 +39,8 @@ from rnn_jax.losses import (
     sequence_cross_entropy,
     token_accuracy,
 )
-from rnn_jax.scan import bidirectional, broadcast_carry, run, run_stack, zeros_carry
+from rnn_jax.scan import broadcast_carry, run, zeros_carry
+from rnn_jax.stacks import bidirectional, run_stack
 from rnn_jax.topologies import (
     encoder_decoder_apply,
     encoder_decoder_init,
