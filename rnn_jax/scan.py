@@ -35,7 +35,7 @@ from jax import lax
 
 from rnn_jax.cells import Cell
 from rnn_jax.errors import UserError
-from rnn_jax.kernels.registry import IMPLS, get_impl, platform_name
+from rnn_jax.kernels.registry import IMPLS, TABLE, get_impl, platform_name
 from rnn_jax.plan import PLAN_PLATFORMS, auto_plan, platform_free
 
 __all__ = [
@@ -278,8 +278,9 @@ def _check_options(cell, *, remat, unroll, impl):
         raise TypeError(
             f"cell must be a Cell or a function (params, carry, x) -> (carry, y), got {type(cell).__name__}"
         )
-    if impl not in IMPLS:
-        raise UserError(f"impl must be one of {IMPLS}, got {impl!r}; impl='auto' picks one per platform")
+    names = ("auto", *TABLE)  # the table as it is now (IMPLS is the same, taken at import)
+    if impl not in names:
+        raise UserError(f"impl must be one of {names}, got {impl!r}; impl='auto' picks one per platform")
     if remat not in REMAT_OPTIONS:
         raise UserError(f"remat must be one of {REMAT_OPTIONS}, got {remat!r}")
     if unroll is not None and (not isinstance(unroll, (int, np.integer)) or isinstance(unroll, bool) or unroll < 1):
