@@ -28,6 +28,7 @@ from rnn_jax.cells import (
 from rnn_jax.decode import BeamResult, Decoded, beam_search, greedy, prime, sample
 from rnn_jax.errors import UserError
 from rnn_jax.harness import FitOptions, FitResult, fit
+from rnn_jax.kernels import available_impls
 from rnn_jax.linear import DiagParams, MinGRUParams, diag_cell, diag_init, mingru_cell, mingru_init, run_linear
 from rnn_jax.losses import (
     SequenceLoss,
@@ -39,7 +40,9 @@ from rnn_jax.losses import (
     sequence_cross_entropy,
     token_accuracy,
 )
-from rnn_jax.scan import bidirectional, broadcast_carry, run, run_stack, zeros_carry
+from rnn_jax.plan import Plan, auto_plan
+from rnn_jax.scan import broadcast_carry, run, zeros_carry
+from rnn_jax.stacks import bidirectional, run_stack
 from rnn_jax.topologies import (
     encoder_decoder_apply,
     encoder_decoder_init,
@@ -102,6 +105,9 @@ __all__ = [
     "vanilla_cell",
     "vanilla_init",
     "zeros_carry",
+    "available_impls",
+    "Plan",
+    "auto_plan",
     "checkpoint",
     "FitOptions",
     "FitResult",

@@ -55,7 +55,8 @@ from rnn_jax.cells import (
     vanilla_init,
 )
 from rnn_jax.errors import UserError
-from rnn_jax.scan import bidirectional, inverted_dropout, run, vmap_batch, zeros_carry
+from rnn_jax.scan import run, vmap_batch, zeros_carry
+from rnn_jax.stacks import bidirectional, inverted_dropout
 
 Array = jax.Array
 

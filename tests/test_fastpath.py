@@ -1,5 +1,6 @@
-"""The default (fast) path against the plain one: same values and gradients; the unroll heuristic."""
+"""The default (fast) path against the plain one: same values and gradients; the plan's heuristics."""
 
+import dataclasses
 from functools import partial
 
 import jax
@@ -8,8 +9,8 @@ import numpy as np
 import pytest
 
 import rnn_jax as R
-from rnn_jax.scan import CPU_SMALL_STATE, auto_hoist, auto_saved, auto_unroll
-from rnn_jax.tools import bench
+from rnn_jax.kernels import IMPLS
+from rnn_jax.plan import CPU_SMALL_STATE, auto_hoist, auto_plan, auto_saved, auto_unroll
 
 B, T, I, H = 3, 9, 4, 5
 
@@ -55,19 +56,26 @@ def test_default_unroll_equals_unroll_one(name):
 
 
 @pytest.mark.parametrize("name", ["vanilla", "lstm"])
-def test_bench_variants_equal_the_library(name):
-    """Every JAX variant the harness times computes the same loss and gradient as the default path."""
-    s = bench.Shape(B, 5, I, H)
-    key = jax.random.key(1)
-    xs = jax.random.normal(key, (B, 5, I))
-    ref_loss, ref_params = bench._run_impl(name, s, jnp.float32, key)
-    ref = jax.jit(jax.value_and_grad(ref_loss))(ref_params, xs)
-    for impl in ("scan inside", "scan hoisted", "python loop"):
-        loss, params = bench.JAX_IMPLS[impl](name, s, jnp.float32, key)
-        val, grad = jax.jit(jax.value_and_grad(loss))(params, xs)
-        np.testing.assert_allclose(val, ref[0], rtol=1e-5, err_msg=impl)
+def test_every_impl_and_knob_equals_the_default(name):
+    """Every implementation that accepts the call, and the knobs hoist/unroll, give the default's loss and
+    gradient (through run(impl=...) alone)."""
+    k = jax.random.split(jax.random.key(1), 2)
+    params = R.vanilla_init(k[0], I, H, 6) if name == "vanilla" else R.lstm_init(k[0], I, H)
+    xs = jax.random.normal(k[1], (B, 5, I))
+
+    def loss(params, xs, **kw):
+        return jnp.mean(jnp.square(R.run(R.CELLS[name], params, None, xs, **kw)[1]))
+
+    ref = jax.jit(jax.value_and_grad(loss))(params, xs)
+    variants = [dict(impl=i) for i in IMPLS if i != "pallas"]  # pallas: tests/test_kernels.py
+    variants += [dict(impl="scan", hoist=True), dict(impl="scan", hoist=False), dict(impl="scan", unroll=3)]
+    for kw in variants:
+        if name == "lstm" and kw["impl"] == "custom_jvp":
+            continue
+        val, grad = jax.jit(jax.value_and_grad(partial(loss, **kw)))(params, xs)
+        np.testing.assert_allclose(val, ref[0], rtol=1e-5, err_msg=str(kw))
         for a, b in zip(jax.tree.leaves(grad), jax.tree.leaves(ref[1])):
-            np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6, err_msg=impl)
+            np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6, err_msg=str(kw))
 
 
 @pytest.mark.parametrize("name", ["lstm", "gru"])
@@ -92,21 +100,27 @@ def test_saved_pre_activations_do_not_change_gradients(name):
 
 
 def test_auto_plan_takes_the_fast_path_only_where_it_applies():
-    from rnn_jax.scan import auto_plan
+    def plan(cell, platform="cpu", **kw):
+        key = jax.random.key(0)
+        params = R.lstm_init(key, I, H) if cell is R.lstm_cell else R.vanilla_init(key, I, H, 6)
+        carry_N = jax.ShapeDtypeStruct((B, H), jnp.float32)
+        return auto_plan(cell, params, carry_N, jax.ShapeDtypeStruct((T, B, I), jnp.float32), platform=platform, **kw)
 
     def impl(cell, platform="cpu", **kw):
-        return auto_plan(cell, T, B * H, platform=platform, **kw).impl
+        return plan(cell, platform, **kw).impl
 
-    head_free = bench.bench_cell("vanilla")  # another output head: still the vanilla recurrence
+    head_free = dataclasses.replace(R.vanilla_cell, readout=lambda p, h: h)  # another head: still the vanilla step
     assert impl(R.vanilla_cell) == impl(head_free) == "custom_jvp"
-    assert impl(R.vanilla_cell, "cuda") == impl(R.vanilla_cell, "tpu") == impl(R.lstm_cell) == "scan"
-    for kw in (dict(lengths=1), dict(reverse=True), dict(remat="sqrt"), dict(return_carries=True)):
+    assert impl(R.vanilla_cell, "cuda") == impl(R.vanilla_cell, "default") == impl(R.lstm_cell) == "scan"
+    for kw in (dict(lengths=jnp.ones(B, int)), dict(reverse=True), dict(remat="sqrt"), dict(return_carries=True)):
         assert impl(R.vanilla_cell, **kw) == "scan", kw
     # speed knobs never change the algorithm (and so the gradient rule)
     for kw in (dict(unroll=1), dict(hoist=True), dict(hoist=False), dict(unroll=3, hoist=False)):
         assert impl(R.vanilla_cell, **kw) == "custom_jvp", kw
-    assert auto_plan(R.vanilla_cell, T, B * H, platform="cpu", unroll=3).unroll == 3
+    assert plan(R.vanilla_cell, unroll=3) == R.Plan("custom_jvp", True, 3, ())
     assert impl(R.vanilla_cell, impl="scan") == "scan"
+    assert plan(R.lstm_cell, "cuda") == R.Plan("scan", True, 8, ())
+    assert plan(R.lstm_cell, "cpu") == R.Plan("scan", False, 4, ())
 
 
 @pytest.mark.parametrize("batch, time_major", [((), False), ((B,), False), ((2, B), True)])
@@ -154,7 +168,7 @@ def test_auto_takes_the_fast_path_whatever_unroll_says():
 @pytest.mark.parametrize(
     "cell, kw, message",
     [
-        (R.lstm_cell, {}, "runs the vanilla cell only, got the lstm cell"),
+        (R.lstm_cell, {}, "it runs the vanilla cell only, got the lstm cell"),
         (R.vanilla_cell, dict(lengths=jnp.array([9, 4, 1])), "takes no lengths"),
         (R.vanilla_cell, dict(reverse=True), "takes no reverse"),
         (R.vanilla_cell, dict(remat="sqrt"), "stores its own residuals, so it takes no remat"),
@@ -163,7 +177,7 @@ def test_auto_takes_the_fast_path_whatever_unroll_says():
 )
 def test_custom_jvp_refuses_what_it_cannot_run_and_names_impl_scan(cell, kw, message):
     params = R.lstm_init(jax.random.key(0), I, H) if cell is R.lstm_cell else R.vanilla_init(jax.random.key(0), I, H, 6)
-    with pytest.raises(ValueError, match=f"impl='custom_jvp' {message}.*use impl='scan'"):
+    with pytest.raises(ValueError, match=f"impl='custom_jvp' cannot run this call: .*{message}.*use impl='scan'"):
         R.run(cell, params, None, jnp.ones((B, T, I)), impl="custom_jvp", **kw)
 
 

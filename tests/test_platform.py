@@ -36,8 +36,9 @@ def _grad_of_run(name, hidden=H):
 
 
 def _hoisted(text, features):
-    """The input projection of all steps as one dot before the loop: ``[B, T, I] @ [I, G] -> [B, T, G]``."""
-    return f"(tensor<{B}x{T}x{I}xf32>, tensor<{I}x{features}xf32>) -> tensor<{B}x{T}x{features}xf32>" in text
+    """The input projection of all steps as one dot before the loop: ``[T, B, I] @ [I, G] -> [T, B, G]`` (run lays
+    the inputs out time-major before any implementation sees them)."""
+    return f"(tensor<{T}x{B}x{I}xf32>, tensor<{I}x{features}xf32>) -> tensor<{T}x{B}x{features}xf32>" in text
 
 
 def _unrolled_by(text, n):

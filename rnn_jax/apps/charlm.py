@@ -38,7 +38,8 @@ from rnn_jax.cells import CELLS
 from rnn_jax.data import text as textdata
 from rnn_jax.errors import UserError
 from rnn_jax.harness import field, shared_field
-from rnn_jax.scan import inverted_dropout, run_stack, zeros_carry
+from rnn_jax.scan import zeros_carry
+from rnn_jax.stacks import inverted_dropout, run_stack
 
 __all__ = [
     "CharLMConfig",
