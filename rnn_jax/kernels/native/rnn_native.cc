@@ -96,23 +96,31 @@ inline void st(float* p, __m256 v, int n) {
 // GEMM: C[MR x 16] = A[MR x K] (row stride lda) x B (one packed panel, K x 16 contiguous)
 // ---------------------------------------------------------------------------------------------------
 
+// Named accumulators, not an array: GCC keeps an array of __m256 on the stack (a third of the speed).
+#define RNN_ROW(r)                                          \
+  if constexpr (MR > r) {                                   \
+    const __m256 av = _mm256_broadcast_ss(a + r * lda + k); \
+    c##r##0 = _mm256_fmadd_ps(av, b0, c##r##0);             \
+    c##r##1 = _mm256_fmadd_ps(av, b1, c##r##1);             \
+  }
+#define RNN_STORE(r)                              \
+  if constexpr (MR > r) {                         \
+    _mm256_storeu_ps(c + r * kNR, c##r##0);       \
+    _mm256_storeu_ps(c + r * kNR + 8, c##r##1);   \
+  }
+
 template <int MR>
 void micro(const float* __restrict a, int64_t lda, const float* __restrict b, int64_t K, float* __restrict c) {
-  __m256 acc0[MR], acc1[MR];
-  for (int r = 0; r < MR; ++r) acc0[r] = acc1[r] = _mm256_setzero_ps();
+  __m256 c00 = _mm256_setzero_ps(), c01 = c00, c10 = c00, c11 = c00, c20 = c00, c21 = c00, c30 = c00, c31 = c00,
+         c40 = c00, c41 = c00, c50 = c00, c51 = c00;
   for (int64_t k = 0; k < K; ++k) {
-    __m256 b0 = _mm256_load_ps(b + k * kNR), b1 = _mm256_load_ps(b + k * kNR + 8);
-    for (int r = 0; r < MR; ++r) {
-      __m256 av = _mm256_broadcast_ss(a + r * lda + k);
-      acc0[r] = _mm256_fmadd_ps(av, b0, acc0[r]);
-      acc1[r] = _mm256_fmadd_ps(av, b1, acc1[r]);
-    }
+    const __m256 b0 = _mm256_load_ps(b + k * kNR), b1 = _mm256_load_ps(b + k * kNR + 8);
+    RNN_ROW(0) RNN_ROW(1) RNN_ROW(2) RNN_ROW(3) RNN_ROW(4) RNN_ROW(5)
   }
-  for (int r = 0; r < MR; ++r) {
-    _mm256_storeu_ps(c + r * kNR, acc0[r]);
-    _mm256_storeu_ps(c + r * kNR + 8, acc1[r]);
-  }
+  RNN_STORE(0) RNN_STORE(1) RNN_STORE(2) RNN_STORE(3) RNN_STORE(4) RNN_STORE(5)
 }
+#undef RNN_ROW
+#undef RNN_STORE
 
 void micro_any(int mr, const float* a, int64_t lda, const float* b, int64_t K, float* c) {
   switch (mr) {
