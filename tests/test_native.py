@@ -1,0 +1,198 @@
+"""The native CPU kernels (rnn_jax.kernels.native) against the scan: values and gradients with respect to
+params, initial carry and inputs, with and without lengths, both directions, under jit and eagerly; forward
+mode refused; vmap; bfloat16; and the fallback when the native part is unavailable."""
+
+from functools import partial
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import rnn_jax
+from rnn_jax.cells import Cell, gru_cell, gru_init, lstm_cell, lstm_init, vanilla_cell, vanilla_init
+from rnn_jax.errors import UserError
+from rnn_jax.kernels import native
+
+CELL = {"vanilla": vanilla_cell, "lstm": lstm_cell, "gru": gru_cell}
+needs_native = pytest.mark.skipif(native.available() is not None, reason=f"native kernels: {native.available()}")
+
+
+def _params(name, key, I, H, dtype=jnp.float32):
+    """Params with nonzero biases everywhere (the GRU's b_hn too), so every gradient path is exercised."""
+    k_init, k_bias = jax.random.split(key)
+    if name == "vanilla":
+        p = vanilla_init(k_init, I, H, 6, dtype)
+    else:
+        p = {"lstm": lstm_init, "gru": gru_init}[name](k_init, I, H, dtype)
+    return jax.tree.map(lambda a: a if a.ndim > 1 else a + 0.1 * jax.random.normal(k_bias, a.shape, dtype), p)
+
+
+def _problem(name, key, N, T, I, H, dtype=jnp.float32):
+    """Params, a random initial carry ``[N, ...]`` and time-major inputs ``[T, N, I]``."""
+    k_p, k_c, k_x = jax.random.split(key, 3)
+    params = _params(name, k_p, I, H, dtype)
+    one = CELL[name].init_carry(params)
+    keys = jax.random.split(k_c, len(jax.tree.leaves(one)))
+    leaves = [0.5 * jax.random.normal(k, (N, *z.shape), dtype) for k, z in zip(keys, jax.tree.leaves(one))]
+    return params, jax.tree.unflatten(jax.tree.structure(one), leaves), jax.random.normal(k_x, (T, N, I), dtype)
+
+
+def _loss(impl, name, lengths, reverse, params, carry, xs):
+    """A loss that reads every output and the final carry nonlinearly."""
+    if impl == "native":
+        final, ys = native.run_native(CELL[name], params, carry, xs, lengths, reverse=reverse)
+    else:
+        final, ys = rnn_jax.run(
+            CELL[name], params, carry, xs, lengths=lengths, reverse=reverse, time_major=True, impl="scan"
+        )
+    ys = ys.astype(jnp.float32)
+    total = jnp.sum(ys * jnp.sin(ys)) + sum(jnp.sum(jnp.cos(c.astype(jnp.float32))) for c in jax.tree.leaves(final))
+    return total, (final, ys)
+
+
+def _value_and_grads(impl, name, lengths=None, reverse=False, jit=True):
+    f = jax.value_and_grad(partial(_loss, impl, name, lengths, reverse), argnums=(0, 1, 2), has_aux=True)
+    return jax.jit(f) if jit else f
+
+
+def _assert_trees_close(got, want, rtol=1e-5, atol=1e-6):
+    """Elementwise ``rtol``, and ``atol`` relative to each array's largest entry: a weight gradient sums many
+    products, so its small entries carry the rounding of its large ones (summed in another order here)."""
+    for g, w in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):
+        w = np.asarray(w, np.float32)
+        scale = max(1.0, float(np.max(np.abs(w)))) if w.size else 1.0
+        np.testing.assert_allclose(np.asarray(g, np.float32), w, rtol=rtol, atol=atol * scale)
+
+
+# (N, T, I, H, lengths, reverse, threads): odd sizes; H = 37 spans three blocks of 16 units with a tail and
+# N = 13 three row blocks; threads=2 runs the two-thread path (the size alone would pick one thread).
+CASES = {
+    "forward": (3, 7, 4, 5, None, False, None),
+    "reverse": (3, 7, 4, 5, None, True, None),
+    "lengths": (3, 7, 4, 5, [7, 3, 0], False, None),
+    "reverse_lengths": (3, 7, 4, 5, [7, 3, 0], True, None),
+    "blocks_two_threads": (13, 5, 6, 37, [5, 1, 0, 4, 5, 2, 3, 5, 5, 1, 4, 2, 3], True, "2"),
+}
+
+
+@needs_native
+@pytest.mark.parametrize("case", list(CASES))
+@pytest.mark.parametrize("name", list(CELL))
+def test_native_equals_scan_values_and_gradients(name, case, key, monkeypatch):
+    N, T, I, H, lengths, reverse, threads = CASES[case]
+    if threads is not None:
+        monkeypatch.setenv("RNN_JAX_NATIVE_THREADS", threads)
+    params, carry, xs = _problem(name, key, N, T, I, H)
+    lengths = None if lengths is None else jnp.asarray(lengths)
+    got = _value_and_grads("native", name, lengths, reverse)(params, carry, xs)
+    want = _value_and_grads("scan", name, lengths, reverse)(params, carry, xs)
+    _assert_trees_close(got, want)
+    if lengths is not None:  # past the end: zero outputs
+        mask = np.arange(T)[:, None] < np.asarray(lengths)[None, :]
+        assert np.all(np.asarray(got[0][1][1])[~mask] == 0)
+
+
+@needs_native
+@pytest.mark.parametrize("name", list(CELL))
+def test_native_single_step_eager(name, key):
+    """T = 1, not jitted, reverse with a zero length: that row's carry and gradient pass straight through."""
+    params, carry, xs = _problem(name, key, 3, 1, 4, 5)
+    lengths = jnp.array([1, 0, 1])
+    got = _value_and_grads("native", name, lengths, True, jit=False)(params, carry, xs)
+    want = _value_and_grads("scan", name, lengths, True, jit=False)(params, carry, xs)
+    _assert_trees_close(got, want)
+
+
+@needs_native
+def test_native_zero_initial_carry_and_readout(key):
+    """``carry_N=None`` starts from zeros; the vanilla cell's readout W_hy runs after the kernel."""
+    params, _, xs = _problem("vanilla", key, 3, 7, 4, 5)
+    final, ys = native.run_native(vanilla_cell, params, None, xs)
+    want_final, want_ys = rnn_jax.run(vanilla_cell, params, None, xs, time_major=True, impl="scan")
+    assert ys.shape == (7, 3, 6)
+    _assert_trees_close((final, ys), (want_final, want_ys))
+
+
+@needs_native
+@pytest.mark.parametrize("jit", [False, True])
+def test_native_forward_mode_raises_naming_scan(jit, key):
+    params, carry, xs = _problem("gru", key, 3, 2, 4, 5)
+
+    def ys(xs):
+        return native.run_native(gru_cell, params, carry, xs)[1]
+
+    jvp = jax.jit(partial(jax.jvp, ys)) if jit else partial(jax.jvp, ys)
+    with pytest.raises(UserError, match='impl="scan"'):
+        jax.block_until_ready(jvp((xs,), (xs,)))
+
+
+@needs_native
+def test_native_vmap_values_and_gradients(key):
+    """vmap over a leading axis of inputs and initial carries (one native call per element)."""
+    params, carry, xs = _problem("lstm", key, 3, 5, 4, 5)
+    xs_BTNI = jnp.stack([xs, -xs])
+    carry_B = jax.tree.map(lambda c: jnp.stack([c, 2 * c]), carry)
+
+    def batched(impl):
+        f = partial(_loss, impl, "lstm", jnp.array([5, 2, 4]), False)
+        return jax.jit(jax.vmap(jax.value_and_grad(f, argnums=(0, 1, 2), has_aux=True), in_axes=(None, 0, 0)))
+
+    _assert_trees_close(batched("native")(params, carry_B, xs_BTNI), batched("scan")(params, carry_B, xs_BTNI))
+
+
+@needs_native
+def test_native_bfloat16_computes_in_float32(key):
+    """bf16 params and inputs: float32 inside, the carry back in bf16; close to the float32 scan."""
+    params, carry, xs = _problem("lstm", key, 3, 7, 4, 5)
+    to_bf16 = partial(jax.tree.map, lambda a: a.astype(jnp.bfloat16))
+    (_, (final, ys)), grads = _value_and_grads("native", "lstm")(*to_bf16((params, carry, xs)))
+    assert final.h.dtype == jnp.bfloat16 and final.c.dtype == jnp.bfloat16
+    assert all(g.dtype == jnp.bfloat16 for g in jax.tree.leaves(grads))
+    (_, (want_final, want_ys)), want_grads = _value_and_grads("scan", "lstm")(params, carry, xs)
+    _assert_trees_close((final, ys), (want_final, want_ys), rtol=0, atol=3e-2)
+    _assert_trees_close(grads, want_grads, rtol=5e-2, atol=1e-1)
+
+
+def test_unsupported_reasons(key):
+    params, _, xs = _problem("lstm", key, 3, 2, 4, 5)
+    assert native.unsupported_reason(lstm_cell, params, xs) is None
+    other = Cell("mine", lstm_cell.project, lambda p, c, u: (c, c), lstm_cell.readout, lstm_cell.init_carry,
+                 lstm_cell.input_size)  # fmt: skip
+    assert "built-in vanilla, LSTM and GRU" in native.unsupported_reason(other, params, xs)
+    assert "remat" in native.unsupported_reason(lstm_cell, params, xs, remat="full")
+    assert "return_carries" in native.unsupported_reason(lstm_cell, params, xs, return_carries=True)
+    assert "T=0" in native.unsupported_reason(lstm_cell, params, xs[:0])
+
+
+@pytest.fixture
+def reload_native():
+    """Forget the loaded library before and after the test, so the test's environment decides."""
+    native._load.cache_clear()
+    yield
+    native._load.cache_clear()
+
+
+@pytest.mark.usefixtures("reload_native")
+def test_native_unavailable_gives_a_reason_and_one_clear_error(key, monkeypatch):
+    monkeypatch.setenv("RNN_JAX_NATIVE", "0")
+    assert native.available() == "turned off by RNN_JAX_NATIVE=0"
+    params, carry, xs = _problem("lstm", key, 3, 2, 4, 5)
+    with pytest.raises(UserError, match=r'^impl="native" is not available here: turned off .*; use impl="scan"$'):
+        native.run_native(lstm_cell, params, carry, xs)
+
+
+@pytest.mark.usefixtures("reload_native")
+def test_native_without_a_compiler_gives_a_reason(monkeypatch):
+    monkeypatch.delenv("CXX", raising=False)
+    monkeypatch.setattr(native.shutil, "which", lambda _: None)
+    assert native.available() == "no C++ compiler found (install g++ or set $CXX)"
+
+
+@pytest.mark.usefixtures("reload_native")
+def test_native_failed_build_gives_a_reason(tmp_path, monkeypatch):
+    monkeypatch.setenv("RNN_JAX_CACHE", str(tmp_path))
+    monkeypatch.setenv("CXX", "false")  # a "compiler" that prints nothing and fails
+    reason = native.available()
+    assert reason.startswith("compiling rnn_native.cc failed") and "\n" not in reason
+    assert not any(tmp_path.rglob("*.so*"))  # no half-written library left behind
