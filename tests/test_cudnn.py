@@ -272,3 +272,21 @@ def test_bench_runs_the_jax_cudnn_peer(tmp_path):
     summaries = [r for r in map(json.loads, out.read_text().splitlines()) if r.get("kind") == "summary"]
     timed = [r for r in summaries if "cudnn" in str(r.get("impl", "")).lower() and r.get("ms") is not None]
     assert timed, f"no jax_cudnn row among {[r.get('impl') for r in summaries]}"
+
+
+# ---------------------------------------------------------------------------------------------------
+# The device check script reports failure (CPU): every step fails when its python cannot run
+# ---------------------------------------------------------------------------------------------------
+
+
+def test_device_check_exits_nonzero_and_lists_failed_steps(tmp_path):
+    """A failing step does not stop the next one, and the script's exit status says that one failed."""
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "DRY_RUN": "1", "PYTHON": "false"}  # `false -m pytest ...` fails at once
+    done = subprocess.run(
+        ["bash", "experiments/device_check.sh", str(tmp_path)], cwd=root, env=env, capture_output=True, text=True
+    )
+    assert done.returncode == 1
+    md = (tmp_path / "device_check.md").read_text()
+    assert md.count("**step failed (exit 1)**") == 4 and "4 step(s) failed:" in md
+    assert "- tests marked gpu" in done.stdout and "- bench float16" in done.stdout
