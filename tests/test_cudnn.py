@@ -224,6 +224,22 @@ def test_forward_backward_lowers_to_the_cudnn_calls(key, cuda_rnn_lowering_stood
     assert operands in calls[0]
 
 
+@pytest.mark.skipif(jax.default_backend() == "gpu", reason="on a GPU the real lowering runs (marked gpu tests)")
+def test_forward_mode_and_vmap_are_refused_by_jax(key, cuda_rnn_lowering_stood_in):
+    """jax.experimental.rnn.lstm is a custom_vjp without a batching rule: jax.jvp fails where it is lowered,
+    jax.vmap where it is traced (run flattens every batch dimension into N, so run itself never vmaps it)."""
+    params, _, xs_TNI = _problem(key)
+
+    def ys(xs):
+        return cudnn.run_cudnn(lstm_cell, params, None, xs)[1]
+
+    traced = jax.jit(lambda x: jax.jvp(ys, (x,), (x,))).trace(xs_TNI)
+    with pytest.raises(TypeError, match="forward-mode autodiff"):
+        traced.lower(lowering_platforms=("cuda",))
+    with pytest.raises(NotImplementedError, match="Batching rule for 'rnn_fwd'"):
+        jax.jit(jax.vmap(ys)).trace(jnp.stack([xs_TNI, xs_TNI]))
+
+
 # ---------------------------------------------------------------------------------------------------
 # On a real GPU (experiments/device_check.sh runs these; skipped elsewhere)
 # ---------------------------------------------------------------------------------------------------

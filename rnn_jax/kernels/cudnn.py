@@ -22,6 +22,10 @@ and runs batch-major with ``seq_lengths``. What differs between the two, and how
   dtypes are refused. Matmul precision follows ``jax_default_matmul_precision`` as XLA's own matmuls
   do: unset or ``"high"``/``"tensorfloat32"`` lets cuDNN use TF32, ``"highest"``/``"float32"`` does not;
   ``"default"``/``"bfloat16"`` are refused by jax.experimental.rnn and so here.
+* **Transformations.** Reverse mode only: ``jax.experimental.rnn.lstm`` is a ``custom_vjp``, so ``jax.jvp``
+  raises JAX's "can't apply forward-mode autodiff (jvp) to a custom_vjp function" where it is lowered. Its
+  primitives have no batching rule: ``jax.vmap`` raises "Batching rule for 'rnn_fwd' not implemented";
+  ``run`` flattens every batch dimension into ``N`` instead, so it never needs one.
 
 It runs only where jaxlib's CUDA plugin is loaded on a CUDA backend (:func:`available`): even tracing asks
 cuDNN for the size of its reserve space. No GPU was at hand when this was written: ``tests/test_cudnn.py``
