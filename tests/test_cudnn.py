@@ -255,14 +255,21 @@ def test_available_on_gpu(key):
     assert cudnn.unsupported_reason(lstm_cell, params, xs, lengths=jnp.array(LENGTHS), reverse=True) is None
 
 
+GPU_CASES = {  # sizes (N, T, I, H), lengths, reverse: every direction and masking at odd sizes, one larger layer
+    "full-forward": ((N, T, I, H), None, False),
+    "full-reverse": ((N, T, I, H), None, True),
+    "lengths-forward": ((N, T, I, H), "ragged", False),
+    "lengths-reverse": ((N, T, I, H), "ragged", True),
+    "larger-lengths-reverse": ((17, 33, 24, 40), "ragged", True),
+}
+
+
 @pytest.mark.gpu
 @on_gpu
-@pytest.mark.parametrize("reverse", [False, True], ids=["forward", "reverse"])
-@pytest.mark.parametrize("lengths", [None, "ragged"], ids=["full", "lengths"])
-@pytest.mark.parametrize("sizes", [(N, T, I, H), (17, 33, 24, 40)], ids=["small", "larger"])
-def test_run_cudnn_equals_scan_on_gpu(key, sizes, lengths, reverse):
+@pytest.mark.parametrize("case", GPU_CASES)
+def test_run_cudnn_equals_scan_on_gpu(key, case):
     """cuDNN itself against the scan, values and gradients, matmuls at the highest precision (no TF32)."""
-    n, t, i, h = sizes
+    (n, t, i, h), lengths, reverse = GPU_CASES[case]
     params, carry_N, xs_TNI = _problem(key, n, t, i, h)
     if lengths is not None:  # 0, T and values between
         lengths = jnp.asarray(np.concatenate([[0, t], np.random.default_rng(0).integers(1, t, n - 2)]), jnp.int32)
