@@ -166,9 +166,10 @@ def _out_size(params) -> int:
 
 
 def step_impl(impl: str) -> str:
-    """The ``impl`` for a loop whose step is a plain function around a cell: ``"scan"`` for ``"pallas"`` and
-    ``"custom_jvp"`` (their kernels run the built-in cells only), ``impl`` itself otherwise."""
-    return "scan" if impl in ("pallas", "custom_jvp") else impl
+    """The ``impl`` for a loop whose step is a plain function around a cell: ``"auto"`` stays (it finds the scan for
+    such a step), every named implementation but the scan becomes ``"scan"`` (the kernels run the built-in cells
+    only)."""
+    return impl if impl in ("auto", "scan") else "scan"
 
 
 def one_to_one(cell, params, carry, x):

@@ -115,6 +115,28 @@ def test_native_zero_initial_carry_and_readout(key):
 
 
 @needs_native
+@pytest.mark.parametrize("name", list(CELL))
+def test_run_impl_native_batch_major_with_two_batch_dims(name, key):
+    """Through ``run(impl="native")``, as users call it: batch-major ``[2, 3, T, I]`` with lengths ``[2, 3]``;
+    values and gradients equal the scan's, and padded steps' outputs are zero as ``run`` promises."""
+    params, _, xs_TNI = _problem(name, key, 6, 7, 4, 5)
+    xs = jnp.moveaxis(xs_TNI, 0, 1).reshape(2, 3, 7, 4)
+    lengths = jnp.array([[7, 3, 0], [1, 5, 7]])
+
+    def loss(impl, params, xs):
+        final, ys = rnn_jax.run(CELL[name], params, None, xs, lengths=lengths, impl=impl)
+        return jnp.sum(ys * jnp.sin(ys)) + sum(jnp.sum(jnp.cos(c)) for c in jax.tree.leaves(final)), ys
+
+    (got_loss, got_ys), got_grads = jax.jit(jax.value_and_grad(partial(loss, "native"), (0, 1), has_aux=True))(
+        params, xs
+    )
+    (want_loss, want_ys), want_grads = jax.value_and_grad(partial(loss, "scan"), (0, 1), has_aux=True)(params, xs)
+    assert got_ys.shape == (2, 3, 7, 6 if name == "vanilla" else 5)
+    assert not np.any(np.asarray(got_ys)[0, 1, 3:])
+    _assert_trees_close((got_loss, got_ys, got_grads), (want_loss, want_ys, want_grads))
+
+
+@needs_native
 @pytest.mark.parametrize("jit", [False, True])
 def test_native_forward_mode_raises_naming_scan(jit, key):
     params, carry, xs = _problem("gru", key, 3, 2, 4, 5)

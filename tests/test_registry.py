@@ -17,7 +17,7 @@ B, T, I, H = 3, 7, 4, 5
 
 def test_run_accepts_exactly_auto_and_the_table():
     assert IMPLS == kernels.IMPLS == ("auto", *registry.TABLE)
-    assert set(registry.TABLE) >= {"scan", "custom_jvp", "pallas"}
+    assert set(registry.TABLE) >= {"scan", "custom_jvp", "pallas", "native", "cudnn"}
     for name, impl in registry.TABLE.items():
         assert impl.name == name and callable(getattr(impl.load(), impl.run_fn))
         assert callable(impl.load().unsupported_reason) and callable(impl.load().available)
@@ -67,7 +67,7 @@ def test_a_refusal_names_the_reason_and_impl_scan(impl, cell, kw, reason):
 
 def test_an_unknown_impl_lists_the_table():
     params = R.vanilla_init(jax.random.key(0), I, H, 6)
-    with pytest.raises(R.UserError, match=r"impl must be one of \('auto', 'scan', 'custom_jvp', 'pallas'\), got 'x'"):
+    with pytest.raises(R.UserError, match=r"impl must be one of \('auto', 'scan', 'custom_jvp', 'pallas', 'native', 'cudnn'\), got 'x'"):
         R.run(R.vanilla_cell, params, None, jnp.ones((B, T, I)), impl="x")
 
 

@@ -19,13 +19,12 @@ keep each row's carry unchanged at steps ``t >= lengths_N`` (outputs there may b
 imported on first use, so an implementation that needs a compiler or a GPU library costs nothing until
 asked for, and one that fails to import is listed with the import error as its reason.
 
-Adding an implementation (e.g. a native CPU kernel in ``rnn_jax/kernels/native_cpu.py`` with ``available``,
-``unsupported_reason`` and ``run_native``): one entry in :data:`TABLE`::
+Adding an implementation (e.g. a kernel in ``rnn_jax/kernels/mine.py`` with ``available``,
+``unsupported_reason`` and ``run_mine``): one entry in :data:`TABLE`::
 
-    Impl("native_cpu", "rnn_jax.kernels.native_cpu", "run_native", platforms=("cpu",),
-         summary="oneDNN-style fused kernels for the built-in cells on CPU"),
+    Impl("mine", "rnn_jax.kernels.mine", "run_mine", platforms=("cpu",), summary="what it is, in one line"),
 
-and nothing in ``run``: ``impl="native_cpu"`` is then accepted, listed in :data:`IMPLS`, in error messages and
+and nothing in ``run``: ``impl="mine"`` is then accepted, listed in :data:`IMPLS`, in error messages and
 by :func:`available_impls`. For ``impl="auto"`` to choose it, add its name to the platform's order in
 :data:`rnn_jax.plan.AUTO_ORDER`, with the measurement that says it is faster (``docs/bench.md``).
 """
@@ -125,6 +124,20 @@ TABLE: dict[str, Impl] = {
             "run_pallas",
             platforms=("cpu", "cuda"),
             summary="persistent Pallas kernels (Triton on CUDA, interpret mode on CPU)",
+        ),
+        Impl(
+            "native",
+            "rnn_jax.kernels.native",
+            "run_native",
+            platforms=("cpu",),
+            summary="C++ (AVX2/FMA) forward and backward of the built-in cells through jax.ffi, built on first use",
+        ),
+        Impl(
+            "cudnn",
+            "rnn_jax.kernels.cudnn",
+            "run_cudnn",
+            platforms=("cuda",),
+            summary="cuDNN's LSTM through jax.experimental.rnn (float32)",
         ),
     )  # fmt: skip
 }
