@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
 from rnn_jax.errors import UserError
@@ -30,7 +31,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, *, exit_on_interrupt: bool | None = None) -> int:
+    """Run ``rnn-jax COMMAND ...``; the exit status. On Ctrl-C the process ends at once with 130 when it runs as
+    the command (``argv`` from ``sys.argv``, or ``exit_on_interrupt``); called with ``argv`` it returns 130."""
+    exit_on_interrupt = argv is None if exit_on_interrupt is None else exit_on_interrupt
     argv = sys.argv[1:] if argv is None else list(argv)
     parser = argparse.ArgumentParser(
         prog="rnn-jax", description="Recurrent networks as pure JAX functions (cs231n Lecture 10)."
@@ -50,10 +54,21 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as err:
         print(f"rnn-jax {argv[0]}: error: {err}", file=sys.stderr)
         return 2
+    except OSError as err:  # the machine refused a file operation (a full disk, a lost mount): one line
+        where = f"{err.filename}: " if err.filename else ""
+        print(f"rnn-jax {argv[0]}: error: {where}{err.strerror or err}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print(f"rnn-jax {argv[0]}: interrupted", file=sys.stderr)
+        if exit_on_interrupt:
+            # Every checkpoint write has finished or been undone by now (the exception unwound through it),
+            # but XLA's compile threads may still run: the interpreter's shutdown under them crashes
+            # (SIGSEGV), so the process ends here without one.
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(130)
         return 130
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(exit_on_interrupt=True))
