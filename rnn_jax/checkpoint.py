@@ -7,12 +7,18 @@ metrics). Files::
     DIR/latest.ckpt     the most recent state (overwritten in place, atomically)
     DIR/best.ckpt       the state with the best validation metric so far
 
-Format ``rnn_jax.checkpoint/2`` (:data:`FORMAT`), a msgpack map::
+Format ``rnn_jax.checkpoint/3`` (:data:`FORMAT`), a msgpack map::
 
-    format   "rnn_jax.checkpoint/2"
-    meta     the meta dict as a JSON string
-    arrays   {key path: array}, the key path as ``jax.tree_util.keystr`` writes it, e.g. ".params.cells[0].W_xh"
-    keys     {key path: PRNG key dtype} for the leaves that are typed PRNG keys (stored as their key_data)
+    format   "rnn_jax.checkpoint/3"
+    sha256   the SHA-256 (hex) of the format string's UTF-8 bytes followed by ``body``
+    body     msgpack bytes of the map
+               meta     the meta dict as a JSON string
+               arrays   {key path: array}, the key path as ``jax.tree_util.keystr`` writes it
+               keys     {key path: PRNG key dtype} for the leaves that are typed PRNG keys (stored as key_data)
+
+A file whose checksum does not match, or a file of ours (its first bytes say so) that does not parse, is
+refused as *damaged*, naming the file. Format 2 (the same map without the checksum layer) and format 1
+still load, unchecked.
 
 Restoring needs a *template*: a state of the right structure (e.g. freshly initialised from the stored
 config). Each template leaf takes the stored array at its key path, so the restore depends on the names
@@ -69,6 +75,9 @@ Why flax.serialization rather than orbax (which flax installs, with tensorstore)
 
 from __future__ import annotations
 
+import errno
+import fcntl
+import hashlib
 import json
 import os
 import secrets
@@ -98,10 +107,12 @@ __all__ = [
     "latest",
     "best",
     "ensure_writable_dir",
+    "remove_stale_temporaries",
     "Checkpointer",
 ]
 
-FORMAT = "rnn_jax.checkpoint/2"
+FORMAT = "rnn_jax.checkpoint/3"
+_SIGNS = (b"rnn_jax.checkpoint", b"sha256", b"body")  # what the ends of a file of ours hold
 SUFFIX = ".ckpt"
 _EXPECTED = f"a {SUFFIX} file written by rnn_jax's checkpoint.save (a run directory's latest{SUFFIX} or best{SUFFIX})"
 
@@ -137,48 +148,86 @@ def _host_array(leaf) -> np.ndarray:
 
 
 def _open_new(directory: Path, name: str) -> tuple[int, str]:
-    """A new file next to ``name``, created with mode 0666 so that the umask decides (mkstemp's is 0600)."""
+    """A new file next to ``name``, created with mode 0666 so that the umask decides (mkstemp's is 0600), and
+    locked (``flock``) while it is written: :func:`remove_stale_temporaries` removes only unlocked ones."""
     while True:
         tmp = str(directory / f".{name}.{secrets.token_hex(6)}.tmp")
         try:
-            return os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666), tmp
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
         except FileExistsError:  # a name drawn twice: draw again
             continue
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        return fd, tmp
+
+
+def _write_error(path: Path, err: OSError) -> UserError:
+    what = "no space left on the device" if err.errno == errno.ENOSPC else (err.strerror or str(err))
+    kept = f"the previous {path.name} is intact" if path.exists() else f"no {path.name} was written"
+    return UserError(f"cannot write {path}: {what}; {kept} (free space or give another directory, then resume)")
 
 
 def _atomic_write(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` so that readers see the old file or the new one, never a mix."""
+    """Write ``data`` to ``path`` so that readers see the old file or the new one, never a mix; an
+    :class:`OSError` (a full disk) is a :class:`UserError` naming ``path``, the temporary file removed."""
     fd, tmp = _open_new(path.parent, path.name)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
+            os.replace(tmp, path)  # while the lock is held: no cleaner takes a file being written
+        dir_fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)  # make the rename itself durable
+        finally:
+            os.close(dir_fd)
+    except BaseException as err:
         if os.path.exists(tmp):
             os.unlink(tmp)
+        if isinstance(err, OSError):
+            raise _write_error(path, err) from None
         raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)  # make the rename itself durable
-    finally:
-        os.close(dir_fd)
+
+
+def remove_stale_temporaries(directory: str | os.PathLike) -> list[Path]:
+    """Remove the ``.NAME.ckpt.*.tmp`` files a killed writer left in ``directory``; a file that a live writer
+    holds (locked) stays. Returns the files removed."""
+    removed = []
+    for tmp in Path(directory).glob(f".*{SUFFIX}.*.tmp"):
+        try:
+            fd = os.open(tmp, os.O_RDONLY)
+        except OSError:  # gone meanwhile
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:  # a live writer holds it
+            continue
+        else:
+            tmp.unlink(missing_ok=True)
+            removed.append(tmp)
+        finally:
+            os.close(fd)
+    return removed
 
 
 def save(path: str | os.PathLike, state: Any, meta: Mapping | None = None) -> Path:
-    """Atomically write ``state`` (any pytree of arrays, keys included) and a JSON-able ``meta`` to ``path``."""
+    """Atomically write ``state`` (any pytree of arrays, keys included) and a JSON-able ``meta`` to ``path``,
+    with the SHA-256 of its contents."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     leaves, _ = _paths_and_leaves(state)
-    payload = {
-        "format": FORMAT,
+    body = serialization.msgpack_serialize({
         "meta": json.dumps(dict(meta or {})),
         "arrays": {name: _host_array(leaf) for name, leaf in leaves},
         "keys": {name: str(leaf.dtype) for name, leaf in leaves if _is_key(leaf)},
-    }
+    })  # fmt: skip
+    payload = {"format": FORMAT, "sha256": _digest(FORMAT, body), "body": body}
     _atomic_write(path, serialization.msgpack_serialize(payload))
     return path
+
+
+def _digest(fmt: str, body: bytes) -> str:
+    return hashlib.sha256(fmt.encode("utf-8") + body).hexdigest()
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -200,7 +249,15 @@ def _from_v1(payload: dict, template_paths: list[str]) -> dict:
     return {"format": FORMAT, "meta": payload["meta"], "arrays": arrays, "keys": keys, "path": payload["path"]}
 
 
-MIGRATIONS: dict[str, Callable[[dict, list[str]], dict]] = {"rnn_jax.checkpoint/1": _from_v1}
+def _from_v2(payload: dict, template_paths: list[str]) -> dict:
+    """Format 2 -> 3: the same arrays and meta (format 2 had no checksum, so there was nothing to check)."""
+    return {**payload, "format": FORMAT}
+
+
+MIGRATIONS: dict[str, Callable[[dict, list[str]], dict]] = {
+    "rnn_jax.checkpoint/1": _from_v1,
+    "rnn_jax.checkpoint/2": _from_v2,
+}
 """One function per format step: ``MIGRATIONS[f](payload, template_paths)`` is the payload in the next format."""
 
 
@@ -222,16 +279,51 @@ def _resolve(path: str | os.PathLike) -> Path:
     return path
 
 
+def _damaged(path: Path, why: str) -> UserError:
+    return UserError(
+        f"{path} is a damaged rnn_jax checkpoint: {why}; its bytes changed after it was written (a disk or a copy "
+        "went wrong): use another checkpoint (best.ckpt or latest.ckpt of the run) or a backup"
+    )
+
+
+def _verified(path: Path, data: bytes) -> dict:
+    """The payload of ``data``: a format-3 file's checksum checked, a file of ours that does not parse said
+    damaged, a file not ours said so."""
+    not_ours = f"{path} is not an rnn_jax checkpoint: expected {_EXPECTED}; give a run directory or a {SUFFIX} file"
+    ours = any(sign in data[:256] + data[-256:] for sign in _SIGNS)  # the map's keys come sorted: body first
+    try:
+        payload = serialization.msgpack_restore(data)
+    except Exception:  # msgpack raises several unrelated types for bytes that are not a checkpoint
+        raise (_damaged(path, "it does not parse") if ours else UserError(not_ours)) from None
+    if not isinstance(payload, dict) or not isinstance(payload.get("format"), str):
+        raise _damaged(path, "its header is unreadable") if ours else UserError(not_ours)
+    if "sha256" not in payload and "body" not in payload:  # formats 1 and 2: no checksum
+        if payload["format"] == FORMAT:
+            raise _damaged(path, "its checksum and contents are missing")
+        return payload  # an unknown (newer) format is refused by the caller, a damaged older one there too
+    stored, body = payload.get("sha256"), payload.get("body")
+    if not isinstance(stored, str) or not isinstance(body, bytes):
+        raise _damaged(path, "its checksum or contents are missing")
+    found = _digest(payload["format"], body)
+    if found != stored:
+        raise _damaged(path, f"the SHA-256 of its contents is {found[:16]}..., the file records {stored[:16]}...")
+    try:
+        inner = serialization.msgpack_restore(body)
+    except Exception:
+        raise _damaged(path, "its contents do not parse") from None
+    if not isinstance(inner, dict):
+        raise _damaged(path, "its contents are not a table")
+    return {**inner, "format": payload["format"]}
+
+
 def _load(path: str | os.PathLike) -> dict:
     """The raw payload of a checkpoint file (or ``DIR/latest.ckpt``), meta decoded, in its stored format."""
     path = _resolve(path)
-    not_ours = f"{path} is not an rnn_jax checkpoint: expected {_EXPECTED}; give a run directory or a {SUFFIX} file"
     try:
-        payload = serialization.msgpack_restore(path.read_bytes())
-    except Exception:  # msgpack raises several unrelated types for bytes that are not a checkpoint
-        raise UserError(not_ours) from None
-    if not isinstance(payload, dict) or not isinstance(payload.get("format"), str):
-        raise UserError(not_ours)
+        data = path.read_bytes()
+    except OSError as err:
+        raise UserError(f"cannot read {path}: {err.strerror or err}") from None
+    payload = _verified(path, data)
     if payload["format"] != FORMAT and payload["format"] not in MIGRATIONS:
         raise UserError(
             f"{path} has checkpoint format {payload['format']!r}, which this rnn_jax cannot read (it reads "
@@ -240,7 +332,9 @@ def _load(path: str | os.PathLike) -> dict:
     try:
         payload["meta"] = json.loads(payload["meta"])
     except (KeyError, TypeError, ValueError):
-        raise UserError(not_ours) from None
+        raise _damaged(path, "its meta is not JSON") from None
+    if not isinstance(payload["meta"], dict) or not isinstance(payload.get("arrays", payload.get("leaves")), dict):
+        raise _damaged(path, "its meta or arrays are missing")
     payload["path"] = str(path)
     return payload
 

@@ -7,8 +7,12 @@ it runs, so ``rnn-jax bench`` does not pay for the trainers' imports and vice ve
 from __future__ import annotations
 
 import argparse
+import functools
 import importlib
+import os
+import signal
 import sys
+import threading
 
 from rnn_jax.errors import UserError
 
@@ -30,7 +34,26 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
-def main(argv: list[str] | None = None) -> int:
+def _exit_interrupted(prog: str) -> None:
+    print(f"{prog}: interrupted", file=sys.stderr, flush=True)
+    sys.stdout.flush()
+    os._exit(130)
+
+
+def _on_interrupt(prog: str, signum, frame) -> None:
+    """Ctrl-C: raise KeyboardInterrupt (so that a checkpoint being written is finished or undone), and end
+    the process 2 s later if it still runs: Python ignores the exception when it lands in a callback (XLA's
+    garbage-collection hook, while the first step compiles), and the run would go on."""
+    timer = threading.Timer(2.0, _exit_interrupted, args=(prog,))
+    timer.daemon = True
+    timer.start()
+    raise KeyboardInterrupt
+
+
+def main(argv: list[str] | None = None, *, exit_on_interrupt: bool | None = None) -> int:
+    """Run ``rnn-jax COMMAND ...``; the exit status. On Ctrl-C the process ends at once with 130 when it runs as
+    the command (``argv`` from ``sys.argv``, or ``exit_on_interrupt``); called with ``argv`` it returns 130."""
+    exit_on_interrupt = argv is None if exit_on_interrupt is None else exit_on_interrupt
     argv = sys.argv[1:] if argv is None else list(argv)
     parser = argparse.ArgumentParser(
         prog="rnn-jax", description="Recurrent networks as pure JAX functions (cs231n Lecture 10)."
@@ -40,6 +63,8 @@ def main(argv: list[str] | None = None) -> int:
         sub.add_parser(name, help=help_text, add_help=False)
     if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
         parser.parse_args(argv)  # prints usage or the "invalid choice" error and exits
+    if exit_on_interrupt and argv[0] != "launch":  # launch stops its children on Ctrl-C itself
+        signal.signal(signal.SIGINT, functools.partial(_on_interrupt, f"rnn-jax {argv[0]}"))
     from rnn_jax import distributed
 
     try:
@@ -50,10 +75,21 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as err:
         print(f"rnn-jax {argv[0]}: error: {err}", file=sys.stderr)
         return 2
+    except OSError as err:  # the machine refused a file operation (a full disk, a lost mount): one line
+        where = f"{err.filename}: " if err.filename else ""
+        print(f"rnn-jax {argv[0]}: error: {where}{err.strerror or err}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print(f"rnn-jax {argv[0]}: interrupted", file=sys.stderr)
+        if exit_on_interrupt:
+            # Every checkpoint write has finished or been undone by now (the exception unwound through it),
+            # but XLA's compile threads may still run: the interpreter's shutdown under them crashes
+            # (SIGSEGV), so the process ends here without one.
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(130)
         return 130
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(exit_on_interrupt=True))

@@ -273,7 +273,8 @@ def test_prepare_cleans_stale_files_and_a_failed_check_writes_nothing(tmp_path):
     H.prepare(out, resume=True)
     assert all((out / name).exists() for name in H.rundir.STALE_FILES)
     H.prepare(out, resume=False)
-    assert sorted(p.name for p in out.iterdir()) == ["notes.txt"]
+    assert sorted(p.name for p in out.iterdir()) == [".lock", "notes.txt"]  # the lock stays (docs/faults.md)
+    H.release(out)
 
 
 def test_read_run_and_load_params(tmp_path):

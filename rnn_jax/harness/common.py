@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 from typing import Any
 
 import jax.numpy as jnp
@@ -39,6 +40,7 @@ __all__ = [
     "check_config",
     "check_int",
     "check_number",
+    "check_fits",
 ]
 
 DEFAULT_MINUTES = 2.0
@@ -122,9 +124,10 @@ _NUMBERS = {"learning_rate": (0.0, math.inf, "()"), "clip_norm": (0.0, math.inf,
             "final_lr_fraction": (0.0, 1.0, "[]")}  # fmt: skip
 
 
-def check_config(cfg):
-    """Check every canonical field ``cfg`` has (messages name the field); return ``cfg`` with the budget filled
-    in: ``minutes = DEFAULT_MINUTES`` when neither ``steps`` nor ``minutes`` is given."""
+def check_config(cfg, *, training: bool = True):
+    """Check every canonical field ``cfg`` has (messages name the field) and that the model fits in memory
+    (:func:`check_fits`); return ``cfg`` with the budget filled in: ``minutes = DEFAULT_MINUTES`` when
+    neither ``steps`` nor ``minutes`` is given."""
     names = {f.name for f in dataclasses.fields(cfg)}
     for name in ("cell", "dtype", "impl"):
         choices = SHARED_FIELDS[name][3]
@@ -139,7 +142,45 @@ def check_config(cfg):
     for name, (low, high, closed) in _NUMBERS.items():
         if name in names:
             check_number(name, getattr(cfg, name), low=low, high=high, closed=closed)
+    check_fits(cfg, training=training)
     return _check_budget(cfg, names)
+
+
+_GATES = {"vanilla": 1, "gru": 3, "lstm": 4}
+
+
+def _memory_bytes() -> int | None:
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):  # no such query here: nothing to check against
+        return None
+
+
+def _gb(n: float) -> str:
+    return f"{n / 1e9:,.1f} GB"
+
+
+def check_fits(cfg, *, training: bool = True, memory_bytes: int | None = None) -> None:
+    """Refuse, before anything is allocated, a model whose parameters cannot fit in this machine's memory.
+
+    A lower bound from the canonical fields: each of ``layers`` recurrent layers holds at least its gates'
+    recurrent matrices, ``G H^2`` float32 numbers (``G`` = 1 vanilla, 3 gru, 4 lstm), and the first its
+    input matrices ``G H E``; training keeps params, gradients and AdamW's two moments (4 copies).
+    """
+    hidden = getattr(cfg, "hidden_size", None)
+    if not isinstance(hidden, int) or isinstance(hidden, bool):
+        return
+    layers, embed = getattr(cfg, "layers", 1), getattr(cfg, "embed_size", 0) or 0
+    gates = _GATES.get(getattr(cfg, "cell", "vanilla"), 1)
+    params = gates * hidden * (hidden * (layers if isinstance(layers, int) else 1) + embed)
+    needed = params * 4 * (4 if training else 1)
+    available = memory_bytes if memory_bytes is not None else _memory_bytes()
+    if available is not None and needed > available:
+        what = "params, gradients and AdamW's two moments" if training else "its params"
+        raise UserError(
+            f"hidden_size={hidden} needs at least {_gb(needed)} for {what} ({params:,} float32 numbers), more "
+            f"than this machine's {_gb(available)} of memory; use a smaller hidden_size (or fewer layers)"
+        )
 
 
 def _check_budget(cfg, names):

@@ -48,6 +48,7 @@ __all__ = [
     "replace_config",
     "migrate_config",
     "config_to_dict",
+    "check_field_types",
     "CONFIG_FORMAT",
 ]
 
@@ -160,6 +161,31 @@ def add_config_arguments(parser: argparse.ArgumentParser, config_type: type, *, 
                 kwargs["choices"], kwargs["metavar"] = f.metadata["choices"], None
         action = parser.add_argument(*flags, required=f.metadata.get("required", False), **kwargs)
         action.help = f"{help_text} ({'required' if action.required else 'default ' + _show(f, default)})".lstrip()
+    _suggest_flags(parser)
+
+
+def _suggest_flags(parser: argparse.ArgumentParser) -> None:
+    """Make ``parser`` refuse an unknown flag itself, naming the closest one it knows (``difflib``): as a
+    subcommand's parser it would otherwise pass the flag up to a parent that knows nothing to suggest."""
+    import difflib
+
+    if getattr(parser, "_suggests_flags", False):
+        return
+    parse_known = parser.parse_known_args
+
+    def parse_known_args(args=None, namespace=None):
+        namespace, extras = parse_known(args, namespace)
+        unknown = [a for a in extras if a.startswith("--")]
+        if unknown:
+            known = [s for action in parser._actions for s in action.option_strings if s.startswith("--")]
+            flag = unknown[0].split("=", 1)[0]
+            close = difflib.get_close_matches(flag, known, n=1, cutoff=0.6)
+            hint = f"; did you mean {close[0]}?" if close else f"; {parser.prog} --help lists the flags"
+            parser.error(f"unrecognized arguments: {' '.join(extras)}{hint}")
+        return namespace, extras
+
+    parser.parse_known_args = parse_known_args
+    parser._suggests_flags = True
 
 
 def replace_config(base, changes: Mapping[str, Any]):
@@ -205,6 +231,16 @@ def _check_type(config_type: type, name: str, value):
     if not ok:
         raise UserError(f"{name} must be of type {getattr(base, '__name__', base)}, got {value!r}")
     return value
+
+
+def check_field_types(config) -> None:
+    """Every field of ``config`` holds a value of its annotated type (as a config file's must): a config read
+    back from a file (a checkpoint's) with ``hidden_size: "16"`` or ``1e9`` is a :class:`UserError`."""
+    config_type = type(config)
+    for f in _fields(config_type):
+        base, _ = _base_type(_hints(config_type)[f.name])
+        if base in (int, float, str, bool):
+            _check_type(config_type, f.name, getattr(config, f.name))
 
 
 def _typed_changes(config_type: type, items: Mapping[str, Any], *, from_text: bool) -> dict[str, Any]:

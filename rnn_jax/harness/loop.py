@@ -15,7 +15,8 @@ The parts, each usable alone:
   tqdm progress bar with evaluation output on stderr, both silent with ``verbose=False`` (the file is
   still written).
 - :class:`EvalHook`: runs ``evaluate``, times it, prints its strings (samples) and numbers, logs the record.
-- :class:`BestKeeper`: keeps ``best.ckpt`` whenever ``best_metric`` improves.
+- :class:`BestKeeper`: keeps ``best.ckpt`` whenever ``best_metric`` improves; a resumed run starts from the
+  best so far (:func:`resumed_best`, read from its ``best.ckpt``), so a worse model never replaces it.
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ __all__ = [
     "BestKeeper",
     "fit",
     "fit_options",
+    "resumed_best",
     "divergence_message",
 ]
 
@@ -192,10 +194,36 @@ class Sink:
                         mininterval=0.5, unit="step")  # fmt: skip
 
     def log(self, record: Mapping) -> None:
-        """Append one JSON record to ``metrics.jsonl``."""
+        """Append one JSON record to ``metrics.jsonl`` (a failed write, a full disk, is a :class:`UserError`)."""
         if self.path is not None:
-            with open(self.path, "a", encoding="utf-8") as f:
-                f.write(json.dumps({k: _to_python(v) for k, v in record.items()}) + "\n")
+            try:
+                with open(self.path, "a", encoding="utf-8") as f:
+                    f.write(json.dumps({k: _to_python(v) for k, v in record.items()}) + "\n")
+            except OSError as err:
+                raise UserError(f"cannot write {self.path}: {err.strerror or err}; the checkpoints are intact "
+                                "(free space or give another directory, then resume)") from None  # fmt: skip
+
+    def truncate(self, step: int) -> None:
+        """Resuming at ``step``: drop the records of an earlier run past it (and its evaluation at ``step``,
+        which the resumed run repeats, and its summary), so that no step is recorded twice."""
+        if self.path is None or not self.path.is_file():
+            return
+        kept = []
+        for line in self.path.read_text(encoding="utf-8").splitlines(keepends=True):
+            try:
+                record = json.loads(line)
+            except ValueError:  # a line torn by a kill: drop it
+                continue
+            at = record.get("step") if isinstance(record, dict) else None
+            if isinstance(at, int) and (at < step or (at == step and record.get("kind") == "train")):
+                kept.append(line if line.endswith("\n") else line + "\n")
+        tmp = self.path.with_name(f".{self.path.name}.tmp")
+        try:
+            tmp.write_text("".join(kept), encoding="utf-8")
+            os.replace(tmp, self.path)
+        except OSError as err:
+            tmp.unlink(missing_ok=True)
+            raise UserError(f"cannot write {self.path}: {err.strerror or err}") from None
 
     def say(self, text: str) -> None:
         """A message on stderr (above the bar); nothing when not verbose."""
@@ -240,10 +268,10 @@ class _TrainLog:
 class BestKeeper:
     """The best evaluation so far by ``metric`` (lower is better), saved as ``best`` by ``checkpointer``."""
 
-    def __init__(self, metric: str, checkpointer=None):
+    def __init__(self, metric: str, checkpointer=None, best: dict | None = None):
         self.metric, self.checkpointer = metric, checkpointer
-        self.best: dict | None = None
-        self.saved_step: int | None = None
+        self.best: dict | None = best  # a resumed run's best so far (``resumed_best``)
+        self.saved_step: int | None = best["step"] if best is not None else None
 
     def offer(self, state: TrainState, result: dict) -> bool:
         """Keep ``result`` (and save ``state`` as best) if its metric beats the best so far."""
@@ -256,6 +284,45 @@ class BestKeeper:
             self.checkpointer.save(state, "best", {"metrics": numbers})
             self.saved_step = int(state.step)
         return True
+
+
+def resumed_best(checkpointer, metric: str, first_step: int) -> dict | None:
+    """The best evaluation so far of a run resumed at ``first_step`` (> 0): ``{"step", metric, ...}`` from the
+    meta of its ``best.ckpt``, or ``None`` (a fresh run, no best yet, or a best of another metric). In a
+    multi-process run process 0 reads it and the others receive it, so that all decide alike."""
+    directory = getattr(checkpointer, "directory", None)
+    best = None
+    if first_step > 0 and directory is not None and _is_writer():
+        path = Path(directory) / "best.ckpt"
+        if path.is_file():
+            from rnn_jax import checkpoint
+
+            meta = checkpoint.read_meta(path)  # a damaged best.ckpt says so here
+            metrics = meta.get("metrics", {})
+            if isinstance(metrics.get(metric), (int, float)) and isinstance(meta.get("step"), int):
+                best = {**metrics, "step": meta["step"]}
+    return _shared(best, metric)
+
+
+def _is_writer() -> bool:
+    import jax
+
+    return jax.process_index() == 0
+
+
+def _shared(best: dict | None, metric: str) -> dict | None:
+    """Process 0's ``best`` in every process (its metric and step; the identity in one process)."""
+    import jax
+
+    if jax.process_count() == 1:
+        return best
+    from jax.experimental import multihost_utils
+
+    sent = np.asarray([best[metric], best["step"]] if best is not None else [np.nan, -1], np.float64)
+    value, step = np.asarray(multihost_utils.broadcast_one_to_all(sent)).tolist()
+    if _is_writer():
+        return best
+    return {metric: value, "step": int(step)} if step >= 0 else None
 
 
 def divergence_message(step: int, what: str, checkpointer=None, keeper: BestKeeper | None = None) -> str:
@@ -336,7 +403,9 @@ def fit(state: TrainState, train_step: Callable, batches: Batcher | Callable[[in
     first = int(state.step)
     budget = Budget(options, first, evaluate is not None)
     sink = Sink(out_dir, options.verbose, options.steps, first)
-    keeper = BestKeeper(options.best_metric, checkpointer)
+    if first > 0:
+        sink.truncate(first)
+    keeper = BestKeeper(options.best_metric, checkpointer, resumed_best(checkpointer, options.best_metric, first))
 
     def diverged(step, what):
         sink.log({"kind": "diverged", "step": step, "what": what})

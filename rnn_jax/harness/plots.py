@@ -11,6 +11,8 @@ import json
 import os
 from pathlib import Path
 
+from rnn_jax.errors import UserError
+
 __all__ = ["pyplot", "figure", "save", "loss_curve"]
 
 
@@ -34,8 +36,12 @@ def save(fig, path: str | os.PathLike, *, dpi: int | None = None) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.tight_layout()
-    fig.savefig(path, **({"dpi": dpi} if dpi is not None else {}))
-    pyplot().close(fig)
+    try:
+        fig.savefig(path, **({"dpi": dpi} if dpi is not None else {}))
+    except OSError as err:  # a full disk: one line naming the file
+        raise UserError(f"cannot write {path}: {err.strerror or err}") from None
+    finally:
+        pyplot().close(fig)
     return path
 
 
@@ -43,7 +49,10 @@ def _read_losses(metrics_path) -> tuple[list, list]:
     train, val = [], []
     with open(metrics_path, encoding="utf-8") as f:
         for line in f:
-            record = json.loads(line)
+            try:
+                record = json.loads(line)
+            except ValueError:  # a line torn by a kill
+                continue
             if record.get("kind") == "train":
                 train.append((record["step"], record["loss"]))
             elif record.get("kind") == "eval" and "val_loss" in record:

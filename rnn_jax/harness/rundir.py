@@ -21,7 +21,10 @@ so that a failed validation leaves no empty ``out`` directory. Loading a trained
 
 from __future__ import annotations
 
+import datetime
+import fcntl
 import os
+import socket
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -38,7 +41,10 @@ __all__ = [
     "resumed_config",
     "stored_config",
     "check_resumable",
+    "LOCK_FILE",
+    "lock",
     "prepare",
+    "release",
     "restore_latest",
     "read_run",
     "load_params",
@@ -46,6 +52,13 @@ __all__ = [
 
 STALE_FILES = ("metrics.jsonl", "loss.png", "best.ckpt", "latest.ckpt")
 """What a fresh run (not ``resume``) removes from its directory, for every application."""
+
+LOCK_FILE = ".lock"
+"""The file a running trainer holds locked (``flock``) in its run directory, with its pid, host and start."""
+
+# The run directories this process holds, by resolved path -> open lock file descriptor. A kernel lock
+# belongs to the process, so the table of what it holds does too; the kernel drops the locks when it dies.
+_HELD: dict[Path, int] = {}
 
 
 def run_meta(kind: str, config, **extra) -> dict:
@@ -64,14 +77,24 @@ def resume_meta(out: str | os.PathLike, kind: str) -> dict:
     return meta
 
 
-def stored_config(config_type: type, meta: Mapping):
-    """The config a checkpoint's meta stores, old field names translated."""
-    return migrate_config(config_type, meta.get("config", {}), meta.get("config_format"))
+def stored_config(config_type: type, meta: Mapping, where: str | os.PathLike | None = None):
+    """The config a checkpoint's meta stores, old field names translated, and checked as a config from the
+    command line is (types, then :func:`rnn_jax.harness.check_config`): a :class:`UserError` naming ``where``."""
+    from rnn_jax.harness.common import check_config
+    from rnn_jax.harness.config import check_field_types
+
+    try:
+        config = migrate_config(config_type, meta.get("config", {}), meta.get("config_format"))
+        check_field_types(config)
+        check_config(config, training=False)
+    except UserError as err:
+        raise UserError(f"the config stored in {where or 'the checkpoint'} is not valid: {err}") from None
+    return config
 
 
 def resumed_config(config_type: type, out: str | os.PathLike, kind: str, given: Mapping[str, Any]):
     """The config of ``--resume``: the checkpoint's, then the fields ``given`` (a new budget replaces the old)."""
-    base = stored_config(config_type, resume_meta(out, kind))
+    base = stored_config(config_type, resume_meta(out, kind), checkpoint.checkpoint_path(out, "latest"))
     where = {k: v for k, v in (("resume", True), ("out", str(out))) if hasattr(base, k)}
     return replace_config(base, {**dict(given), **where})
 
@@ -87,15 +110,61 @@ def check_resumable(stored, cfg, names: Sequence[str], where) -> None:
 
 
 def prepare(out: str | os.PathLike, *, resume: bool) -> Path:
-    """Create ``out`` and check it is writable; a fresh run removes :data:`STALE_FILES` of an earlier run.
+    """Create ``out``, check it is writable and lock it for this run (:func:`lock`); remove the temporary files
+    a killed save left, and on a fresh run the :data:`STALE_FILES` of an earlier run.
 
-    Call it after every check of the config and the data: it is the first thing a run writes.
+    Call it after every check of the config and the data: it is the first thing a run writes. In a
+    multi-process run only process 0 (the writer) calls it.
     """
     out = checkpoint.ensure_writable_dir(out)
+    lock(out)
+    checkpoint.remove_stale_temporaries(out)
     if not resume:
         for name in STALE_FILES:
             (out / name).unlink(missing_ok=True)
     return out
+
+
+def _holder(path: Path) -> str:
+    try:
+        text = path.read_text(encoding="utf-8").strip()
+    except OSError:
+        text = ""
+    return text or "a process that has not written its name yet"
+
+
+def lock(out: str | os.PathLike) -> Path:
+    """Hold ``out/.lock`` (``flock``, exclusive) until this process ends or :func:`release`; write the holder
+    (pid, host, start time) into it. Another process holding it is a :class:`UserError` naming that run.
+    The kernel drops the lock when its process dies, so a killed run leaves nothing stuck."""
+    out = Path(out)
+    key = out.resolve()
+    if key in _HELD:
+        return out
+    path = out / LOCK_FILE
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise UserError(
+            f"{out} is in use by another run ({_holder(path)}); wait for it to end, stop it, or give another out"
+        ) from None
+    except OSError:  # a file system without locks: run unlocked rather than not at all
+        os.close(fd)
+        return out
+    started = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+    os.ftruncate(fd, 0)
+    os.write(fd, f"pid {os.getpid()} on {socket.gethostname()}, started {started}\n".encode())
+    _HELD[key] = fd
+    return out
+
+
+def release(out: str | os.PathLike) -> None:
+    """Give up the lock :func:`prepare` took on ``out`` (it is given up anyway when the process ends)."""
+    fd = _HELD.pop(Path(out).resolve(), None)
+    if fd is not None:
+        os.close(fd)
 
 
 def restore_latest(out: str | os.PathLike, template, expect: Mapping | None = None):
@@ -124,7 +193,7 @@ def read_run(ckpt: str | os.PathLike, which: str, kind: str, config_type: type) 
     meta = checkpoint.read_meta(path)
     if meta.get("kind") != kind:
         raise UserError(f"{path} is not a {kind} checkpoint (kind {meta.get('kind')!r})")
-    return RunInfo(path, stored_config(config_type, meta), meta)
+    return RunInfo(path, stored_config(config_type, meta, path), meta)
 
 
 def load_params(run: RunInfo, template, expect: Mapping | None = None):
