@@ -29,7 +29,10 @@ from __future__ import annotations
 
 import argparse
 import atexit
+import errno
+import math
 import os
+import queue
 import signal
 import socket
 import subprocess
@@ -66,14 +69,90 @@ __all__ = [
 HEARTBEAT_TIMEOUT_S = 20  # JAX's own: a process silent this long is declared dead and the others abort
 WATCHDOG_STALE_S = 10  # ours, shorter: a peer silent this long makes this process exit with one line
 SHUTDOWN_TIMEOUT_S = 30  # how long a finishing process waits for the others at exit
-INITIALIZATION_TIMEOUT_S = 120  # how long a process waits for all the others to connect
-FLAGS = {"--coordinator": "coordinator", "--num-processes": "num_processes", "--process-id": "process_id"}
+INITIALIZATION_TIMEOUT_S = 60  # how long a process waits for all the others to connect (--connect-timeout)
+JAX_TIMEOUT_MARGIN_S = 30  # JAX's own connect deadline comes this much later: ours ends it first, in one line
+FLAGS = {
+    "--coordinator": "coordinator",
+    "--num-processes": "num_processes",
+    "--process-id": "process_id",
+    "--connect-timeout": "initialization_timeout_s",
+}
 
 
 def _check_coordinator(coordinator: str) -> None:
     host, sep, port = coordinator.rpartition(":")
     if not (sep and host and port.isdigit() and 0 < int(port) < 65536):
         raise UserError(f"--coordinator must be HOST:PORT (e.g. 10.0.0.1:1234), got {coordinator!r}")
+
+
+def check_port_free(port: int) -> None:
+    """A :class:`UserError` naming ``port`` when this machine cannot serve the coordinator on it.
+
+    JAX's coordinator service binds ``[::]:PORT`` (every address, IPv4 too); on a port in use it crashes
+    the process, so process 0 checks first with the same bind.
+    """
+    for family, host in ((socket.AF_INET6, "::"), (socket.AF_INET, "0.0.0.0")):
+        try:
+            with socket.socket(family, socket.SOCK_STREAM) as s:
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as gRPC: a closing socket is no conflict
+                if family == socket.AF_INET6:
+                    s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+                s.bind((host, port))
+            return
+        except OSError as err:
+            if err.errno == errno.EADDRINUSE:
+                raise UserError(
+                    f"port {port} is already in use on this machine, so process 0 cannot serve the coordinator "
+                    "there; choose another port (or stop the run that holds it)"
+                ) from None
+            if err.errno == errno.EACCES:
+                raise UserError(f"port {port} needs privileges to open; choose a port above 1023") from None
+            if err.errno not in (errno.EAFNOSUPPORT, errno.EADDRNOTAVAIL):  # no IPv6 here: try IPv4 alone
+                raise UserError(f"cannot open port {port} for the coordinator: {err.strerror}") from None
+
+
+def _check_timeout(name: str, value) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < math.inf:
+        raise UserError(f"{name} must be a positive number of seconds, got {value!r}")
+    return float(value)
+
+
+def _reachable(address: str, timeout_s: float = 1.0) -> bool:
+    host, _, port = address.rpartition(":")
+    try:
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s):
+            return True
+    except (OSError, ValueError):
+        return False
+
+
+def _connect_alarm(timeout_s: float) -> threading.Timer:
+    """A timer that, unless cancelled within ``timeout_s``, ends the process with one line and exit status 2.
+
+    ``jax.distributed.initialize`` waits for every process to register with the coordinator and, at its own
+    deadline, aborts the process from C++ (exit 134, a stack trace) where Python cannot catch it. It releases
+    the GIL while it waits, so this thread runs and speaks first, naming the address it waited for.
+    """
+
+    def expire():
+        from jax._src import distributed as jax_distributed  # the address, also when it came from the environment
+
+        state = jax_distributed.global_state
+        address, me, n = state.coordinator_address, state.process_id, state.num_processes or "?"
+        if me != 0 and address and not _reachable(address):
+            what = f"nothing answered at {address} within {timeout_s:g} s (is process 0 running, with that address?)"
+        else:
+            what = (
+                f"not all {n} processes joined the coordinator at {address} within {timeout_s:g} s (each needs "
+                f"that --coordinator, --num-processes {n} and its own --process-id)"
+            )
+        print(f"rnn_jax.distributed: error: process {me} of {n}: {what}; --connect-timeout sets the wait",
+              file=sys.stderr, flush=True)  # fmt: skip
+        os._exit(2)
+
+    alarm = threading.Timer(timeout_s, expire)
+    alarm.daemon = True
+    return alarm
 
 
 def initialize(
@@ -92,10 +171,15 @@ def initialize(
     ``JAX_COORDINATOR_ADDRESS``, SLURM (``SLURM_NTASKS``, ``SLURM_PROCID``, ...), Open MPI, a Kubernetes
     indexed job, Cloud TPU metadata. On CPU the cross-process collectives are gloo's (TCP).
 
+    A process that cannot connect (no coordinator at the address, a process that never joins) ends after
+    ``initialization_timeout_s`` with one line naming the address and exit status 2. Process 0 first checks
+    that the coordinator's port is free.
+
     Raises:
-      UserError: JAX's backend already started in this process, or the arguments are incomplete and no
-        cluster environment supplies the rest.
+      UserError: JAX's backend already started in this process, the port is in use, or the arguments are
+        incomplete and no cluster environment supplies the rest.
     """
+    initialization_timeout_s = _check_timeout("--connect-timeout", initialization_timeout_s)
     if coordinator is not None:
         _check_coordinator(coordinator)
     for name, value, low in (("num_processes", num_processes, 1), ("process_id", process_id, 0)):
@@ -105,14 +189,18 @@ def initialize(
         raise UserError(f"--process-id must be below --num-processes ({num_processes}), got {process_id}")
     if jax.distributed.is_initialized():
         raise UserError("the distributed runtime is already initialised in this process (initialise it once)")
+    if process_id == 0 and coordinator is not None:
+        check_port_free(int(coordinator.rpartition(":")[2]))
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    alarm = _connect_alarm(initialization_timeout_s)
+    alarm.start()
     try:
         jax.distributed.initialize(
             coordinator,
             num_processes,
             process_id,
             local_device_ids=local_device_ids,
-            initialization_timeout=initialization_timeout_s,
+            initialization_timeout=math.ceil(initialization_timeout_s) + JAX_TIMEOUT_MARGIN_S,
             heartbeat_timeout_seconds=heartbeat_timeout_s,
             shutdown_timeout_seconds=shutdown_timeout_s,
         )
@@ -123,6 +211,8 @@ def initialize(
         ) from None
     except RuntimeError as err:
         raise UserError(f"cannot start the distributed runtime: {str(err).splitlines()[0]}") from None
+    finally:
+        alarm.cancel()
     watchdog = _Watchdog(min(WATCHDOG_STALE_S, heartbeat_timeout_s / 2))
     watchdog.start()
     atexit.register(watchdog.stop)  # before JAX's own exit handler (registered earlier, run later) shuts down
@@ -170,13 +260,32 @@ class _Watchdog(threading.Thread):
                     self._exit(f"process {peer} stopped responding {now - since:.0f} s ago (it died or was killed)")
 
     def _exit(self, what: str) -> None:
-        print(f"rnn_jax.distributed: error: process {self.me} of {self.n}: {what}; stopping this one (the last "
-              "checkpoint written is intact)", file=sys.stderr, flush=True)  # fmt: skip
+        print(f"rnn_jax.distributed: error: process {self.me} of {self.n}: {what}; stopping this one: "
+              f"{resume_hint()}", file=sys.stderr, flush=True)  # fmt: skip
         os._exit(1)
 
 
+class _LastCheckpoint:
+    """What this process knows of its run's checkpoints (set by :class:`MainProcessCheckpointer`), for the
+    one line a process prints when a peer dies. Process-wide, like the runtime itself."""
+
+    directory: str | None = None
+    step: int | None = None
+
+
+def resume_hint() -> str:
+    """How to go on after a failure: the last checkpoint's step and directory, and ``--resume``."""
+    where, step = _LastCheckpoint.directory, _LastCheckpoint.step
+    if step is not None:
+        return f"the last checkpoint (step {step}, in {where}) is intact; run the same command with --resume to go on"
+    if where is not None:
+        return f"this run wrote no checkpoint yet; run the same command again (with --resume to go on from {where})"
+    return "run the same command again (with --resume to go on from the last checkpoint)"
+
+
 def split_flags(argv: Sequence[str]) -> tuple[list[str], dict]:
-    """``argv`` without ``--coordinator/--num-processes/--process-id`` (before any ``--``), and their values."""
+    """``argv`` without ``--coordinator/--num-processes/--process-id/--connect-timeout`` (before any ``--``), and
+    their values."""
     rest, found = [], {}
     i = 0
     while i < len(argv):
@@ -200,6 +309,11 @@ def split_flags(argv: Sequence[str]) -> tuple[list[str], dict]:
                 found[name] = int(found[name])
             except ValueError:
                 raise UserError(f"--{name.replace('_', '-')} must be an integer, got {found[name]!r}") from None
+    if "initialization_timeout_s" in found:
+        try:
+            found["initialization_timeout_s"] = float(found["initialization_timeout_s"])
+        except ValueError:
+            raise UserError(f"--connect-timeout must be seconds, got {found['initialization_timeout_s']!r}") from None
     return rest, found
 
 
@@ -325,12 +439,13 @@ class MainProcessCheckpointer:
         self.checkpointer = checkpointer
         self.directory = checkpointer.directory
         self.last_saved_step: int | None = None
+        _LastCheckpoint.directory, _LastCheckpoint.step = str(self.directory), None
 
     def save(self, state, name: str = "latest", info: Mapping | None = None):
         state = host_state(state)
         path = self.checkpointer.save(state, name, info) if is_main_process() else None
         if name == "latest":
-            self.last_saved_step = int(state.step)
+            self.last_saved_step = _LastCheckpoint.step = int(state.step)
         return path
 
 
@@ -362,7 +477,7 @@ def run_command(fn: Callable[..., int | None], *args, prog: str = "rnn-jax", **k
         if _lost_peer(err):
             first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
             message = f"{who}: lost contact with another process (it died or was killed): {first}"
-            message, code = message + "; the last checkpoint written is intact", 1
+            message, code = f"{message}; {resume_hint()}", 1
         elif isinstance(err, UserError):
             message, code = f"{who}: {err}", 2
         elif isinstance(err, KeyboardInterrupt):
@@ -437,55 +552,112 @@ def _child_argv(command: Sequence[str], flags: list[str]) -> list[str]:
     return [sys.executable, "-m", "rnn_jax.cli", command[0], *flags, *command[1:]]
 
 
-def launch(command: Sequence[str], processes: int, devices_per_process: int, *, port: int | None = None) -> int:
+class _Stopped(Exception):
+    """A SIGTERM or SIGHUP that reached ``launch`` while its children ran."""
+
+    def __init__(self, signum: int):
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+def _on_stop_signals():
+    """Handlers that turn the first SIGTERM or SIGHUP into :class:`_Stopped` (later ones are ignored, so that
+    the children are stopped in peace); returns a function that puts the old handlers back."""
+    if threading.current_thread() is not threading.main_thread():
+        return lambda: None  # only the main thread may set handlers: launch from a thread keeps the defaults
+    received = []
+
+    def handler(signum, frame):
+        if not received:
+            received.append(signum)
+            raise _Stopped(signum)
+
+    old = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGHUP)}
+    return lambda: [signal.signal(s, h) for s, h in old.items()]
+
+
+def launch(
+    command: Sequence[str],
+    processes: int,
+    devices_per_process: int,
+    *,
+    port: int | None = None,
+    connect_timeout_s: float | None = None,
+) -> int:
     """Run ``rnn-jax COMMAND`` as ``processes`` processes of ``devices_per_process`` CPU devices on 127.0.0.1.
 
     ``COMMAND`` is an ``rnn-jax`` command (``["charlm", "train", ...]``) or ``["python", SCRIPT, ...]`` for a
     script of your own that passes its arguments through :func:`initialize_from_argv`.
 
-    Each child gets ``--coordinator 127.0.0.1:PORT --num-processes N --process-id I`` and
-    ``XLA_FLAGS=--xla_force_host_platform_device_count=K``; its output is prefixed with ``[pI]``. Returns 0
-    when every child succeeds; when one fails the others are stopped and a one-line error names it.
+    Each child gets ``--coordinator 127.0.0.1:PORT --num-processes N --process-id I`` (and
+    ``--connect-timeout``, when given) and ``XLA_FLAGS=--xla_force_host_platform_device_count=K``; its output
+    is prefixed with ``[pI]``. A header on stderr says what started. Returns 0 when every child succeeds;
+    when one fails, the others are stopped and one line names the first that failed (status 1). SIGINT,
+    SIGTERM and SIGHUP stop every child too (status 130, 143, 129).
     """
     if not command:
         raise UserError("give the command to run after --, e.g. rnn-jax launch --processes 2 -- charlm train")
     for name, value in (("processes", processes), ("devices-per-process", devices_per_process)):
         if not isinstance(value, int) or value < 1:
             raise UserError(f"--{name} must be a positive integer, got {value!r}")
+    flags = (
+        []
+        if connect_timeout_s is None
+        else ["--connect-timeout", f"{_check_timeout('--connect-timeout', connect_timeout_s):g}"]
+    )
+    if port is not None:
+        _check_coordinator(f"127.0.0.1:{port}")
+        check_port_free(port)
     address = f"127.0.0.1:{port or _free_port()}"
+    print(f"rnn-jax launch: {processes} processes x {devices_per_process} CPU device(s) = "
+          f"{processes * devices_per_process} devices, coordinator {address}", file=sys.stderr, flush=True)  # fmt: skip
     env = _child_env(devices_per_process)
     procs, relays, lock = [], [], threading.Lock()
-    for i in range(processes):
-        argv = _child_argv(
-            command, ["--coordinator", address, "--num-processes", str(processes), "--process-id", str(i)]
-        )
-        p = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-        args = (p.stdout, f"[p{i}] ".encode(), sys.stdout.buffer, lock)
-        relay = threading.Thread(target=_relay, args=args, daemon=True)
-        relay.start()
-        procs.append(p)
-        relays.append(relay)
+    restore = _on_stop_signals()
     try:
+        for i in range(processes):
+            own = ["--coordinator", address, "--num-processes", str(processes), "--process-id", str(i), *flags]
+            p = subprocess.Popen(_child_argv(command, own), env=env, stdout=subprocess.PIPE,
+                                 stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)  # fmt: skip
+            procs.append(p)
+            relay = threading.Thread(target=_relay, args=(p.stdout, f"[p{i}] ".encode(), sys.stdout.buffer, lock))
+            relay.daemon = True
+            relay.start()
+            relays.append(relay)
         return _wait_all(procs)
+    except _Stopped as stop:
+        running = sum(p.poll() is None for p in procs)
+        print(f"rnn-jax launch: {stop}: stopping the {running} process(es) still running", file=sys.stderr, flush=True)
+        return 128 + stop.signum
     finally:
         _stop(procs)
+        restore()
         for relay in relays:
             relay.join(timeout=5)
 
 
 def _wait_all(procs: Sequence[subprocess.Popen]) -> int:
-    while True:
-        codes = [p.poll() for p in procs]
-        failed = [i for i, c in enumerate(codes) if c not in (None, 0)]
-        if failed:
-            i = failed[0]
-            others = sum(c is None for c in codes)
-            what = f"process {i} {_exit_description(codes[i])}; stopping the {others} still running"
+    """0 once every process exited 0; 1 (and one line naming it) as soon as one fails.
+
+    One thread per child waits for it and queues its exit, so the process named is the first that failed
+    (a peer that dies makes the others fail a moment later: the lowest-numbered failure is often one of them).
+    """
+    exits: queue.Queue = queue.Queue()
+    for i, p in enumerate(procs):
+        threading.Thread(target=lambda i=i, p=p: exits.put((i, p.wait())), daemon=True).start()
+    for _ in procs:
+        while True:
+            try:
+                i, code = exits.get(timeout=1.0)  # a timeout, so that signal handlers run while waiting
+                break
+            except queue.Empty:
+                continue
+        if code != 0:
+            others = sum(p.poll() is None for p in procs)
+            what = f"process {i} {_exit_description(code)}, the first to fail; stopping the {others} still running"
             print(f"rnn-jax launch: error: {what}", file=sys.stderr, flush=True)
             return 1
-        if all(c == 0 for c in codes):
-            return 0
-        time.sleep(0.1)
+    return 0
 
 
 def cli_main(argv: Sequence[str], prog: str = "rnn-jax launch") -> int:
@@ -493,12 +665,19 @@ def cli_main(argv: Sequence[str], prog: str = "rnn-jax launch") -> int:
     parser = argparse.ArgumentParser(
         prog=prog,
         description="Run an rnn-jax command as N processes on this machine (CPU devices), connected by JAX's "
-        "distributed runtime: the multi-host path on one computer.",
-        epilog="example: rnn-jax launch --processes 2 --devices-per-process 2 -- charlm train --devices 4 --steps 50",
+        "distributed runtime: the multi-host path on one computer. The trainers' mesh spans every device of "
+        "every process (N x K) unless their --devices asks for fewer.",
+        epilog="example: rnn-jax launch --processes 2 --devices-per-process 2 -- charlm train --steps 50 "
+        "(4 devices in all, 2 in each process). SIGINT, SIGTERM and SIGHUP stop every process.",
     )
     parser.add_argument("--processes", type=int, default=2, help="number of processes (default 2)")
     parser.add_argument("--devices-per-process", type=int, default=1, help="CPU devices in each process (default 1)")
     parser.add_argument("--port", type=int, help="the coordinator's port on 127.0.0.1 (default: a free one)")
+    parser.add_argument(
+        "--connect-timeout",
+        type=float,
+        help=f"seconds each process waits for all to connect (default {INITIALIZATION_TIMEOUT_S})",
+    )
     parser.add_argument(
         "command",
         nargs=argparse.REMAINDER,
@@ -506,4 +685,6 @@ def cli_main(argv: Sequence[str], prog: str = "rnn-jax launch") -> int:
     )
     args = parser.parse_args(list(argv))
     command = args.command[1:] if args.command[:1] == ["--"] else args.command
-    return launch(command, args.processes, args.devices_per_process, port=args.port)
+    return launch(
+        command, args.processes, args.devices_per_process, port=args.port, connect_timeout_s=args.connect_timeout
+    )

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 
 from rnn_jax import harness as H
+from rnn_jax import train as T
 from rnn_jax.data import pairs as P
 from rnn_jax.errors import UserError
 from rnn_jax.harness import field, shared_field
@@ -97,6 +98,8 @@ def check_config(c: Config) -> Config:
     H.check_int("teacher_forcing_decay_steps", c.teacher_forcing_decay_steps, 0)
     H.check_number("teacher_forcing", c.teacher_forcing, low=0.0, high=1.0, closed="[]")
     H.check_number("length_penalty", c.length_penalty, closed="[)")
+    if c.devices is not None:
+        T.check_device_count(c.devices)  # before the batch's divisibility: too few devices is the real problem
     if c.devices is not None and c.batch_size % c.devices:
         raise UserError(f"devices must divide the batch size {c.batch_size}, got {c.devices!r}")
     return c
