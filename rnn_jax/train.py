@@ -206,6 +206,19 @@ def init_state(params, optimizer: optax.GradientTransformation, key, carry=None)
 # ---------------------------------------------------------------------------------------------------
 
 
+def check_device_count(n: int) -> None:
+    """A :class:`UserError` unless ``n`` is a positive integer of at most the visible devices (all processes')."""
+    if not isinstance(n, int) or isinstance(n, bool) or n < 1:
+        raise UserError(f"the number of devices must be a positive integer, got {n!r}")
+    visible = jax.device_count()
+    if n > visible:
+        which = "only 1 is visible" if visible == 1 else f"only {visible} are visible"
+        raise UserError(
+            f"asked for {n} devices but {which} ({jax.devices()[0].platform}); on CPU set "
+            f"XLA_FLAGS=--xla_force_host_platform_device_count={n} before starting"
+        )
+
+
 def make_mesh(n_devices: int | None = None) -> Mesh:
     """A one-axis mesh ``("data",)`` over ``n_devices`` devices (all of them by default), ordered by process.
 
@@ -216,13 +229,7 @@ def make_mesh(n_devices: int | None = None) -> Mesh:
     """
     devices = sorted(jax.devices(), key=lambda d: (d.process_index, d.id))
     n = len(devices) if n_devices is None else n_devices
-    if not isinstance(n, int) or isinstance(n, bool) or n < 1:
-        raise UserError(f"the number of devices must be a positive integer, got {n_devices!r}")
-    if n > len(devices):
-        raise UserError(
-            f"asked for {n} devices but only {len(devices)} are visible ({devices[0].platform}); on CPU set "
-            f"XLA_FLAGS=--xla_force_host_platform_device_count={n} before starting"
-        )
+    check_device_count(n)
     processes = jax.process_count()
     if n % processes:
         raise UserError(f"the {n} devices of the mesh must divide evenly among the {processes} processes")

@@ -185,3 +185,45 @@ def test_pairs_file_that_is_not_utf8_names_the_byte_and_line(tmp_path):
     with pytest.raises(UserError, match=r"is not UTF-8 text \(byte 0xef on line 3\); save it as UTF-8") as err:
         P.load_pairs_file(path)
     assert "\n" not in str(err.value) and err.value.__suppress_context__
+
+
+def _long_line_file(tmp_path, line):
+    path = tmp_path / "long.tsv"
+    path.write_text("".join(f"{w}\t{w[::-1]}\n" for w in ("ab", "cde", "fgh", "ijkl")) + line)
+    return path
+
+
+@pytest.mark.parametrize(
+    "line, message",
+    [
+        ("x" * 100_000 + "\tshort\n", "long.tsv:5: the source has 100,000 tokens, over max_source_len 500"),
+        ("short\t" + "y" * 501 + "\n", "long.tsv:5: the target has 501 tokens, over max_target_len 500"),
+    ],
+)
+def test_a_line_over_the_length_caps_is_refused_with_its_line_number(tmp_path, line, message):
+    with pytest.raises(UserError, match=f"{message}; raise the cap, or skip such lines"):
+        P.load_pairs_file(_long_line_file(tmp_path, line))
+
+
+def test_long_lines_are_skipped_and_counted_when_asked(tmp_path):
+    path = _long_line_file(tmp_path, "x" * 100_000 + "\tshort\n" + "ok\t" + "z" * 40 + "\n")
+    task = P.load_pairs_file(path, skip_long=True, max_target_len=30)
+    assert task.skipped_long == 2 and "(2 line(s) over the length caps skipped)" in task.description
+    kept = sorted("".join(p.source) for split in (task.train, task.val, task.test) for p in split)
+    assert kept == ["ab", "cde", "fgh", "ijkl"]
+    assert P.load_pairs_file(path, max_source_len=100_000, max_target_len=40).skipped_long == 0  # raised caps
+    with pytest.raises(UserError, match="max_source_len must be an integer >= 1, got 0"):
+        P.load_pairs_file(path, max_source_len=0)
+
+
+def test_the_seq2seq_trainer_passes_its_length_caps_to_the_pairs_file(tmp_path):
+    from rnn_jax.apps.seq2seq import config as C
+    from rnn_jax.apps.seq2seq import data as D
+
+    path = _long_line_file(tmp_path, "x" * 600 + "\tshort\n")
+    with pytest.raises(UserError, match="over max_source_len 500"):
+        D.load_config_task(C.check_config(C.Config(pairs=str(path))))
+    assert D.load_config_task(C.check_config(C.Config(pairs=str(path), skip_long=True))).skipped_long == 1
+    assert D.load_config_task(C.check_config(C.Config(pairs=str(path), max_source_len=600))).skipped_long == 0
+    with pytest.raises(UserError, match="max_target_len must be an integer >= 1, got 0"):
+        C.check_config(C.Config(pairs=str(path), max_target_len=0))

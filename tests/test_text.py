@@ -121,10 +121,20 @@ def test_texts_a_language_model_cannot_learn_are_refused(tmp_path):
         D.load_corpus(text="ab", text_path="x.txt")
 
 
-def test_default_corpus_is_deterministic_python_source():
+def test_default_corpus_is_the_named_stdlib_modules_in_order(tmp_path, monkeypatch):
+    """The default corpus reads STDLIB_MODULES from the interpreter's stdlib directory: here a stand-in one,
+    so the test reads no file outside the repository and its temporary directory."""
+    for i, name in enumerate(reversed(D.STDLIB_MODULES[1:])):  # the first module missing: skipped
+        (tmp_path / f"{name}.py").write_text(f"# {name} {i}\n", encoding="utf-8")
+    monkeypatch.setattr(D.sysconfig, "get_paths", lambda: {"stdlib": str(tmp_path)})
     text, source = D.load_corpus()
-    assert source.startswith("python-stdlib") and len(text) > 100_000
-    assert "class ArgumentParser" in text and text == D.stdlib_corpus()
+    n = len(D.STDLIB_MODULES) - 1
+    expected = "".join(f"# {name} {n - 1 - i}\n" for i, name in enumerate(D.STDLIB_MODULES[1:]))
+    assert source.startswith("python-stdlib") and text == expected == D.stdlib_corpus()
+    for path in tmp_path.iterdir():
+        path.unlink()
+    with pytest.raises(UserError, match="ships no standard library sources"):
+        D.stdlib_corpus()
 
 
 @pytest.fixture

@@ -155,6 +155,8 @@ def check_config(cfg: CharLMConfig) -> CharLMConfig:
     sources = [name for name in ("text", "text_path", "corpus") if getattr(cfg, name) is not None]
     if len(sources) > 1:
         raise UserError(f"give one text source: text, text_path or corpus, not {' and '.join(sources)}")
+    if cfg.devices is not None:
+        T.check_device_count(cfg.devices)  # before the batch's divisibility: too few devices is the real problem
     if cfg.devices is not None and cfg.batch_size % cfg.devices:
         raise UserError(f"batch_size {cfg.batch_size} does not divide by the {cfg.devices} devices; use a multiple")
     return cfg

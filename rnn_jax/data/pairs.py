@@ -26,7 +26,9 @@ ranking (salt: the task name), so no source is in two splits and small subspaces
 strings) are spread over all three.
 ``load_pairs_file(path)`` reads a tab-separated file ``source<TAB>target`` per line (repeated sources
 with different targets become one pair with several targets) and splits it by source with the same
-hash ranking (10% test, 10% validation, at least one of each).
+hash ranking (10% test, 10% validation, at least one of each). Sequences are capped at
+``max_source_len`` / ``max_target_len`` tokens (500 each by default): a longer line is an error, or is
+skipped and counted (``skip_long``).
 
 Batches (:func:`batches`) are bucketed by length: examples of similar length go together and each
 batch is padded to a multiple of ``pad_multiple``, so few distinct shapes are compiled.
@@ -82,6 +84,7 @@ RESERVED = (*SPECIALS, UNK)
 TASKS = ("reverse", "sort", "addition", "dates", "g2p")
 SEEDS = {"reverse": 1001, "sort": 1002, "addition": 1003, "dates": 1004}
 LETTERS = "abcdefghijklmnopqrstuvwxyz"
+MAX_SOURCE_LEN = MAX_TARGET_LEN = 500  # tokens: a pairs file's caps (a batch of 128 at 500 x 500 attention fits)
 
 
 class Pair(NamedTuple):
@@ -106,6 +109,7 @@ class Task:
     source_unit: str = "char"
     target_unit: str = "char"
     description: str = ""
+    skipped_long: int = 0  # lines of a pairs file skipped for a sequence over the length caps (skip_long)
 
     def sizes(self) -> dict[str, int]:
         return {"train": len(self.train), "val": len(self.val), "test": len(self.test)}
@@ -422,16 +426,27 @@ def load_pairs_file(
     target_unit: str = "char",
     test_fraction: float = 0.1,
     val_fraction: float = 0.1,
+    max_source_len: int = MAX_SOURCE_LEN,
+    max_target_len: int = MAX_TARGET_LEN,
+    skip_long: bool = False,
 ) -> Task:
     """Read ``source<TAB>target`` lines (UTF-8); blank lines and lines starting with ``#`` are skipped.
 
-    Raises :class:`UserError` naming the file, the line number and the line for a malformed line, and
-    for a file without at least three distinct sources (one per split).
+    A source over ``max_source_len`` tokens or a target over ``max_target_len`` (a batch is padded to its
+    longest sequence, so one long line multiplies a step's memory) is an error naming the line, or, with
+    ``skip_long``, is left out and counted in the task's ``skipped_long``.
+
+    Raises :class:`UserError` naming the file, the line number and the line for a malformed or too long
+    line, and for a file without at least three distinct sources (one per split).
     """
     path = os.fspath(path)
+    for name, value in (("max_source_len", max_source_len), ("max_target_len", max_target_len)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise UserError(f"{name} must be an integer >= 1, got {value!r}")
     if not os.path.isfile(path):
         raise UserError(f"pairs file {path!r} does not exist")
     grouped: dict[str, list[tuple[str, ...]]] = {}
+    skipped = 0
     for lineno, raw in enumerate(_utf8_lines(path), start=1):
         line = raw.rstrip("\r\n")
         if not line.strip() or line.startswith("#"):
@@ -448,6 +463,12 @@ def load_pairs_file(
         for tok in src + tgt:
             if tok in RESERVED:
                 raise UserError(f"{path}:{lineno}: the reserved symbol {tok!r} is not allowed: {line!r}")
+        too_long = _too_long(src, tgt, max_source_len, max_target_len)
+        if too_long and skip_long:
+            skipped += 1
+            continue
+        if too_long:
+            raise UserError(f"{path}:{lineno}: {too_long}; raise the cap, or skip such lines (skip_long)")
         key = detokenize(src, source_unit)
         targets = grouped.setdefault(key, [])
         if tgt not in targets:
@@ -464,7 +485,17 @@ def load_pairs_file(
     pairs = {k: Pair(tokenize(k, source_unit), tuple(v)) for k, v in grouped.items()}
     train, val, test = _split_by_key(pairs, "pairs", n_test, n_val)
     name = os.path.splitext(os.path.basename(path))[0]
-    return Task(name, train, val, test, source_unit, target_unit, f"pairs from {path}")
+    note = f" ({skipped} line(s) over the length caps skipped)" if skipped else ""
+    return Task(name, train, val, test, source_unit, target_unit, f"pairs from {path}{note}", skipped)
+
+
+def _too_long(src: Sequence[str], tgt: Sequence[str], max_source_len: int, max_target_len: int) -> str:
+    """What is over the caps ('' when nothing): the side, its length and the cap."""
+    if len(src) > max_source_len:
+        return f"the source has {len(src):,} tokens, over max_source_len {max_source_len}"
+    if len(tgt) > max_target_len:
+        return f"the target has {len(tgt):,} tokens, over max_target_len {max_target_len}"
+    return ""
 
 
 def load_task(name: str, *, keep_stress: bool = False, pairs_file: str | None = None, **sizes) -> Task:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 
 from rnn_jax import harness as H
+from rnn_jax import train as T
 from rnn_jax.data import pairs as P
 from rnn_jax.errors import UserError
 from rnn_jax.harness import field, shared_field
@@ -33,6 +34,9 @@ class Config:
     source_unit: str = field("char", "pairs file: source tokens are characters or space-separated words",
                              choices=("char", "word"))  # fmt: skip
     target_unit: str = field("char", "pairs file: target tokens are characters or words", choices=("char", "word"))
+    max_source_len: int = field(P.MAX_SOURCE_LEN, "pairs file: the longest source in tokens (longer: an error)")
+    max_target_len: int = field(P.MAX_TARGET_LEN, "pairs file: the longest target in tokens (longer: an error)")
+    skip_long: bool = field(False, "pairs file: skip and count the lines over the length caps instead")
     keep_stress: bool = field(False, "g2p: keep the ARPAbet stress digits (AH0, OW1)")
     cell: str = shared_field("cell", "lstm")
     bidirectional: bool = field(True, "a bidirectional encoder (--unidirectional: forward only)")
@@ -74,7 +78,7 @@ class Config:
 MODEL_FIELDS = ("cell", "bidirectional", "attention", "embed_size", "hidden_size", "layers", "task", "keep_stress")
 """The fields that fix the params' structure and the vocabularies: a resumed run must match the checkpoint's."""
 
-_POSITIVE = ("beam", "eval_size", "eval_batch_size", "pad_multiple")
+_POSITIVE = ("beam", "eval_size", "eval_batch_size", "pad_multiple", "max_source_len", "max_target_len")
 
 
 def check_config(c: Config) -> Config:
@@ -97,6 +101,8 @@ def check_config(c: Config) -> Config:
     H.check_int("teacher_forcing_decay_steps", c.teacher_forcing_decay_steps, 0)
     H.check_number("teacher_forcing", c.teacher_forcing, low=0.0, high=1.0, closed="[]")
     H.check_number("length_penalty", c.length_penalty, closed="[)")
+    if c.devices is not None:
+        T.check_device_count(c.devices)  # before the batch's divisibility: too few devices is the real problem
     if c.devices is not None and c.batch_size % c.devices:
         raise UserError(f"devices must divide the batch size {c.batch_size}, got {c.devices!r}")
     return c

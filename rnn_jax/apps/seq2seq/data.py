@@ -27,8 +27,13 @@ def load_config_task(config: Config) -> P.Task:
         config.task,
         keep_stress=config.keep_stress,
         pairs_file=config.pairs,
-        **({"source_unit": config.source_unit, "target_unit": config.target_unit} if config.pairs else {}),
+        **(_pairs_options(config) if config.pairs else {}),
     )
+
+
+def _pairs_options(config: Config) -> dict:
+    names = ("source_unit", "target_unit", "max_source_len", "max_target_len", "skip_long")
+    return {name: getattr(config, name) for name in names}
 
 
 def prepare(config: Config, task: P.Task | None = None) -> Prepared:
