@@ -65,8 +65,9 @@ def test_translate_from_checkpoint(trained):
     model = S.load_model(str(out))
     assert S.translate(model, ["abcde", "ba"]) == ["edcba", "ab"]
     assert S.translate(model, ["abcde"], beam=3) == ["edcba"]
-    with pytest.raises(UserError, match=r"outside the vocabulary: \['#', 'A'\]"):
-        S.translate(model, ["aA#"])
+    with pytest.raises(UserError, match=r"input 'aA#' has symbols outside the vocabulary: \['#'\]"):
+        S.translate(model, ["aA#"])  # the vocabulary is lower-case letters: 'A' reads as 'a'
+    assert S.translate(model, ["ABcDe"]) == S.translate(model, ["abcde"]) == ["edcba"]
     with pytest.raises(UserError, match="beam must be an integer >= 1, got 0"):
         S.translate(model, ["abc"], beam=0)
 
@@ -179,15 +180,16 @@ def test_scheduled_sampling_loss(key):
     assert [schedule(0), schedule(50), schedule(100), schedule(1000)] == [1.0, 0.75, 0.5, 0.5]
 
 
-def test_cli_pairs_file_with_word_targets_and_resume(tmp_path, capsys):
+def test_cli_pairs_file_with_word_targets_resume_and_evaluate_from_elsewhere(tmp_path, capsys, monkeypatch):
     rows = [f"{w}\t{' '.join(w.upper())}" for w in ("ab", "ba", "abc", "cab", "bca", "ca", "cc", "a", "bb", "acb")]
     tsv = tmp_path / "spell.tsv"
     tsv.write_text("\n".join(rows) + "\n")
     out = tmp_path / "run"
+    monkeypatch.chdir(tmp_path)  # paths relative to where training runs, as a user types them
     argv = [
         "train",
         "--pairs",
-        str(tsv),
+        "spell.tsv",
         "--target-unit",
         "word",
         "--steps",
@@ -201,7 +203,7 @@ def test_cli_pairs_file_with_word_targets_and_resume(tmp_path, capsys):
         "--eval-every",
         "2",
         "--out",
-        str(out),
+        "run",
         "--no-progress",
     ]
     assert S.cli_main(argv) == 0
@@ -214,9 +216,28 @@ def test_cli_pairs_file_with_word_targets_and_resume(tmp_path, capsys):
     src, output = capsys.readouterr().out.rstrip("\n").split("\t")
     # The printed output is the greedy decoding of the restored params, read back through the target words.
     model = S.load_model(str(out))
-    ids = _greedy_reference(model.params, model.src_vocab.encode(tuple("abc")), model.max_len)
+    ids = _greedy_reference(model.params, model.src_vocab.encode(tuple("abc")), model.length_budget(8))
     assert src == "abc" and output == " ".join(model.tgt_vocab.decode(ids))
     assert model.tgt_vocab.symbols[P.UNK_ID + 1 :] == ("A", "B", "C") and model.source_unit == "char"
+    # The run stores the pairs file's absolute path: evaluate finds it from any directory.
+    assert model.config.pairs == str(tsv) and checkpoint.read_meta(out / "best.ckpt")["config"]["pairs"] == str(tsv)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    assert S.cli_main(["evaluate", "--ckpt", str(out), "--beam", "1"]) == 0
+    first = json.loads(capsys.readouterr().out)
+    assert first["n"] == 1 and first["model"] == str(out)
+    # A checkpoint that stored the path relative to where training ran (older runs) is found there.
+    old = S.export_model(model._replace(config=dataclasses.replace(model.config, pairs="spell.tsv")), out / "old.ckpt")
+    assert S.load_model(old).config.pairs == str(tsv)
+    # A moved file: one line that says to give --pairs, and --pairs scores it.
+    tsv.rename(tmp_path / "moved.tsv")
+    assert cli.main(["seq2seq", "evaluate", "--ckpt", str(out), "--beam", "1"]) == 2
+    err = capsys.readouterr().err
+    assert len(err.splitlines()) == 1 and str(tsv) in err and "give it with --pairs FILE" in err
+    assert S.cli_main(["evaluate", "--ckpt", str(out), "--beam", "1", "--pairs", "../moved.tsv"]) == 0
+    second = json.loads(capsys.readouterr().out)
+    assert [second[k] for k in ("n", "wer", "token_error_rate")] == [first[k] for k in ("n", "wer", "token_error_rate")]
 
 
 def test_cli_stacked_layers_with_dropout_train_resume_and_translate(tmp_path, capsys):
@@ -367,3 +388,79 @@ def test_train_step_with_pallas_lowers_for_cuda():
     assert text.count("__gpu$xla.gpu.triton") == 2 * 2 * 2
     scan_step = S.training._train_step(settings._replace(impl="scan"))
     assert "__gpu$xla.gpu.triton" not in scan_step.trace(state, batch).lower(lowering_platforms=("cuda",)).as_text()
+
+
+def test_length_budget_fits_every_training_pair_with_the_slope_of_long_sources():
+    rng = np.random.default_rng(3)
+    lengths = [(int(s), int(t)) for s, t in zip(rng.integers(1, 12, 57), rng.integers(1, 20, 57), strict=True)]
+    budget = S.LengthBudget.fit(lengths)
+    median = sorted(s for s, _ in lengths)[len(lengths) // 2]  # 57 pairs: the middle one
+    slope = max(t / s for s, t in lengths if s >= median)
+    assert slope <= budget.ratio < slope + 0.01 + 1e-9 and round(budget.ratio * 100) == budget.ratio * 100
+    assert all(budget(s) >= t + 1 for s, t in lengths)  # every target and its </s> fit
+    assert any(budget(s) - 2 == t + 1 for s, t in lengths)  # ... and the constant is the smallest with 2 spare
+    assert S.LengthBudget(1.43, 13)(60) == 99 and S.LengthBudget(1.0, 3)(8) == 11
+
+
+def _biased(model, eos_bias: float):
+    """``model`` with ``eos_bias`` added to the end token's logit: -1e4 never ends, +1e4 ends at once."""
+    out = model.params.out
+    return model._replace(params=model.params._replace(out=out._replace(b=out.b.at[P.EOS].add(eos_bias))))
+
+
+def test_decoding_length_follows_the_input_and_a_cut_output_is_flagged(trained):
+    _, out = trained
+    model = S.load_model(str(out))
+    assert model.length_budget == S.LengthBudget(1.0, 3) and model.max_source_len == 5 and model.max_len == 8
+    never = _biased(model, -1e4)
+    # alone, a source padded to 8 decodes 11 tokens, one of 30 (padded to 32) 35: far past the old limit of 8
+    # (in one batch, both would run to the budget of the longer)
+    (short,), (long,) = S.translate_each(never, ["abc"], beam=2), S.translate_each(never, ["abcde" * 6], beam=2)
+    assert (len(short.output), len(long.output)) == (model.length_budget(8), model.length_budget(32)) == (11, 35)
+    assert short.cut and long.cut and long.unseen_length and not short.unseen_length and short.error is None
+    assert "cut at the length limit" in short.notice()
+    with pytest.warns(S.TranslationWarning, match=r"output for 'abc' cut at the length limit"):
+        assert S.translate(never, ["abc"], beam=2) == [short.output]
+    (empty,) = S.translate_each(_biased(model, 1e4), ["abc"])
+    assert empty.empty and not empty.cut and empty.output == "" and "empty output for 'abc'" in empty.notice()
+    with pytest.warns(S.TranslationWarning, match="empty output"):
+        assert S.translate(_biased(model, 1e4), ["abc"]) == [""]
+    good = S.translate_each(model, ["abcde"])[0]
+    assert good == S.Translation("abcde", "edcba") and good.notice() is None
+
+
+def test_inputs_are_refused_one_by_one_with_the_reason_and_a_length_cap(trained, capsys):
+    _, out = trained
+    model = S.load_model(str(out))
+    huge = "ab" * 50_000
+    results = S.translate_each(model, ["abc", "a#c", "", huge, "CBA"])
+    assert [r.output for r in results] == ["cba", "", "", "", "abc"]
+    assert results[1].error.startswith("input 'a#c' has symbols outside the vocabulary: ['#']; known: a b c")
+    assert results[2].error == "input '' is empty"
+    assert results[3].error == (
+        "input 'abababababababababababab'... (100000 characters) has 100000 characters; this model reads at "
+        f"most {S.MAX_INPUT_LEN}: split it"
+    )
+    with pytest.raises(UserError, match="reads at most 4: split it"):
+        S.translate(model, ["abcde"], max_input_len=4)
+    # the command line prints every input it can translate and names each other on stderr
+    assert cli.main(["seq2seq", "translate", "--ckpt", str(out), "abc", "a#c", huge, "CBA"]) == 1
+    captured = capsys.readouterr()
+    assert captured.out == "abc\tcba\nCBA\tabc\n"
+    err = captured.err.splitlines()
+    assert err[0].startswith("rnn-jax seq2seq: skipped: input 'a#c' has symbols outside the vocabulary")
+    assert err[1].startswith("rnn-jax seq2seq: skipped: input 'abab") and len(err[1]) < 200
+    assert err[2] == "rnn-jax seq2seq: 2 of 4 inputs could not be translated" and len(err) == 3
+
+
+def test_checkpoints_store_the_length_budget_and_older_ones_get_a_generous_one(trained, tmp_path):
+    _, out = trained
+    meta = checkpoint.read_meta(out / "best.ckpt")
+    assert meta["length_budget"] == [1.0, 3] and meta["max_source_len"] == 5
+    model = S.load_model(str(out))
+    path = S.export_model(model, tmp_path / "m.ckpt")
+    assert S.load_model(path)[7:] == model[7:]  # max_len, length_budget, max_source_len
+    older = S.export_model(model._replace(length_budget=None, max_source_len=None), tmp_path / "old.ckpt")
+    assert "length_budget" not in checkpoint.read_meta(older)
+    loaded = S.load_model(older)
+    assert loaded.length_budget == S.LengthBudget(2.0, model.max_len) and loaded.max_source_len is None

@@ -11,7 +11,9 @@ passes ``--impl`` and ``--unroll`` to :func:`rnn_jax.run` (defaults: ``run``'s o
 ``--impl pallas`` the encoder layers run the Pallas kernels and the attention decoder runs the scan.
 
 Decoding (:mod:`rnn_jax.decode`, compiled, one example vmapped over the batch): greedy, and beam search
-of width ``K``. The beam result is the best *finished* hypothesis among the ``K`` beams and the greedy
+of width ``K``, each batch to the length its longest source allows (``ceil(a S) + b``, :class:`LengthBudget`,
+fitted to the training pairs); :func:`translate_each` flags an output cut by that limit.
+The beam result is the best *finished* hypothesis among the ``K`` beams and the greedy
 one, ranked by ``log p / length ** length_penalty``: a beam can lose the greedy path along the way, and
 adding it back makes "beam is never worse than greedy" hold by construction (the test suite checks it).
 
@@ -27,6 +29,7 @@ Command line::
     rnn-jax seq2seq translate --ckpt runs/g2p --beam 5 hello world
     rnn-jax seq2seq translate --model g2p --beam 5 hello world       # the model shipped in the package
     rnn-jax seq2seq evaluate --model g2p --beam 5                    # its test PER/WER, one JSON line
+    rnn-jax seq2seq evaluate --ckpt runs/mine --pairs my_pairs.tsv   # a pairs file's test split
     rnn-jax seq2seq export --ckpt runs/g2p --to g2p.ckpt             # params alone, float16
 
 ``train`` prints progress and periodic validation (with a few decoded examples) on stderr and, as its
@@ -43,10 +46,28 @@ and :mod:`~rnn_jax.apps.seq2seq.cli`.
 
 from rnn_jax.apps.seq2seq.cli import EvaluateConfig, ExportConfig, TranslateConfig, cli_main, config_from_args
 from rnn_jax.apps.seq2seq.config import ATTENTIONS, CELL_KINDS, KIND, MODEL_FIELDS, Config, check_config
-from rnn_jax.apps.seq2seq.data import EpochBatches, Prepared, batch_arrays, prepare, teacher_forcing_schedule
+from rnn_jax.apps.seq2seq.data import (
+    EpochBatches,
+    LengthBudget,
+    Prepared,
+    batch_arrays,
+    prepare,
+    teacher_forcing_schedule,
+)
 from rnn_jax.apps.seq2seq.decoding import decode_pairs, make_decoder
 from rnn_jax.apps.seq2seq.evaluation import attention_maps, evaluate
-from rnn_jax.apps.seq2seq.inference import SHIPPED_MODELS, Model, export_model, load_model, score_split, translate
+from rnn_jax.apps.seq2seq.inference import (
+    MAX_INPUT_LEN,
+    SHIPPED_MODELS,
+    Model,
+    Translation,
+    TranslationWarning,
+    export_model,
+    load_model,
+    score_split,
+    translate,
+    translate_each,
+)
 from rnn_jax.apps.seq2seq.model import init_params, loss_fn, make_optimizer, state_template, teacher_forced_batch
 from rnn_jax.apps.seq2seq.plots import plot_attention
 from rnn_jax.apps.seq2seq.training import TrainResult, checkpoint_meta, train
@@ -55,6 +76,11 @@ __all__ = [
     "Config",
     "Model",
     "Prepared",
+    "LengthBudget",
+    "Translation",
+    "TranslationWarning",
+    "MAX_INPUT_LEN",
+    "translate_each",
     "EpochBatches",
     "CELL_KINDS",
     "ATTENTIONS",

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import sys
 from pathlib import Path
 
 from rnn_jax import distributed as D
@@ -22,7 +23,7 @@ from rnn_jax.apps.seq2seq.inference import (
     export_model,
     load_model,
     score_split,
-    translate,
+    translate_each,
 )
 from rnn_jax.apps.seq2seq.training import train
 from rnn_jax.errors import UserError
@@ -57,6 +58,7 @@ class EvaluateConfig(_ModelChoice):
     beam: int = field(5, "beam width (1: greedy)")
     split: str = field("test", "the split to score", choices=("test", "val"))
     limit: int | None = field(None, "score only the first N pairs of the split")
+    pairs: str | None = field(None, "a pairs file to split and score instead of the run's own", metavar="FILE.tsv")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -113,7 +115,8 @@ def config_from_args(given: dict | argparse.Namespace) -> Config:
 
 def cli_main(argv: list[str], prog: str = "rnn-jax seq2seq") -> int:
     """``train``/``evaluate``: the test metrics as one JSON line; ``translate``: one ``input<TAB>output`` line
-    each; ``export``: one line naming the file written."""
+    for each input it can translate, each other named on stderr (exit 1); ``export``: one line naming the
+    file written."""
     args = _parser(prog).parse_args(argv)
     if args.action == "train":
         summary = train(config_from_args(args)).summary()
@@ -125,7 +128,7 @@ def cli_main(argv: list[str], prog: str = "rnn-jax seq2seq") -> int:
         if ec.limit is not None:
             H.check_int("limit", ec.limit)
         model = _load(ec)
-        result = score_split(model, ec.split, ec.beam, ec.limit)
+        result = score_split(model, ec.split, ec.beam, ec.limit, pairs=ec.pairs)
         print(json.dumps({**result, "model": ec.model or ec.ckpt}))
         return 0
     if args.action == "export":
@@ -136,7 +139,19 @@ def cli_main(argv: list[str], prog: str = "rnn-jax seq2seq") -> int:
         return 0
     tc = H.config_from_args(TranslateConfig, args)
     H.check_int("beam", tc.beam)
-    model = _load(tc)
-    for text, output in zip(args.inputs, translate(model, args.inputs, tc.beam), strict=True):
-        print(f"{text}\t{output}")
-    return 0
+    return print_translations(translate_each(_load(tc), args.inputs, tc.beam), prog)
+
+
+def print_translations(results, prog: str, failed: str = "inputs could not be translated") -> int:
+    """``source<TAB>output`` on stdout for each translated input; on stderr each refused input with its reason
+    and a warning for each output cut, empty or beyond the training lengths. 1 if any was refused, else 0."""
+    refused = 0
+    for r in results:
+        if r.error is None:
+            print(f"{r.source}\t{r.output}", flush=True)
+        if r.notice() is not None:
+            refused += r.error is not None
+            print(f"{prog}: {'skipped' if r.error is not None else 'warning'}: {r.notice()}", file=sys.stderr)
+    if refused:
+        print(f"{prog}: {refused} of {len(results)} {failed}", file=sys.stderr)
+    return 1 if refused else 0

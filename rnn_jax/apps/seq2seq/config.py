@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 
 from rnn_jax import harness as H
 from rnn_jax import train as T
@@ -85,11 +86,12 @@ def check_config(c: Config) -> Config:
     """Every setting in range, or a :class:`UserError` naming the field, what came and what is allowed.
 
     Returns the config with the budget filled in (:data:`rnn_jax.harness.DEFAULT_MINUTES` when neither
-    ``steps`` nor ``minutes`` is given) and ``task="pairs"`` when a ``pairs`` file is given.
+    ``steps`` nor ``minutes`` is given) and ``task="pairs"`` when a ``pairs`` file is given, its path made
+    absolute (the checkpoints store it: evaluation from another directory finds the same file).
     """
     c = H.check_config(c)
     if c.pairs is not None:
-        c = dataclasses.replace(c, task="pairs")
+        c = dataclasses.replace(c, task="pairs", pairs=os.path.abspath(c.pairs))
     elif c.task not in P.TASKS:
         raise UserError(f"task must be one of {', '.join(P.TASKS)} (or give a pairs file), got {c.task!r}")
     if c.cell not in CELL_KINDS:

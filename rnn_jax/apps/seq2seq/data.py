@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+from collections.abc import Sequence
 from typing import NamedTuple
 
 import numpy as np
@@ -9,7 +11,50 @@ import numpy as np
 from rnn_jax.apps.seq2seq.config import Config
 from rnn_jax.data import pairs as P
 
-__all__ = ["Prepared", "prepare", "load_config_task", "EpochBatches", "batch_arrays", "teacher_forcing_schedule"]
+__all__ = [
+    "Prepared",
+    "LengthBudget",
+    "prepare",
+    "load_config_task",
+    "EpochBatches",
+    "batch_arrays",
+    "teacher_forcing_schedule",
+]
+
+SPARE_STEPS = 2
+"""Decoding steps a length budget allows beyond the longest training pair it was fitted to."""
+
+
+class LengthBudget(NamedTuple):
+    """The longest output decoding may produce for a source of ``S`` tokens: ``ceil(ratio * S) + extra``
+    (``</s>`` included).
+
+    :meth:`fit` reads it off the training pairs: ``ratio`` is the largest ``len(target) / len(source)`` among
+    pairs whose source is at least the median source length (a long input needs the slope of long words,
+    not that of a one-letter abbreviation spelled out), rounded up to 0.01; ``extra`` is the smallest
+    constant for which every training target and its ``</s>`` fit, plus :data:`SPARE_STEPS`. G2P on
+    CMUdict: ``ratio`` 1.43 (``cmudict``: 7 letters, 10 phonemes), ``extra`` 13 (``fyi``: 3 letters,
+    15 phonemes), so a 60-letter word may take 99 phonemes.
+    """
+
+    ratio: float
+    extra: int
+
+    def __call__(self, source_len: int) -> int:
+        return math.ceil(self.ratio * source_len - 1e-9) + self.extra
+
+    @classmethod
+    def fit(cls, pairs: Sequence[tuple[int, int]]) -> LengthBudget:
+        """The budget of ``(source length, target length)`` pairs (at least one, every source non-empty)."""
+        src = np.array([s for s, _ in pairs], np.float64)
+        tgt = np.array([t for _, t in pairs], np.float64)
+        long = src >= np.median(src)
+        ratio = math.ceil(float(np.max(tgt[long] / src[long])) * 100 - 1e-6) / 100
+        need = int(np.max(tgt + 1 - np.ceil(ratio * src - 1e-9)))
+        return cls(ratio, max(need, 1) + SPARE_STEPS)
+
+    def to_json(self) -> list:
+        return [self.ratio, self.extra]
 
 
 class Prepared(NamedTuple):
@@ -18,7 +63,9 @@ class Prepared(NamedTuple):
     tgt_vocab: P.Vocab
     train: P.Encoded
     val: P.Encoded  # every target (teacher-forced validation loss), unseen symbols as <unk>
-    max_len: int  # decoding length: longest training target + </s> + slack
+    max_len: int  # longest training target + </s> + slack (the fixed limit older releases decoded to)
+    length_budget: LengthBudget  # the decoding limit for a source of each length
+    max_source_len: int  # the longest training source: a longer input is beyond what the model learned
 
 
 def load_config_task(config: Config) -> P.Task:
@@ -41,12 +88,14 @@ def prepare(config: Config, task: P.Task | None = None) -> Prepared:
 
     Nothing about validation or test shapes the model: a symbol that only they hold is read as ``<unk>``
     (a source symbol) or can never be produced (a target symbol), so it counts as an error, and
-    ``max_len = L + 1 + max(2, L // 4)`` with ``L`` the longest training target (plus ``</s>`` and slack).
+    ``max_len = L + 1 + max(2, L // 4)`` with ``L`` the longest training target (plus ``</s>`` and slack);
+    the :class:`LengthBudget` that decoding follows is fitted to the training pairs too.
     """
     task = load_config_task(config) if task is None else task
     src_vocab = P.Vocab.build(p.source for p in task.train)
     tgt_vocab = P.Vocab.build(t for p in task.train for t in p.targets)
     longest = max(len(t) for p in task.train for t in p.targets)
+    lengths = [(len(p.source), len(t)) for p in task.train for t in p.targets]
     return Prepared(
         task,
         src_vocab,
@@ -54,6 +103,8 @@ def prepare(config: Config, task: P.Task | None = None) -> Prepared:
         P.encode_pairs(task.train, src_vocab, tgt_vocab),
         P.encode_pairs(task.val, src_vocab, tgt_vocab, unknown=True),
         longest + 1 + max(2, longest // 4),
+        LengthBudget.fit(lengths),
+        max(len(p.source) for p in task.train),
     )
 
 

@@ -1,4 +1,5 @@
-"""Decoding the seq2seq model: greedy, and beam search that keeps the greedy hypothesis (never worse than greedy)."""
+"""Decoding the seq2seq model: greedy, and beam search that keeps the greedy hypothesis (never worse than greedy),
+each batch to the length its longest source allows (:class:`~rnn_jax.apps.seq2seq.data.LengthBudget`)."""
 
 from __future__ import annotations
 
@@ -11,10 +12,15 @@ import jax.numpy as jnp
 import numpy as np
 
 from rnn_jax import decode, topologies
+from rnn_jax.apps.seq2seq.data import LengthBudget
 from rnn_jax.data import pairs as P
 from rnn_jax.errors import UserError
 
-__all__ = ["make_decoder", "decode_pairs", "check_vocab_fits_beam"]
+__all__ = ["make_decoder", "decode_pairs", "check_vocab_fits_beam", "finished", "BATCH_TOKENS"]
+
+BATCH_TOKENS = 256 * 64
+"""Source tokens (rows x padded length) one decoding batch holds at most: long inputs go in fewer rows, so
+the memory of a batch does not grow with the length of its sources."""
 
 
 def _start(params, src_S, src_len):
@@ -57,14 +63,26 @@ def _beam_one(params, src_S, src_len, *, max_len: int, beam: int, length_penalty
     return tokens, length, log_prob
 
 
-@functools.lru_cache(maxsize=16)
-def make_decoder(max_len: int, beam: int = 1, length_penalty: float = 0.0):
-    """A jitted ``decoder(params, src [B, S], src_len [B]) -> (tokens [B, max_len], lengths [B], log_probs [B])``.
+def make_decoder(max_len: int | LengthBudget, beam: int = 1, length_penalty: float = 0.0):
+    """``decoder(params, src [B, S], src_len [B]) -> (tokens [B, L], lengths [B], log_probs [B])``.
 
     ``beam == 1`` is greedy; ``beam > 1`` is beam search with the greedy hypothesis added (never worse).
+    ``max_len``: a fixed ``L``, or a :class:`LengthBudget`, and then ``L = budget(S)`` for each batch (one
+    compiled decoder per padded source length).
     """
     if not isinstance(beam, int) or beam < 1:
         raise UserError(f"beam width must be an integer >= 1, got {beam!r}")
+    if isinstance(max_len, LengthBudget):
+        budget = max_len
+        return lambda params, src, src_len: _fixed_decoder(budget(src.shape[1]), beam, length_penalty)(
+            params, src, src_len
+        )
+    return _fixed_decoder(max_len, beam, length_penalty)
+
+
+@functools.lru_cache(maxsize=32)
+def _fixed_decoder(max_len: int, beam: int, length_penalty: float):
+    """The jitted decoder of one output length ``max_len``."""
     if beam == 1:
         one = partial(_greedy_one, max_len=max_len)
     else:
@@ -79,14 +97,35 @@ def check_vocab_fits_beam(beam: int, tgt_vocab: P.Vocab) -> None:
     decode.check_sampling_args(len(tgt_vocab), max_len=1, beam_width=beam)
 
 
+def finished(ids: list[int]) -> bool:
+    """Whether a decoded output (ids, ``</s>`` kept) ended with ``</s>``: ``False`` means decoding was cut."""
+    return bool(ids) and ids[-1] == P.EOS
+
+
+def _rows(batch_size: int, padded_len: int) -> int:
+    """Rows of a batch of sources ``padded_len`` long: ``batch_size``, halved until within :data:`BATCH_TOKENS`."""
+    rows = batch_size
+    while rows > 1 and rows * padded_len > BATCH_TOKENS:
+        rows //= 2
+    return rows
+
+
 def decode_pairs(model_params, sources: list[list[int]], decoder, batch_size: int, pad_multiple: int = 8):
-    """Decode every source (lists of ids) in length-sorted batches: ``(ids per source, log_probs)``."""
+    """Decode every source (lists of ids) in length-sorted batches: ``(ids per source, log_probs)``.
+
+    Each output keeps its ``</s>`` (:func:`finished` tells a cut one). Batches of long sources hold fewer
+    rows (:data:`BATCH_TOKENS`).
+    """
     order = np.argsort([len(s) for s in sources], kind="stable")
     out_tokens: list[Any] = [None] * len(sources)
     out_logp = np.zeros(len(sources), np.float64)
-    for start in range(0, len(order), batch_size):
-        idx = order[start : start + batch_size]
-        b = P.pad_batch([sources[i] for i in idx], None, batch_size=batch_size, pad_multiple=pad_multiple)
+    start = 0
+    while start < len(order):
+        longest = len(sources[order[min(start + batch_size, len(order)) - 1]])  # sorted: the last is longest
+        rows = _rows(batch_size, -(-longest // pad_multiple) * pad_multiple)
+        idx = order[start : start + rows]
+        start += rows
+        b = P.pad_batch([sources[i] for i in idx], None, batch_size=rows, pad_multiple=pad_multiple)
         tokens, lengths, logp = jax.device_get(decoder(model_params, b.src, b.src_len))
         for r, i in enumerate(idx):
             out_tokens[i] = tokens[r, : lengths[r]].tolist()

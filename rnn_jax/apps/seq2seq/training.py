@@ -82,7 +82,8 @@ def _hardware() -> str:
 
 
 def checkpoint_meta(config: Config, prep: Prepared) -> dict:
-    """What a checkpoint carries beside the state: the config, the vocabularies, the units, ``max_len``."""
+    """What a checkpoint carries beside the state: the config, the vocabularies, the units, ``max_len``,
+    the length budget decoding follows and the longest training source."""
     return H.run_meta(
         KIND,
         config,
@@ -91,6 +92,8 @@ def checkpoint_meta(config: Config, prep: Prepared) -> dict:
         source_unit=prep.task.source_unit,
         target_unit=prep.task.target_unit,
         max_len=prep.max_len,
+        length_budget=prep.length_budget.to_json(),
+        max_source_len=prep.max_source_len,
     )
 
 
@@ -190,7 +193,7 @@ def _fit(config: Config, prep: Prepared, out: Path | None, log) -> H.FitResult:
     options = options._replace(verbose=options.verbose and main)
     ckpt = checkpoint.Checkpointer(out, checkpoint_meta(config, prep)) if out is not None else None
     ckpt, out = D.for_processes(ckpt), out if main else None
-    evaluate_val = _validation(config, prep, make_decoder(prep.max_len))
+    evaluate_val = _validation(config, prep, make_decoder(prep.length_budget))
     step = _train_step(_StepSettings.of(config))
     return H.fit(state, step, batches, options, evaluate=evaluate_val, checkpointer=ckpt, out_dir=out)
 
@@ -199,12 +202,12 @@ def _test(config: Config, prep: Prepared, params, log) -> dict:
     """Greedy test metrics, and beam search's when ``config.beam > 1``; the final ones under plain keys."""
     t0 = time.perf_counter()
     test, size, units = prep.task.test, config.eval_batch_size, (prep.task.source_unit, prep.task.target_unit)
-    greedy = make_decoder(prep.max_len)
+    greedy = make_decoder(prep.length_budget)
     g_scores, g_hyps, g_logp = evaluate(params, test, prep.src_vocab, prep.tgt_vocab, greedy, batch_size=size)
     result = {"greedy": g_scores.as_dict(), "beam": None, "beam_log_prob_gain": None, "decoder": "greedy"}
     final = g_scores
     if config.beam > 1:
-        beam_dec = make_decoder(prep.max_len, config.beam, config.length_penalty)
+        beam_dec = make_decoder(prep.length_budget, config.beam, config.length_penalty)
         final, _, b_logp = evaluate(params, test, prep.src_vocab, prep.tgt_vocab, beam_dec, batch_size=size)
         result.update(beam=final.as_dict(), beam_log_prob_gain=float(np.mean(b_logp - g_logp)))
         result["decoder"] = f"beam{config.beam}"
@@ -216,7 +219,7 @@ def _test(config: Config, prep: Prepared, params, log) -> dict:
 def _plot(config: Config, prep: Prepared, params, out: Path) -> None:
     if config.attention == "none":
         return
-    greedy = make_decoder(prep.max_len)
+    greedy = make_decoder(prep.length_budget)
     maps = attention_maps(
         params, prep.task.test[:4], prep.src_vocab, prep.tgt_vocab, greedy, config.eval_batch_size, config.pad_multiple
     )
@@ -226,7 +229,7 @@ def _plot(config: Config, prep: Prepared, params, out: Path) -> None:
 def _result(config: Config, prep: Prepared, fitted: H.FitResult, test: dict, out: Path | None) -> TrainResult:
     params = fitted.state.params
     model = Model(params, config, prep.src_vocab, prep.tgt_vocab, prep.task.source_unit, prep.task.target_unit,
-                  prep.max_len)  # fmt: skip
+                  prep.max_len, prep.length_budget, prep.max_source_len)  # fmt: skip
     best = fitted.best_eval or fitted.last_eval
     return TrainResult(
         **test,
