@@ -61,6 +61,9 @@ class Cell:
       saved: names (``jax.ad_checkpoint.checkpoint_name``) of the step's pre-activations from which
         its backward pass can be computed with elementwise work alone; where :func:`rnn_jax.run`
         chooses to, it stores only these per step and recomputes the gate nonlinearities.
+      init: ``(key, in_size, hidden_size, dtype=jnp.float32) -> params`` for a layer whose output ``y``
+        has ``hidden_size`` features (the vanilla cell's head ``W_hy`` maps ``H -> H``); ``None`` for a
+        cell that brings no init, which then cannot be built by the trainers or the bench.
     """
 
     name: str
@@ -71,6 +74,7 @@ class Cell:
     input_size: Callable[[Params], int]
     doc: str = ""
     saved: tuple[str, ...] = ()
+    init: Callable[..., Params] | None = None
 
     def __post_init__(self):
         if self.doc:  # pydoc shows an instance's own __doc__ (with its repr) instead of its class's
@@ -143,6 +147,11 @@ def vanilla_init(key, in_size: int, hidden_size: int, out_size: int, dtype=jnp.f
     )
 
 
+def _vanilla_layer_init(key, in_size: int, hidden_size: int, dtype=jnp.float32) -> VanillaParams:
+    """:func:`vanilla_init` for a layer: the head ``W_hy`` maps ``hidden_size -> hidden_size``."""
+    return vanilla_init(key, in_size, hidden_size, hidden_size, dtype)
+
+
 def _vanilla_project(p: VanillaParams, x_I):
     return x_I @ p.W_xh + p.b_h
 
@@ -170,6 +179,7 @@ vanilla_cell = Cell(
     readout=_vanilla_readout,
     init_carry=lambda p: jnp.zeros(p.W_hh.shape[:1], p.W_hh.dtype),
     input_size=lambda p: p.W_xh.shape[0],
+    init=_vanilla_layer_init,
 )
 
 
@@ -235,6 +245,7 @@ lstm_cell = Cell(
     init_carry=_lstm_zero,
     input_size=lambda p: p.W_x.shape[0],
     saved=("lstm_gates",),
+    init=lstm_init,
 )
 
 
@@ -297,6 +308,7 @@ gru_cell = Cell(
     init_carry=lambda p: jnp.zeros(p.W_h.shape[:1], p.W_h.dtype),
     input_size=lambda p: p.W_x.shape[0],
     saved=("gru_x", "gru_h"),
+    init=gru_init,
 )
 
 CELLS: dict[str, Cell] = {"vanilla": vanilla_cell, "lstm": lstm_cell, "gru": gru_cell}

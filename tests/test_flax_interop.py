@@ -41,9 +41,9 @@ def _functional_run(name, params, xs, lengths):
 
 
 def _init(name, key):
-    if name == "vanilla":
+    if name == "vanilla":  # a head to 6 outputs, not the layer's H -> H
         return R.vanilla_init(key, I, H, 6)
-    return {"lstm": R.lstm_init, "gru": R.gru_init}[name](key, I, H)
+    return R.CELLS[name].init(key, I, H)
 
 
 @pytest.mark.parametrize("name", ["vanilla", "lstm"])  # the GRU: in the two tests below
