@@ -18,12 +18,16 @@ inside the sequential loop. Both routes compute the same function; the tests che
 from __future__ import annotations
 
 import dataclasses
+import importlib
+import sys
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 from jax.ad_checkpoint import checkpoint_name
+
+from rnn_jax.errors import UserError
 
 Array = jax.Array
 Carry = Any
@@ -42,6 +46,8 @@ __all__ = [
     "lstm_cell",
     "gru_cell",
     "CELLS",
+    "import_path",
+    "resolve_cell",
 ]
 
 
@@ -312,3 +318,39 @@ gru_cell = Cell(
 )
 
 CELLS: dict[str, Cell] = {"vanilla": vanilla_cell, "lstm": lstm_cell, "gru": gru_cell}
+
+
+def import_path(cell: Cell) -> str | None:
+    """``"module:attr"`` from which ``cell`` can be imported, found without a registry: the module that
+    defines its ``step`` (or ``project``) is searched for an attribute that is this very cell. ``None``
+    where there is none: a cell made inside a function, or in ``__main__`` (another process cannot import it).
+    """
+    for fn in (cell.step, cell.project):
+        module_name = getattr(fn, "__module__", None)
+        module = sys.modules.get(module_name) if isinstance(module_name, str) else None
+        if module is None or module_name == "__main__":
+            continue
+        for attr, value in vars(module).items():
+            if value is cell:
+                return f"{module_name}:{attr}"
+    return None
+
+
+def resolve_cell(spec) -> Cell:
+    """The :class:`Cell` that ``spec`` names: a Cell itself, a built-in name (``"gru"``) or an import path
+    ``"module:attr"`` (``"mypkg.cells:lngru"``); a :class:`~rnn_jax.UserError` naming what came otherwise."""
+    if isinstance(spec, Cell):
+        return spec
+    if isinstance(spec, str) and spec in CELLS:
+        return CELLS[spec]
+    if isinstance(spec, str) and ":" in spec:
+        module_name, _, attr = spec.partition(":")
+        try:
+            module = importlib.import_module(module_name)
+        except ImportError as err:
+            raise UserError(f"cannot import the cell {spec!r}: {err}") from None
+        cell = getattr(module, attr, None)
+        if not isinstance(cell, Cell):
+            raise UserError(f"{spec!r} must name an rnn_jax.Cell, got {type(cell).__name__}")
+        return cell
+    raise UserError(f"cell must be one of {list(CELLS)}, an rnn_jax.Cell or an import path 'module:attr', got {spec!r}")
