@@ -13,6 +13,8 @@ import pytest
 from rnn_jax.cli import main as cli
 from rnn_jax.errors import UserError
 from rnn_jax.tools import bench
+from rnn_jax.tools.bench import cli as bench_cli
+from rnn_jax.tools.bench import impls, peers, timing
 
 FIELDS = {"impl", "cell", "mode", "B", "T", "I", "H", "dtype", "ms", "compile_s", "device"}
 
@@ -129,7 +131,7 @@ def test_acceptance_command_at_tiny_sizes(tmp_path, capsys):
 
 
 def test_impls_time_run_with_each_impl_and_skip_the_cells_an_impl_does_not_run():
-    rows = bench._impl_rows("auto,scan,custom_jvp")
+    rows = bench_cli._impl_rows("auto,scan,custom_jvp")
     assert rows == ["rnn_jax", "rnn_jax impl=scan", "rnn_jax impl=custom_jvp"]
     notes = []
     records = bench.measure_layers(
@@ -143,9 +145,9 @@ def test_impls_time_run_with_each_impl_and_skip_the_cells_an_impl_does_not_run()
     # Each row is run(..., impl=...): the same loss and gradient as the default, by another algorithm.
     s, key = bench.Shape(2, 3, 4, 5), jax.random.key(0)
     xs = jax.random.normal(key, (2, 3, 4))
-    ref = jax.value_and_grad(bench._run_impl("vanilla", s, jnp.float32, key)[0])
+    ref = jax.value_and_grad(bench.run_impl("vanilla", s, jnp.float32, key)[0])
     for row in rows[1:]:
-        loss, params = bench._jax_impl(row)("vanilla", s, jnp.float32, key)
+        loss, params = impls.jax_impl(row)("vanilla", s, jnp.float32, key)
         (v, g), (v0, g0) = jax.value_and_grad(loss)(params, xs), ref(params, xs)
         np.testing.assert_allclose(v, v0, rtol=1e-6)
         jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7), g, g0)
@@ -157,10 +159,10 @@ def test_help_shows_the_default_suite_and_every_default(capsys):
     assert exit_.value.code == 0
     text = " ".join(capsys.readouterr().out.split())
     assert "--runs RUNS" in text and "(default: 32,128,256,256)" in text and "bench compile --help" in text
-    parser = bench._layers_parser("rnn-jax bench")
+    parser = bench_cli._layers_parser("rnn-jax bench")
     for action in parser._actions:
         if action.dest != "help":
-            assert "default" in bench._Help("x")._get_help_string(action), action.option_strings
+            assert "default" in bench_cli._Help("x")._get_help_string(action), action.option_strings
 
 
 def test_compile_and_linear_suites():
@@ -178,9 +180,9 @@ def test_bad_arguments():
         with pytest.raises(UserError, match="four positive integers"):
             bench.parse_config(bad)
     with pytest.raises(UserError, match="unknown variants"):
-        bench._variants("scan inside,cudnn")
+        bench_cli._variants("scan inside,cudnn")
     with pytest.raises(UserError, match="unknown impls"):
-        bench._impl_rows("auto,cudnn")
+        bench_cli._impl_rows("auto,cudnn")
     with pytest.raises(UserError, match="--runs must be at least 1"):
         bench.measure_layers([bench.Shape(1, 2, 3, 4)], runs=0)
     assert cli(["bench", "--config", "1,2,3", "--reps", "1"]) == 2  # a UserError: one line, exit status 2
@@ -190,6 +192,6 @@ def test_torch_peer():
     """Skipped where torch is not installed, except in CI (``.ci/run`` installs it and sets the variable)."""
     if os.environ.get("RNN_JAX_REQUIRE_TORCH") != "1":
         pytest.importorskip("torch")
-    items = bench._torch_items("gru", bench.Shape(2, 3, 4, 5), "float32", ["fwd", "fwd_bwd"], threads=1)
-    bench._time_rounds(items, warmup=1, reps=1, rounds=1)
+    items = peers.torch_items("gru", bench.Shape(2, 3, 4, 5), "float32", ["fwd", "fwd_bwd"], threads=1)
+    timing.time_rounds(items, warmup=1, reps=1, rounds=1)
     assert [i.meta["impl"] for i in items] == ["torch nn.GRU"] * 2 and all(len(i.wall) == 1 for i in items)
