@@ -7,9 +7,10 @@ import shlex
 import sys
 
 from rnn_jax import linear
+from rnn_jax.cells import resolve_cell
 from rnn_jax.errors import UserError
 from rnn_jax.tools.bench.impls import IMPL_ROW, JAX_IMPLS, RUN_IMPLS
-from rnn_jax.tools.bench.peers import FLAX_IMPLS
+from rnn_jax.tools.bench.peers import CUDNN_IMPL, FLAX_IMPLS
 from rnn_jax.tools.bench.report import plot, print_header, print_table, summarize, write_json
 from rnn_jax.tools.bench.suites import measure_compile, measure_layers, measure_linear
 from rnn_jax.tools.bench.timing import DTYPES, GATES, MODES, conditions, machine, parse_config, pin_threads, split_list
@@ -35,6 +36,7 @@ class _Help(argparse.ArgumentDefaultsHelpFormatter):
 
 
 SUITES = ("layers", "compile", "linear")
+PEERS = ("torch", "flax", "jax_cudnn")
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -55,13 +57,18 @@ def _layers_parser(prog: str) -> argparse.ArgumentParser:
         formatter_class=_Help,
     )
     p.add_argument("--config", action="append", metavar="B,T,I,H", help="sizes, repeatable (default: 32,128,256,256)")
-    p.add_argument("--cells", default="lstm,gru,vanilla", help="comma-separated: vanilla, lstm, gru")
-    variants = ", ".join(i for i in JAX_IMPLS if i != "rnn_jax" and i not in FLAX_IMPLS)
+    p.add_argument(
+        "--cells", default="lstm,gru,vanilla", help="comma-separated: vanilla, lstm, gru, or your Cell as module:attr"
+    )
+    variants = ", ".join(i for i in JAX_IMPLS if i not in ("rnn_jax", CUDNN_IMPL) and i not in FLAX_IMPLS)
     impls = ", ".join(RUN_IMPLS)
     p.add_argument("--impls", default="auto", help=f"time rnn_jax.run with each impl=, comma-separated: {impls}")
     p.add_argument("--variants", default="", help=f"also time, comma-separated: {variants} (default: none)")
     p.add_argument(
-        "--peers", default="", help="comma-separated: torch, flax (every flax cell of the kind; default: none)"
+        "--peers",
+        default="",
+        help="comma-separated: torch, flax (every flax cell of the kind), jax_cudnn (jax.experimental.rnn's cuDNN "
+        "LSTM, GPU only) (default: none)",
     )
     p.add_argument("--modes", default="fwd,fwd_bwd", help="comma-separated: fwd, fwd_bwd")
     p.add_argument(
@@ -112,6 +119,8 @@ def _impl_rows(text: str) -> list[str]:
 
 def _variants(text: str) -> list[str]:
     items = [t.strip() for t in text.split(",") if t.strip()]
+    if CUDNN_IMPL in items:
+        raise UserError(f"{CUDNN_IMPL!r} is a peer: ask for it with --peers jax_cudnn")
     bad = [t for t in items if t not in JAX_IMPLS and not (t.startswith("rnn_jax unroll=") and t[15:].isdigit())]
     if bad:
         raise UserError(f"unknown variants {bad}; expected some of {list(JAX_IMPLS)} or 'rnn_jax unroll=U'")
@@ -128,13 +137,28 @@ def _sizes_without_T(text: str) -> tuple[int, int, int]:
     return B, I, H
 
 
+def _cells(text: str) -> list[str]:
+    """``--cells``: built-in names and users' cells as ``module:attr``, each checked (importable, with an init)."""
+    names = [t for t in (s.strip() for s in text.split(",")) if t]
+    bad = [t for t in names if t not in GATES and ":" not in t]
+    if bad or not names:
+        raise UserError(
+            f"unknown cells {bad}; expected some of {list(GATES)} or your own Cell as module:attr "
+            f"(e.g. mypkg.cells:lngru)"
+        )
+    for name in names:
+        if resolve_cell(name).init is None:
+            raise UserError(f"the cell {name!r} has no init; the bench needs Cell(..., init=fn(key, I, H, dtype))")
+    return names
+
+
 def _layers(args) -> list[dict]:
     rows = _impl_rows(args.impls)
     return measure_layers(
         [parse_config(c) for c in (args.config or ["32,128,256,256"])],
-        cells=split_list(args.cells, list(GATES), "cells"),
+        cells=_cells(args.cells),
         impls=rows + [v for v in _variants(args.variants) if v not in rows],
-        peers=split_list(args.peers, ["torch", "flax"], "peers"),
+        peers=split_list(args.peers, list(PEERS), "peers"),
         modes=split_list(args.modes, list(MODES), "modes"),
         unrolls=_ints(args.unrolls, "--unrolls") if args.unrolls else (),
         dtype=args.dtype,
@@ -191,6 +215,7 @@ def cli_main(argv: list[str], prog: str = "rnn-jax bench") -> int:
     start = conditions()
     records = measure(args)
     header = dict(command=command, suite=suite, machine=machine(), dtype=args.dtype, runs=getattr(args, "runs", 1))
+    header.update(peers=bool(getattr(args, "peers", "")), interpret=any(r.get("interpret") for r in records))
     header.update(start=start, end=conditions())
     rows = summarize(records)
     print_header(header)

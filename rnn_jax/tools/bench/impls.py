@@ -10,20 +10,27 @@ from functools import partial
 import jax
 import jax.numpy as jnp
 
-from rnn_jax.cells import CELLS, Cell, identity_readout
+from rnn_jax.cells import CELLS, Cell, identity_readout, resolve_cell
+from rnn_jax.errors import UserError
 from rnn_jax.scan import IMPLS, run
-from rnn_jax.tools.bench.peers import flax_impl, nnx_rnn_impl
+from rnn_jax.tools.bench.peers import CUDNN_IMPL, cudnn_impl, flax_impl, nnx_rnn_impl
 from rnn_jax.tools.bench.timing import Shape, mean_square
 
 
 def bench_cell(name: str) -> Cell:
-    """The library cell timed as ``name``; the vanilla RNN without its output head, like torch's nn.RNN."""
-    cell = CELLS[name]
-    return dataclasses.replace(cell, readout=identity_readout) if name == "vanilla" else cell
+    """The cell timed as ``name`` (a built-in's name or a user's ``"module:attr"``); the vanilla RNN without
+    its output head, like torch's nn.RNN."""
+    cell = resolve_cell(name)
+    return dataclasses.replace(cell, readout=identity_readout) if cell is CELLS["vanilla"] else cell
 
 
 def cell_params(name: str, key, s: Shape, dtype):
-    return CELLS[name].init(key, s.I, s.H, dtype)  # the vanilla head W_hy goes unused: bench_cell drops it
+    """Params of one ``I -> H`` layer from the cell's own ``init`` (the vanilla head goes unused: see
+    :func:`bench_cell`)."""
+    cell = resolve_cell(name)
+    if cell.init is None:
+        raise UserError(f"the cell {name!r} has no init; the bench needs Cell(..., init=fn(key, I, H, dtype))")
+    return cell.init(key, s.I, s.H, dtype)
 
 
 def run_impl(name, s, dtype, key, **run_kwargs):
@@ -93,6 +100,7 @@ JAX_IMPLS: dict[str, Callable] = {
     "flax GRUCell": partial(flax_impl, cell_name="GRUCell"),
     "flax_interop.RNN OptimizedLSTMCell": partial(nnx_rnn_impl, ours=True),
     "nnx.RNN OptimizedLSTMCell": partial(nnx_rnn_impl, ours=False),
+    CUDNN_IMPL: cudnn_impl,
 }
 """Implementations by name: ``builder(cell, shape, dtype, key) -> (loss(params, xs), params)`` or ``None``
 where the implementation has no such cell. ``rnn_jax unroll=U`` is added for every ``--unrolls`` value."""

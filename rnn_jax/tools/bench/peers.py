@@ -1,10 +1,12 @@
-"""The peers ``rnn-jax bench`` times rnn_jax against: flax's ``nn.RNN`` cells (and ``nnx.RNN``) and torch's
-``nn.RNN``/``nn.LSTM``/``nn.GRU``."""
+"""The peers ``rnn-jax bench`` times rnn_jax against: flax's ``nn.RNN`` cells (and ``nnx.RNN``), torch's
+``nn.RNN``/``nn.LSTM``/``nn.GRU`` and, on GPU, cuDNN's LSTM inside JAX (``jax.experimental.rnn``)."""
 
 from __future__ import annotations
 
+import jax
 import jax.numpy as jnp
 
+from rnn_jax.errors import UserError
 from rnn_jax.tools.bench.timing import Shape, Timed, cpu_model, mean_square
 
 
@@ -12,7 +14,7 @@ def flax_impl(name, s, dtype, key, cell_name):
     import flax.linen as nn
 
     wanted = {"vanilla": ("SimpleCell",), "lstm": ("LSTMCell", "OptimizedLSTMCell"), "gru": ("GRUCell",)}
-    if cell_name not in wanted[name]:
+    if cell_name not in wanted.get(name, ()):
         return None
     model = nn.RNN(getattr(nn, cell_name)(features=s.H, param_dtype=dtype, dtype=dtype))
     params = model.init(key, jnp.zeros((s.B, s.T, s.I), dtype))
@@ -41,6 +43,39 @@ def nnx_rnn_impl(name, s, dtype, key, ours: bool):
 
 
 FLAX_IMPLS = ("flax LSTMCell", "flax OptimizedLSTMCell", "flax SimpleCell", "flax GRUCell")
+CUDNN_IMPL = "jax_cudnn LSTM"
+"""The row of ``jax.experimental.rnn.lstm``: cuDNN's fused LSTM layer, called from JAX (GPU only)."""
+PEER_ROWS = {**dict.fromkeys(FLAX_IMPLS, "flax"), CUDNN_IMPL: "jax_cudnn"}
+"""Rows of the JAX peers -> their library (the ``lib`` of the record, what the ratios compare against)."""
+TORCH_CELLS = ("vanilla", "lstm", "gru")
+
+
+def check_cudnn_platform() -> None:
+    """``--peers jax_cudnn`` needs a GPU: jax.experimental.rnn lowers for CUDA (and ROCm) only."""
+    if jax.default_backend() != "gpu":
+        raise UserError(
+            f"--peers jax_cudnn needs a GPU: jax.experimental.rnn runs cuDNN's LSTM and has no "
+            f"{jax.default_backend()} lowering"
+        )
+
+
+def cudnn_impl(name, s, dtype, key):
+    """One LSTM layer through ``jax.experimental.rnn.lstm`` (cuDNN), batch-major like the other rows; float32
+    only (its lowering takes float32 and float64)."""
+    if name != "lstm" or jnp.dtype(dtype) != jnp.float32:
+        return None
+    from jax.experimental import rnn as jax_rnn
+
+    weights = jax_rnn.init_lstm_weight(key, s.I, s.H, 1, False)
+    zeros_1BH = jnp.zeros((1, s.B, s.H), jnp.float32)
+    lengths_B = jnp.full((s.B,), s.T, jnp.int32)
+
+    def loss(weights, xs):
+        ys, _, _ = jax_rnn.lstm(xs, zeros_1BH, zeros_1BH, weights, lengths_B, input_size=s.I, hidden_size=s.H,
+                                num_layers=1, dropout=0.0, bidirectional=False)  # fmt: skip
+        return mean_square(ys)
+
+    return loss, weights
 
 
 def torch_module():

@@ -10,7 +10,9 @@ import sys
 from collections.abc import Sequence
 from typing import NamedTuple
 
-PEER_LIBS = ("torch", "flax")
+PEER_LIBS = ("torch", "flax", "jax_cudnn")
+INTERPRET_MARK = " *"
+"""Follows the impl of a row whose Pallas kernel ran in interpret mode (on the CPU); the header says what it means."""
 _CASE = ("cell", "mode", "B", "T", "I", "H", "dtype")
 _PER_RUN = ("run", "ms", "cpu_ms", "us_per_step", "gflops", "wall_ms_all", "cpu_ms_all")
 
@@ -116,18 +118,21 @@ def _cell_text(v) -> str:
 
 
 def print_table(rows: list[dict], file=None) -> None:
-    """A markdown table of :func:`summarize`'s rows; ``vs torch``/``vs flax``: the peer's time over this one."""
+    """A markdown table of :func:`summarize`'s rows; ``vs torch``/``vs flax``/``vs jax_cudnn``: the peer's
+    time over this one, a column for each peer library that was timed."""
     file = sys.stdout if file is None else file
     several = any(r.get("runs", 1) > 1 for r in rows)
+    peers = [lib for lib in PEER_LIBS if any(r.get("lib") == lib for r in rows)]
     cols = ["cell", "mode", "B", "T", "I", "H", "impl", "ms"] + (["ms min-max"] if several else [])
-    cols += ["us/step", "cpu_ms", "GFLOP/s", "compile_s", "peak_MB", "vs torch", "vs flax"]
+    cols += ["us/step", "cpu_ms", "GFLOP/s", "compile_s", "peak_MB"] + [f"vs {lib}" for lib in peers]
     lines = []
     for r in rows:
-        row = [r["cell"], r["mode"], r["B"], r["T"], r["I"], r["H"], r["impl"], r.get("ms")]
+        impl = r["impl"] + (INTERPRET_MARK if r.get("interpret") else "")
+        row = [r["cell"], r["mode"], r["B"], r["T"], r["I"], r["H"], impl, r.get("ms")]
         if several:
             row.append(None if r.get("ms_min") is None else f"{_number(r['ms_min'])}-{_number(r['ms_max'])}")
         row += [r.get("us_per_step"), r.get("cpu_ms"), r.get("gflops"), r.get("compile_s"), r.get("peak_mb")]
-        row += [format_ratio(_ratio(r.get(f"vs_{lib}"))) for lib in PEER_LIBS]
+        row += [format_ratio(_ratio(r.get(f"vs_{lib}"))) for lib in peers]
         lines.append([_cell_text(v) for v in row])
     widths = [max(len(c), *(len(line[i]) for line in lines)) if lines else len(c) for i, c in enumerate(cols)]
     print("| " + " | ".join(c.ljust(w) for c, w in zip(cols, widths)) + " |", file=file)
@@ -185,10 +190,16 @@ def print_header(header: dict, file=None) -> None:
         f"- load average (1, 5, 15 min): {_load_text(start)} at {start['time']}; {_load_text(end)} at {end['time']}",
         file=file,
     )
-    if header["suite"] == "layers":
+    if header["suite"] == "layers" and header.get("peers", True):
         print(
             f"- ratios: the fastest peer cell of the same kind over this row, paired run by run; median (min-max) "
             f"over {header['runs']} run(s); parity: the spread straddles 1",
+            file=file,
+        )
+    if header.get("interpret"):
+        print(
+            f"-{INTERPRET_MARK}: the Pallas kernel in interpret mode (no GPU): Pallas emulates it on the CPU, exact "
+            f"but slow; these times say nothing of the kernel's speed",
             file=file,
         )
 

@@ -10,7 +10,15 @@ import jax
 from rnn_jax import linear
 from rnn_jax.errors import UserError
 from rnn_jax.tools.bench.impls import DEFAULT_IMPLS, IMPL_ROW, jax_impl, python_loop_impl, run_impl
-from rnn_jax.tools.bench.peers import FLAX_IMPLS, torch_items, torch_module
+from rnn_jax.tools.bench.peers import (
+    CUDNN_IMPL,
+    FLAX_IMPLS,
+    PEER_ROWS,
+    TORCH_CELLS,
+    check_cudnn_platform,
+    torch_items,
+    torch_module,
+)
 from rnn_jax.tools.bench.timing import (
     DTYPES,
     MODES,
@@ -27,7 +35,9 @@ from rnn_jax.tools.bench.timing import (
 )
 
 
-def _jax_items(impls, cell, s: Shape, dtype_name: str, modes, key, max_loop_T: int, log=None) -> list[Timed]:
+def _jax_items(impls, cell, s: Shape, dtype_name: str, modes, key, max_loop_T: int, log, skips) -> list[Timed]:
+    """Compiled items of every JAX implementation of ``cell``; an ``impl=`` row that refuses this call is left
+    out, its reason appended to ``skips`` (and logged)."""
     dtype = DTYPES[dtype_name]
     xs = jax.random.normal(jax.random.fold_in(key, 1), (s.B, s.T, s.I), dtype)
     items = []
@@ -45,12 +55,15 @@ def _jax_items(impls, cell, s: Shape, dtype_name: str, modes, key, max_loop_T: i
             except UserError as err:  # an impl= that does not run this cell, e.g. custom_jvp for an LSTM
                 if not impl.startswith(IMPL_ROW.format("")):
                     raise
+                skips.append(f"{impl} skipped for {cell}: {err}")
                 if log:
-                    log(f"  {impl} skipped for {cell}: {err}")
+                    log(f"  {skips[-1]}")
                 break
-            meta = dict(impl=impl, lib="flax" if impl in FLAX_IMPLS else "jax", mode=mode, device=jax_device())
+            meta = dict(impl=impl, lib=PEER_ROWS.get(impl, "jax"), mode=mode, device=jax_device())
             meta.update(compile_s=round(compile_s, 3), peak_mb=None if peak is None else round(peak, 2))
             meta.update(threads=n_threads())
+            if impl == IMPL_ROW.format("pallas") and jax.default_backend() == "cpu":
+                meta["interpret"] = True  # Pallas emulates the kernel on the CPU: exact, and no measure of it
             items.append(Timed(meta=meta, call=runner(compiled, params, xs)))
     return items
 
@@ -79,7 +92,10 @@ def measure_layers(
     ``impl, lib, cell, mode, B, T, I, H, dtype, run, ms`` (median wall of the run), ``cpu_ms``,
     ``us_per_step``, ``gflops`` (matmul FLOPs per second), ``compile_s``, ``peak_mb`` (XLA's buffers,
     where reported), ``device``, ``threads`` and every raw time (``wall_ms_all``, ``cpu_ms_all``).
-    ``peers``: ``"flax"`` adds every flax cell of each kind, ``"torch"`` torch's ``nn.RNN/LSTM/GRU``.
+    ``peers``: ``"flax"`` adds every flax cell of each kind, ``"torch"`` torch's ``nn.RNN/LSTM/GRU``,
+    ``"jax_cudnn"`` cuDNN's LSTM through ``jax.experimental.rnn`` (GPU only). ``cells``: built-in names or
+    a user's cell as ``"module:attr"`` (it needs ``init``; the peers have no such cell). A
+    :class:`UserError` says why when nothing at all can be timed.
     """
     if runs < 1:
         raise UserError(f"--runs must be at least 1, got {runs}")
@@ -88,18 +104,23 @@ def measure_layers(
         impls += [i for i in FLAX_IMPLS if i not in impls]
     if "torch" in peers and torch_module() is None:
         raise UserError("--peers torch needs PyTorch: pip install 'rnn-jax[bench]' (the CPU build is enough)")
+    if "jax_cudnn" in peers:
+        check_cudnn_platform()
+        impls += [CUDNN_IMPL]
     key = jax.random.key(seed)
-    groups = []
+    groups, skips = [], []
     for s in shapes:
         for cell in cells:
             if log:
                 log(f"B={s.B} T={s.T} I={s.I} H={s.H} {cell}: compiling")
-            items = _jax_items(impls, cell, s, dtype, modes, key, max_loop_T, log)
-            if "torch" in peers:
+            items = _jax_items(impls, cell, s, dtype, modes, key, max_loop_T, log, skips)
+            if "torch" in peers and cell in TORCH_CELLS:
                 items += torch_items(cell, s, dtype, modes, n_threads())
             for item in items:
                 item.meta.update(cell=cell, B=s.B, T=s.T, I=s.I, H=s.H, dtype=dtype)
             groups.append(items)
+    if not any(groups):
+        raise UserError("nothing to time: " + ("; ".join(skips) or f"no implementation asked for runs {list(cells)}"))
     records = []
     for run_index in range(runs):
         for items in groups:

@@ -140,8 +140,10 @@ def compile_jax(fn, args) -> tuple[Callable, float, float | None]:
     return compiled, seconds, peak
 
 
-def matmul_flops(cell: str, s: Shape, mode: str) -> float:
+def matmul_flops(cell: str, s: Shape, mode: str) -> float | None:
     """Matmul FLOPs of one layer: ``x W_x`` and ``h W_h`` forward; ``dW_x``, ``dW_h``, ``dh`` backward."""
+    if cell not in GATES:  # a user's cell: its matmuls are unknown here
+        return None
     GH = GATES[cell] * s.H
     fwd = 2.0 * s.B * s.T * GH * (s.I + s.H)
     return fwd if mode == "fwd" else fwd + 2.0 * s.B * s.T * GH * (s.I + 2 * s.H)
