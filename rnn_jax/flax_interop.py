@@ -390,6 +390,7 @@ class RNN(nnx.Module):
         pick = lambda given, default: default if given is None else given  # noqa: E731
         time_major, reverse = pick(time_major, self.time_major), pick(reverse, self.reverse)
         inputs = jnp.asarray(inputs)
+        seq_lengths = None if seq_lengths is None else jnp.asarray(seq_lengths)  # a list, as nnx.RNN takes
         time_axis, batch = _layout(inputs, self.cell.num_feature_axes, time_major)
         options = dict(lengths=seq_lengths, time_major=time_major, reverse=reverse)
         options.update(unroll=self.unroll, remat=self.remat, impl=self.impl)
