@@ -118,6 +118,23 @@ def _recurrent_weight(key, hidden_size, n_blocks, dtype):
     return jnp.concatenate(blocks, axis=1).astype(dtype)
 
 
+def _checked_input_size(cell_name: str, params_type: type, field: str) -> Callable[[Params], int]:
+    """``input_size`` of a built-in cell, which also checks the params' type: ``run`` calls it once per call
+    while validating (never inside the loop), so wrong params get one line instead of an error deep in a step."""
+
+    def input_size(params) -> int:
+        if not isinstance(params, params_type) and getattr(params, "_fields", None) != params_type._fields:
+            fields = getattr(params, "_fields", None)
+            got = type(params).__name__ + (f" ({', '.join(fields)})" if fields else "")
+            raise UserError(
+                f"{cell_name}_cell expects {params_type.__name__} ({', '.join(params_type._fields)}), got {got}; "
+                f"make them with {cell_name}_init"
+            )
+        return getattr(params, field).shape[0]
+
+    return input_size
+
+
 def check_sizes(**sizes):
     """Raise a ValueError naming the first size that is not a positive integer."""
     for name, value in sizes.items():
@@ -184,7 +201,7 @@ vanilla_cell = Cell(
     step=_vanilla_step,
     readout=_vanilla_readout,
     init_carry=lambda p: jnp.zeros(p.W_hh.shape[:1], p.W_hh.dtype),
-    input_size=lambda p: p.W_xh.shape[0],
+    input_size=_checked_input_size("vanilla", VanillaParams, "W_xh"),
     init=_vanilla_layer_init,
 )
 
@@ -249,7 +266,7 @@ lstm_cell = Cell(
     step=_lstm_step,
     readout=identity_readout,
     init_carry=_lstm_zero,
-    input_size=lambda p: p.W_x.shape[0],
+    input_size=_checked_input_size("lstm", LSTMParams, "W_x"),
     saved=("lstm_gates",),
     init=lstm_init,
 )
@@ -312,7 +329,7 @@ gru_cell = Cell(
     step=_gru_step,
     readout=identity_readout,
     init_carry=lambda p: jnp.zeros(p.W_h.shape[:1], p.W_h.dtype),
-    input_size=lambda p: p.W_x.shape[0],
+    input_size=_checked_input_size("gru", GRUParams, "W_x"),
     saved=("gru_x", "gru_h"),
     init=gru_init,
 )

@@ -216,3 +216,21 @@ def test_help_of_each_cell_shows_its_equations(cell, equation):
     # A cell built without equations falls back to the Cell class's documentation.
     bare = R.Cell("mine", cell.project, cell.step, cell.readout, cell.init_carry, cell.input_size)
     assert "class Cell" in pydoc.render_doc(bare, renderer=pydoc.plaintext)
+
+
+@pytest.mark.parametrize(
+    ("cell", "params", "message"),
+    [
+        ("gru", R.LSTMParams, "gru_cell expects GRUParams (W_x, W_h, b, b_hn), got LSTMParams (W_x, W_h, b); "),
+        ("lstm", R.GRUParams, "lstm_cell expects LSTMParams (W_x, W_h, b), got GRUParams (W_x, W_h, b, b_hn); "),
+        ("vanilla", dict, "vanilla_cell expects VanillaParams (W_xh, W_hh, b_h, W_hy, b_y), got dict; "),
+    ],
+)
+def test_params_of_another_cell_are_one_line_naming_both(cell, params, message, key):
+    """Checked once where run validates its inputs, before any step (was: 'array split does not result in an
+    equal division' from inside the GRU step)."""
+    wrong = {"gru": R.lstm_init, "lstm": R.gru_init}.get(cell, lambda *a: {"W": jnp.ones((I, H))})(key, I, H)
+    assert isinstance(wrong, params)
+    with pytest.raises(R.UserError) as err:
+        R.run(R.CELLS[cell], wrong, None, jnp.ones((B, T, I)))
+    assert str(err.value) == message + f"make them with {cell}_init"
