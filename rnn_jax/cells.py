@@ -18,12 +18,16 @@ inside the sequential loop. Both routes compute the same function; the tests che
 from __future__ import annotations
 
 import dataclasses
+import importlib
+import sys
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 from jax.ad_checkpoint import checkpoint_name
+
+from rnn_jax.errors import UserError
 
 Array = jax.Array
 Carry = Any
@@ -42,6 +46,8 @@ __all__ = [
     "lstm_cell",
     "gru_cell",
     "CELLS",
+    "import_path",
+    "resolve_cell",
 ]
 
 
@@ -61,6 +67,9 @@ class Cell:
       saved: names (``jax.ad_checkpoint.checkpoint_name``) of the step's pre-activations from which
         its backward pass can be computed with elementwise work alone; where :func:`rnn_jax.run`
         chooses to, it stores only these per step and recomputes the gate nonlinearities.
+      init: ``(key, in_size, hidden_size, dtype=jnp.float32) -> params`` for a layer whose output ``y``
+        has ``hidden_size`` features (the vanilla cell's head ``W_hy`` maps ``H -> H``); ``None`` for a
+        cell that brings no init, which then cannot be built by the trainers or the bench.
     """
 
     name: str
@@ -71,6 +80,7 @@ class Cell:
     input_size: Callable[[Params], int]
     doc: str = ""
     saved: tuple[str, ...] = ()
+    init: Callable[..., Params] | None = None
 
     def __post_init__(self):
         if self.doc:  # pydoc shows an instance's own __doc__ (with its repr) instead of its class's
@@ -108,6 +118,23 @@ def _recurrent_weight(key, hidden_size, n_blocks, dtype):
     return jnp.concatenate(blocks, axis=1).astype(dtype)
 
 
+def _checked_input_size(cell_name: str, params_type: type, field: str) -> Callable[[Params], int]:
+    """``input_size`` of a built-in cell, which also checks the params' type: ``run`` calls it once per call
+    while validating (never inside the loop), so wrong params get one line instead of an error deep in a step."""
+
+    def input_size(params) -> int:
+        if not isinstance(params, params_type) and getattr(params, "_fields", None) != params_type._fields:
+            fields = getattr(params, "_fields", None)
+            got = type(params).__name__ + (f" ({', '.join(fields)})" if fields else "")
+            raise UserError(
+                f"{cell_name}_cell expects {params_type.__name__} ({', '.join(params_type._fields)}), got {got}; "
+                f"make them with {cell_name}_init"
+            )
+        return getattr(params, field).shape[0]
+
+    return input_size
+
+
 def check_sizes(**sizes):
     """Raise a ValueError naming the first size that is not a positive integer."""
     for name, value in sizes.items():
@@ -143,6 +170,11 @@ def vanilla_init(key, in_size: int, hidden_size: int, out_size: int, dtype=jnp.f
     )
 
 
+def _vanilla_layer_init(key, in_size: int, hidden_size: int, dtype=jnp.float32) -> VanillaParams:
+    """:func:`vanilla_init` for a layer: the head ``W_hy`` maps ``hidden_size -> hidden_size``."""
+    return vanilla_init(key, in_size, hidden_size, hidden_size, dtype)
+
+
 def _vanilla_project(p: VanillaParams, x_I):
     return x_I @ p.W_xh + p.b_h
 
@@ -169,7 +201,8 @@ vanilla_cell = Cell(
     step=_vanilla_step,
     readout=_vanilla_readout,
     init_carry=lambda p: jnp.zeros(p.W_hh.shape[:1], p.W_hh.dtype),
-    input_size=lambda p: p.W_xh.shape[0],
+    input_size=_checked_input_size("vanilla", VanillaParams, "W_xh"),
+    init=_vanilla_layer_init,
 )
 
 
@@ -233,8 +266,9 @@ lstm_cell = Cell(
     step=_lstm_step,
     readout=identity_readout,
     init_carry=_lstm_zero,
-    input_size=lambda p: p.W_x.shape[0],
+    input_size=_checked_input_size("lstm", LSTMParams, "W_x"),
     saved=("lstm_gates",),
+    init=lstm_init,
 )
 
 
@@ -295,8 +329,45 @@ gru_cell = Cell(
     step=_gru_step,
     readout=identity_readout,
     init_carry=lambda p: jnp.zeros(p.W_h.shape[:1], p.W_h.dtype),
-    input_size=lambda p: p.W_x.shape[0],
+    input_size=_checked_input_size("gru", GRUParams, "W_x"),
     saved=("gru_x", "gru_h"),
+    init=gru_init,
 )
 
 CELLS: dict[str, Cell] = {"vanilla": vanilla_cell, "lstm": lstm_cell, "gru": gru_cell}
+
+
+def import_path(cell: Cell) -> str | None:
+    """``"module:attr"`` from which ``cell`` can be imported, found without a registry: the module that
+    defines its ``step`` (or ``project``) is searched for an attribute that is this very cell. ``None``
+    where there is none: a cell made inside a function, or in ``__main__`` (another process cannot import it).
+    """
+    for fn in (cell.step, cell.project):
+        module_name = getattr(fn, "__module__", None)
+        module = sys.modules.get(module_name) if isinstance(module_name, str) else None
+        if module is None or module_name == "__main__":
+            continue
+        for attr, value in vars(module).items():
+            if value is cell:
+                return f"{module_name}:{attr}"
+    return None
+
+
+def resolve_cell(spec) -> Cell:
+    """The :class:`Cell` that ``spec`` names: a Cell itself, a built-in name (``"gru"``) or an import path
+    ``"module:attr"`` (``"mypkg.cells:lngru"``); a :class:`~rnn_jax.UserError` naming what came otherwise."""
+    if isinstance(spec, Cell):
+        return spec
+    if isinstance(spec, str) and spec in CELLS:
+        return CELLS[spec]
+    if isinstance(spec, str) and ":" in spec:
+        module_name, _, attr = spec.partition(":")
+        try:
+            module = importlib.import_module(module_name)
+        except ImportError as err:
+            raise UserError(f"cannot import the cell {spec!r}: {err}") from None
+        cell = getattr(module, attr, None)
+        if not isinstance(cell, Cell):
+            raise UserError(f"{spec!r} must name an rnn_jax.Cell, got {type(cell).__name__}")
+        return cell
+    raise UserError(f"cell must be one of {list(CELLS)}, an rnn_jax.Cell or an import path 'module:attr', got {spec!r}")

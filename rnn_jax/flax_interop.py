@@ -49,8 +49,6 @@ from rnn_jax.cells import (
     LSTMParams,
     LSTMState,
     VanillaParams,
-    gru_init,
-    lstm_init,
     vanilla_init,
 )
 from rnn_jax.errors import UserError
@@ -84,7 +82,7 @@ def _init_params(name: str, key, sizes: tuple, param_dtype, inits: dict):
     elif out_features is not None:
         raise UserError(f"out_features is only for the vanilla cell (its W_hy head); the {name} cell outputs h")
     else:
-        params = {"lstm": lstm_init, "gru": gru_init}[name](key, in_features, hidden_features, param_dtype)
+        params = CELLS[name].init(key, in_features, hidden_features, param_dtype)
     drawn = {}
     for i, (arg, init) in enumerate(sorted(inits.items())):
         for j, field in enumerate(_INIT_FIELDS[name][arg] if init is not None else ()):
@@ -392,6 +390,7 @@ class RNN(nnx.Module):
         pick = lambda given, default: default if given is None else given  # noqa: E731
         time_major, reverse = pick(time_major, self.time_major), pick(reverse, self.reverse)
         inputs = jnp.asarray(inputs)
+        seq_lengths = None if seq_lengths is None else jnp.asarray(seq_lengths)  # a list, as nnx.RNN takes
         time_axis, batch = _layout(inputs, self.cell.num_feature_axes, time_major)
         options = dict(lengths=seq_lengths, time_major=time_major, reverse=reverse)
         options.update(unroll=self.unroll, remat=self.remat, impl=self.impl)

@@ -42,17 +42,15 @@ import numpy as np
 from jax import lax
 
 from rnn_jax.cells import (
+    CELLS,
     Cell,
     GRUParams,
     LSTMParams,
     LSTMState,
     VanillaParams,
     gru_cell,
-    gru_init,
     lstm_cell,
-    lstm_init,
     vanilla_cell,
-    vanilla_init,
 )
 from rnn_jax.errors import UserError
 from rnn_jax.scan import run, vmap_batch, zeros_carry
@@ -146,13 +144,9 @@ def cell_of(params) -> Cell:
 
 def cell_init(kind: str, key, in_size: int, hidden_size: int, dtype=jnp.float32):
     """Params of a ``"vanilla"``, ``"lstm"`` or ``"gru"`` cell whose output ``y`` has ``hidden_size`` features."""
-    if kind == "vanilla":  # the head maps h to an output of the same size: the features the model uses
-        return vanilla_init(key, in_size, hidden_size, hidden_size, dtype)
-    if kind == "lstm":
-        return lstm_init(key, in_size, hidden_size, dtype)
-    if kind == "gru":
-        return gru_init(key, in_size, hidden_size, dtype)
-    raise UserError(f"cell must be one of 'vanilla', 'lstm', 'gru', got {kind!r}")
+    if kind not in CELLS:
+        raise UserError(f"cell must be one of 'vanilla', 'lstm', 'gru', got {kind!r}")
+    return CELLS[kind].init(key, in_size, hidden_size, dtype)  # a vanilla head maps h -> h: the model's features
 
 
 def _out_size(params) -> int:

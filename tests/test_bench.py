@@ -10,9 +10,13 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from rnn_jax import Cell
+from rnn_jax.cells import identity_readout
 from rnn_jax.cli import main as cli
 from rnn_jax.errors import UserError
 from rnn_jax.tools import bench
+from rnn_jax.tools.bench import cli as bench_cli
+from rnn_jax.tools.bench import impls, peers, timing
 
 FIELDS = {"impl", "cell", "mode", "B", "T", "I", "H", "dtype", "ms", "compile_s", "device"}
 
@@ -42,7 +46,8 @@ def test_cli_layers_writes_json_lines_and_png(tmp_path, capsys):
     assert header["start"]["time"].endswith("UTC") and len(header["end"]["load"]) == 3
     assert png.read_bytes()[:4] == b"\x89PNG"
     table = capsys.readouterr().out
-    assert "| rnn_jax unroll=2 " in table and "vs torch" in table and "- machine: cpu" in table
+    assert "| rnn_jax unroll=2 " in table and "- machine: cpu" in table
+    assert "vs torch" not in table and "vs flax" not in table and "- ratios" not in table  # no peer was asked for
     assert "- command: `rnn-jax bench --config 2,3,4,5" in table and "- load average (1, 5, 15 min): " in table
 
 
@@ -129,7 +134,7 @@ def test_acceptance_command_at_tiny_sizes(tmp_path, capsys):
 
 
 def test_impls_time_run_with_each_impl_and_skip_the_cells_an_impl_does_not_run():
-    rows = bench._impl_rows("auto,scan,custom_jvp")
+    rows = bench_cli._impl_rows("auto,scan,custom_jvp")
     assert rows == ["rnn_jax", "rnn_jax impl=scan", "rnn_jax impl=custom_jvp"]
     notes = []
     records = bench.measure_layers(
@@ -143,9 +148,9 @@ def test_impls_time_run_with_each_impl_and_skip_the_cells_an_impl_does_not_run()
     # Each row is run(..., impl=...): the same loss and gradient as the default, by another algorithm.
     s, key = bench.Shape(2, 3, 4, 5), jax.random.key(0)
     xs = jax.random.normal(key, (2, 3, 4))
-    ref = jax.value_and_grad(bench._run_impl("vanilla", s, jnp.float32, key)[0])
+    ref = jax.value_and_grad(bench.run_impl("vanilla", s, jnp.float32, key)[0])
     for row in rows[1:]:
-        loss, params = bench._jax_impl(row)("vanilla", s, jnp.float32, key)
+        loss, params = impls.jax_impl(row)("vanilla", s, jnp.float32, key)
         (v, g), (v0, g0) = jax.value_and_grad(loss)(params, xs), ref(params, xs)
         np.testing.assert_allclose(v, v0, rtol=1e-6)
         jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7), g, g0)
@@ -157,10 +162,10 @@ def test_help_shows_the_default_suite_and_every_default(capsys):
     assert exit_.value.code == 0
     text = " ".join(capsys.readouterr().out.split())
     assert "--runs RUNS" in text and "(default: 32,128,256,256)" in text and "bench compile --help" in text
-    parser = bench._layers_parser("rnn-jax bench")
+    parser = bench_cli._layers_parser("rnn-jax bench")
     for action in parser._actions:
         if action.dest != "help":
-            assert "default" in bench._Help("x")._get_help_string(action), action.option_strings
+            assert "default" in bench_cli._Help("x")._get_help_string(action), action.option_strings
 
 
 def test_compile_and_linear_suites():
@@ -178,9 +183,9 @@ def test_bad_arguments():
         with pytest.raises(UserError, match="four positive integers"):
             bench.parse_config(bad)
     with pytest.raises(UserError, match="unknown variants"):
-        bench._variants("scan inside,cudnn")
+        bench_cli._variants("scan inside,cudnn")
     with pytest.raises(UserError, match="unknown impls"):
-        bench._impl_rows("auto,cudnn")
+        bench_cli._impl_rows("auto,cudnn")
     with pytest.raises(UserError, match="--runs must be at least 1"):
         bench.measure_layers([bench.Shape(1, 2, 3, 4)], runs=0)
     assert cli(["bench", "--config", "1,2,3", "--reps", "1"]) == 2  # a UserError: one line, exit status 2
@@ -190,6 +195,101 @@ def test_torch_peer():
     """Skipped where torch is not installed, except in CI (``.ci/run`` installs it and sets the variable)."""
     if os.environ.get("RNN_JAX_REQUIRE_TORCH") != "1":
         pytest.importorskip("torch")
-    items = bench._torch_items("gru", bench.Shape(2, 3, 4, 5), "float32", ["fwd", "fwd_bwd"], threads=1)
-    bench._time_rounds(items, warmup=1, reps=1, rounds=1)
+    items = peers.torch_items("gru", bench.Shape(2, 3, 4, 5), "float32", ["fwd", "fwd_bwd"], threads=1)
+    timing.time_rounds(items, warmup=1, reps=1, rounds=1)
     assert [i.meta["impl"] for i in items] == ["torch nn.GRU"] * 2 and all(len(i.wall) == 1 for i in items)
+
+
+def _ind_init(key, in_size, hidden_size, dtype=jnp.float32):
+    return {"W": jax.random.normal(key, (in_size, hidden_size), dtype), "u": jnp.full((hidden_size,), 0.5, dtype)}
+
+
+# A user's cell (an IndRNN), for --cells tests.test_bench:user_cell; no_init_cell lacks the init the bench needs.
+user_cell = Cell(
+    "indrnn",
+    project=lambda p, x_I: x_I @ p["W"],
+    step=lambda p, h_H, u_H: (jax.nn.relu(u_H + p["u"] * h_H),) * 2,
+    readout=identity_readout,
+    init_carry=lambda p: jnp.zeros_like(p["u"]),
+    input_size=lambda p: p["W"].shape[0],
+    init=_ind_init,
+)
+no_init_cell = Cell("no_init", user_cell.project, user_cell.step, identity_readout, user_cell.init_carry,
+                    user_cell.input_size)  # fmt: skip
+
+
+def test_user_cell_by_import_path_is_timed_beside_the_built_ins(tmp_path, capsys):
+    out = tmp_path / "b.jsonl"
+    args = ["bench", "--config", "2,3,4,5", "--cells", "tests.test_bench:user_cell,gru", "--modes", "fwd_bwd"]
+    assert cli(args + ["--warmup", "1", "--reps", "1", "--rounds", "1", "--json", str(out)]) == 0
+    raw = _json_lines(out)["raw"]
+    assert [(r["cell"], r["impl"]) for r in raw] == [("tests.test_bench:user_cell", "rnn_jax"), ("gru", "rnn_jax")]
+    assert raw[0]["ms"] > 0 and raw[0]["gflops"] is None and raw[1]["gflops"] > 0  # a user cell's FLOPs: unknown
+    assert "| tests.test_bench:user_cell | fwd_bwd " in capsys.readouterr().out
+    # Its loss is the cell's own: the bench's params come from user_cell.init.
+    loss, params = bench.run_impl("tests.test_bench:user_cell", bench.Shape(2, 3, 4, 5), jnp.float32, jax.random.key(0))
+    jax.tree.map(np.testing.assert_array_equal, params, _ind_init(jax.random.key(0), 4, 5))
+    for bad, message in [
+        (
+            "lngru",
+            "unknown cells ['lngru']; expected some of ['vanilla', 'lstm', 'gru'] or your own Cell as module:attr",
+        ),
+        ("tests.test_bench:no_init_cell", "the cell 'tests.test_bench:no_init_cell' has no init"),
+        ("tests.test_bench:nothing", "'tests.test_bench:nothing' must name an rnn_jax.Cell, got NoneType"),
+        ("no_such_module:cell", "cannot import the cell 'no_such_module:cell'"),
+    ]:
+        assert cli(["bench", "--config", "2,3,4,5", "--cells", bad]) == 2
+        err = capsys.readouterr().err
+        assert message in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_pallas_on_cpu_is_marked_interpret_and_a_refused_config_exits_2(capsys):
+    args = ["bench", "--config", "2,3,4,5", "--cells", "vanilla", "--impls", "scan,pallas", "--modes", "fwd"]
+    assert cli(args + ["--warmup", "1", "--reps", "1", "--rounds", "1"]) == 0
+    table = capsys.readouterr().out
+    assert "| rnn_jax impl=pallas * |" in table and "| rnn_jax impl=scan " in table
+    assert "- *: the Pallas kernel in interpret mode (no GPU)" in table
+    # H=300 does not fit the kernel: nothing is timed, and the bench says why in one line.
+    assert cli(["bench", "--config", "2,3,4,300", "--cells", "lstm", "--impls", "pallas", "--modes", "fwd"]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    last = captured.err.strip().splitlines()[-1]
+    assert last.startswith("rnn-jax bench: error: nothing to time: rnn_jax impl=pallas skipped for lstm: ")
+    assert "H=300 does not fit on chip" in last
+
+
+def test_jax_cudnn_peer_needs_a_gpu(capsys):
+    if jax.default_backend() == "gpu":
+        pytest.skip("on a GPU the peer runs: test_jax_cudnn_peer_equals_our_lstm_on_gpu")
+    assert cli(["bench", "--config", "2,3,4,5", "--cells", "lstm", "--peers", "jax_cudnn"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == (
+        "rnn-jax bench: error: --peers jax_cudnn needs a GPU: jax.experimental.rnn runs cuDNN's LSTM and has no "
+        "cpu lowering"
+    )
+    assert cli(["bench", "--variants", "jax_cudnn LSTM"]) == 2
+    assert "ask for it with --peers jax_cudnn" in capsys.readouterr().err
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(jax.default_backend() != "gpu", reason="needs a GPU (run experiments/device_check.sh)")
+def test_jax_cudnn_peer_equals_our_lstm_on_gpu():
+    """The cuDNN row computes our LSTM: its packed weights (torch's layout, gate order i, f, g, o) unpacked into
+    LSTMParams give the same loss and gradient through rnn_jax.run."""
+    from jax.experimental import rnn as jax_rnn
+
+    import rnn_jax as R
+
+    s = bench.Shape(3, 7, 4, 5)
+    loss, weights = peers.cudnn_impl("lstm", s, jnp.float32, jax.random.key(0))
+    xs = jax.random.normal(jax.random.key(1), (s.B, s.T, s.I))
+    W_ih, W_hh, b_ih, b_hh = jax_rnn.unpack_lstm_weights(weights, s.I, s.H, 1, False)
+    ours = R.LSTMParams(W_x=W_ih[0].T, W_h=W_hh[0].T, b=b_ih[0] + b_hh[0])
+    with jax.default_matmul_precision("highest"):
+        want = jax.value_and_grad(lambda p: jnp.mean(R.run(R.lstm_cell, p, None, xs)[1] ** 2))(ours)
+        got_value, got_grad = jax.jit(jax.value_and_grad(loss))(weights, xs)
+    np.testing.assert_allclose(got_value, want[0], rtol=2e-3)
+    dW_ih, dW_hh, db_ih, _ = jax_rnn.unpack_lstm_weights(got_grad, s.I, s.H, 1, False)
+    np.testing.assert_allclose(dW_ih[0].T, want[1].W_x, rtol=2e-2, atol=1e-5)
+    np.testing.assert_allclose(dW_hh[0].T, want[1].W_h, rtol=2e-2, atol=1e-5)
+    np.testing.assert_allclose(db_ih[0], want[1].b, rtol=2e-2, atol=1e-5)

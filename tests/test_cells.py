@@ -78,8 +78,7 @@ def test_lstm_and_gru_match_numpy_loops(x64):
 @pytest.mark.parametrize("name", ["lstm", "gru", "vanilla"])
 def test_check_grads_through_time(x64, name):
     k = jax.random.split(jax.random.key(3), 3)
-    init = {"lstm": R.lstm_init, "gru": R.gru_init, "vanilla": lambda k, i, h, dtype: R.vanilla_init(k, i, h, O, dtype)}
-    params = init[name](k[0], I, H, dtype=jnp.float64)
+    params = R.CELLS[name].init(k[0], I, H, dtype=jnp.float64)
     xs = jax.random.normal(k[1], (B, T, I), jnp.float64)
     carry = R.zeros_carry(R.CELLS[name], params, (B,))
     carry = jax.tree.map(lambda c: c + 0.3, carry)
@@ -146,13 +145,12 @@ def test_lstm_and_gru_equal_flax_linen_with_same_weights(jit):
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
 @pytest.mark.parametrize("name", ["vanilla", "lstm", "gru"])
 def test_dtype_is_kept(name, dtype, key):
-    init = {"lstm": R.lstm_init, "gru": R.gru_init, "vanilla": lambda k, i, h, dtype: R.vanilla_init(k, i, h, O, dtype)}
-    params = init[name](key, I, H, dtype=dtype)
+    params = R.CELLS[name].init(key, I, H, dtype=dtype)
     assert all(leaf.dtype == dtype for leaf in jax.tree.leaves(params))
     carry, ys = R.run(R.CELLS[name], params, None, jnp.ones((B, T, I), dtype))
     assert all(leaf.dtype == dtype for leaf in jax.tree.leaves(carry))
     assert ys.dtype == dtype
-    assert ys.shape == (B, T, O if name == "vanilla" else H)
+    assert ys.shape == (B, T, H)
 
 
 def test_initialisers(key):
@@ -166,6 +164,33 @@ def test_initialisers(key):
     assert vp.W_xh.shape == (I, H) and vp.W_hy.shape == (H, O)
     gp = R.gru_init(key, I, H)
     assert gp.W_x.shape == (I, 3 * H) and gp.W_h.shape == (H, 3 * H) and gp.b_hn.shape == (H,)
+
+
+@pytest.mark.parametrize("name", ["vanilla", "lstm", "gru"])
+def test_cell_init_is_the_named_init(name, key):
+    """``cell.init`` draws what the named init draws from the same key; the vanilla head maps H -> H."""
+    named = {
+        "vanilla": lambda k, i, h, dtype: R.vanilla_init(k, i, h, h, dtype),
+        "lstm": R.lstm_init,
+        "gru": R.gru_init,
+    }[name]
+    for dtype in (jnp.float32, jnp.bfloat16):
+        got, want = R.CELLS[name].init(key, I, H, dtype), named(key, I, H, dtype=dtype)
+        assert type(got) is type(want)
+        jax.tree.map(np.testing.assert_array_equal, got, want)
+    assert all(leaf.dtype == jnp.float32 for leaf in jax.tree.leaves(R.CELLS[name].init(key, I, H)))
+
+
+def test_user_cell_has_no_init_by_default():
+    cell = R.Cell(
+        "mine",
+        project=lambda p, x: x,
+        step=lambda p, h, u: (h + u, h + u),
+        readout=lambda p, z: z,
+        init_carry=lambda p: jnp.zeros(I),
+        input_size=lambda p: I,
+    )
+    assert cell.init is None
 
 
 @pytest.mark.parametrize("bad", [0, -3, 2.5, True])
@@ -191,3 +216,21 @@ def test_help_of_each_cell_shows_its_equations(cell, equation):
     # A cell built without equations falls back to the Cell class's documentation.
     bare = R.Cell("mine", cell.project, cell.step, cell.readout, cell.init_carry, cell.input_size)
     assert "class Cell" in pydoc.render_doc(bare, renderer=pydoc.plaintext)
+
+
+@pytest.mark.parametrize(
+    ("cell", "params", "message"),
+    [
+        ("gru", R.LSTMParams, "gru_cell expects GRUParams (W_x, W_h, b, b_hn), got LSTMParams (W_x, W_h, b); "),
+        ("lstm", R.GRUParams, "lstm_cell expects LSTMParams (W_x, W_h, b), got GRUParams (W_x, W_h, b, b_hn); "),
+        ("vanilla", dict, "vanilla_cell expects VanillaParams (W_xh, W_hh, b_h, W_hy, b_y), got dict; "),
+    ],
+)
+def test_params_of_another_cell_are_one_line_naming_both(cell, params, message, key):
+    """Checked once where run validates its inputs, before any step (was: 'array split does not result in an
+    equal division' from inside the GRU step)."""
+    wrong = {"gru": R.lstm_init, "lstm": R.gru_init}.get(cell, lambda *a: {"W": jnp.ones((I, H))})(key, I, H)
+    assert isinstance(wrong, params)
+    with pytest.raises(R.UserError) as err:
+        R.run(R.CELLS[cell], wrong, None, jnp.ones((B, T, I)))
+    assert str(err.value) == message + f"make them with {cell}_init"

@@ -1,20 +1,23 @@
 """The char-LM trainer end to end: learn a tiny text, sample it back, resume exactly after SIGKILL, stop on
 NaN with the last good checkpoint intact, and answer every bad input with one line."""
 
+import dataclasses
 import json
 import os
 import signal
 import subprocess
 import sys
 import time
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from rnn_jax import checkpoint, cli
+from rnn_jax import Cell, checkpoint, cli
 from rnn_jax.apps import charlm
+from rnn_jax.cells import identity_readout
 from rnn_jax.errors import UserError
 
 TINY = "".join(f"hello world {i % 5}\n" for i in range(240))  # 3360 characters, 15 distinct
@@ -309,3 +312,69 @@ def test_help_shows_a_default_for_every_flag_and_readme_commands_parse(capsys):
     args = parser.parse_args(["sample", "--ckpt", "runs/charlm", "--prime", "ROMEO:", "--length", "300",
                               "--temperature", "0.8"])  # fmt: skip
     assert (args.ckpt, args.prime, args.length, args.temperature) == ("runs/charlm", "ROMEO:", 300, 0.8)
+
+
+class IndParams(NamedTuple):
+    W: jax.Array  # [I, H]
+    u: jax.Array  # [H]
+    b: jax.Array  # [H]
+
+
+def _ind_init(key, in_size, hidden_size, dtype=jnp.float32):
+    k_w, k_u = jax.random.split(key)
+    W = jax.random.normal(k_w, (in_size, hidden_size), dtype) / np.sqrt(in_size)
+    return IndParams(W, jax.random.uniform(k_u, (hidden_size,), dtype), jnp.zeros((hidden_size,), dtype))
+
+
+def _ind_step(p, h_H, u_H):
+    h_H = jax.nn.relu(u_H + p.u * h_H)
+    return h_H, h_H
+
+
+# A user's cell (an IndRNN), importable as "tests.test_charlm:indrnn_cell".
+indrnn_cell = Cell(
+    "indrnn",
+    project=lambda p, x_I: x_I @ p.W + p.b,
+    step=_ind_step,
+    readout=identity_readout,
+    init_carry=lambda p: jnp.zeros_like(p.b),
+    input_size=lambda p: p.W.shape[0],
+    init=_ind_init,
+)
+
+
+def _user_cfg(cell, out, steps=4, **kw):
+    return charlm.CharLMConfig(text=TINY, cell=cell, layers=2, hidden_size=6, embed_size=4, batch_size=3, seq_len=8,
+                               steps=steps, warmup_steps=1, eval_every=steps, eval_chars=40, samples=0,
+                               out=str(out), verbose=False, **kw)  # fmt: skip
+
+
+def test_user_cell_trains_checkpoints_its_import_path_and_loads_back(tmp_path, capsys):
+    result = charlm.train(_user_cfg(indrnn_cell, tmp_path / "ind"))
+    assert isinstance(result.params.layers[0], IndParams) and result.params.layers[1].W.shape == (6, 6)
+    meta = checkpoint.read_meta(tmp_path / "ind" / "best.ckpt")
+    assert meta["config"]["cell"] == "tests.test_charlm:indrnn_cell"
+    assert meta["cell"] == {"name": "indrnn", "builtin": False, "import_path": "tests.test_charlm:indrnn_cell",
+                            "module": "tests.test_charlm"}  # fmt: skip
+    model = charlm.load_model(result.out)
+    assert model.config.cell is indrnn_cell
+    jax.tree.map(np.testing.assert_array_equal, model.params, result.params)  # the best model is the last here
+    assert charlm.cli_main(["sample", "--ckpt", result.out, "--length", "5", "--prime", "he"]) == 0
+    assert len(capsys.readouterr().out.strip()) == 7
+    resumed = charlm.train(_user_cfg(indrnn_cell, tmp_path / "ind", steps=6, resume=True))
+    assert resumed.steps == 6
+
+
+def test_user_cell_without_import_path_or_init_says_what_to_pass(tmp_path):
+    local = dataclasses.replace(indrnn_cell, name="local_ind")  # made in a function: nothing can import it
+    result = charlm.train(_user_cfg(local, tmp_path / "local", steps=2))
+    with pytest.raises(UserError, match=r"trained with the user cell 'local_ind' defined in tests.test_charlm; "
+                                        r"pass it: load_model\(.*, cell=<that Cell>\)"):  # fmt: skip
+        charlm.load_model(result.out)
+    model = charlm.load_model(result.out, cell=local)
+    jax.tree.map(np.testing.assert_array_equal, model.params, result.params)
+    with pytest.raises(UserError, match="the cell 'no_init' has no init; the trainer needs one"):
+        charlm.train(_user_cfg(dataclasses.replace(indrnn_cell, name="no_init", init=None), tmp_path / "n"))
+    with pytest.raises(UserError, match="cannot import the cell 'no_such_pkg:cell'"):
+        charlm.train(_user_cfg("no_such_pkg:cell", tmp_path / "n"))
+    assert not (tmp_path / "n").exists()

@@ -1,5 +1,6 @@
 """docs/cells.md runs as written, and its IndRNN equals a float64 Python loop."""
 
+import os
 import re
 from pathlib import Path
 
@@ -14,13 +15,20 @@ PAGE = Path(__file__).resolve().parents[1] / "docs" / "cells.md"
 
 
 @pytest.fixture(scope="module")
-def page():
-    """Every ```python block of the page, run in order in one namespace (each block's asserts hold)."""
+def page(tmp_path_factory):
+    """Every ```python block of the page, run in order in one namespace (each block's asserts hold), in a
+    fresh directory: the page trains a char-LM into runs/."""
     blocks = re.findall(r"```python\n(.*?)```", PAGE.read_text(), flags=re.DOTALL)
-    assert len(blocks) >= 7, "the page lost its examples"
+    assert len(blocks) >= 9, "the page lost its examples"
     namespace: dict = {"__name__": "docs_cells"}
-    for block in blocks:
-        exec(compile(block, str(PAGE), "exec"), namespace)
+    here, where = os.getcwd(), tmp_path_factory.mktemp("docs_cells")
+    namespace["__test_dir__"] = where
+    os.chdir(where)
+    try:
+        for block in blocks:
+            exec(compile(block, str(PAGE), "exec"), namespace)
+    finally:
+        os.chdir(here)
     return namespace
 
 
@@ -41,6 +49,15 @@ def _python_loop(params, xs_BTI, lengths=None, reverse=False):
 
 def test_page_runs(page):
     assert isinstance(page["indrnn_cell"], R.Cell) and page["indrnn_cell"].saved == ("indrnn_pre",)
+
+
+def test_page_trains_its_cell_with_the_charlm_trainer(page):
+    """The trained IndRNN language model learnt something of its toy text and loads back as it was saved."""
+    result, model = page["result"], page["model"]
+    assert result.val_loss < np.log(result.vocab.size) - 0.5  # better than a uniform guess
+    jax.tree.map(np.testing.assert_array_equal, model.params, result.params)
+    with pytest.raises(R.UserError, match="defined in docs_cells; pass it: load_model"):
+        page["charlm"].load_model(page["__test_dir__"] / result.out)
 
 
 @pytest.mark.parametrize("reverse", [False, True])

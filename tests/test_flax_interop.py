@@ -41,9 +41,9 @@ def _functional_run(name, params, xs, lengths):
 
 
 def _init(name, key):
-    if name == "vanilla":
+    if name == "vanilla":  # a head to 6 outputs, not the layer's H -> H
         return R.vanilla_init(key, I, H, 6)
-    return {"lstm": R.lstm_init, "gru": R.gru_init}[name](key, I, H)
+    return R.CELLS[name].init(key, I, H)
 
 
 @pytest.mark.parametrize("name", ["vanilla", "lstm"])  # the GRU: in the two tests below
@@ -476,3 +476,16 @@ def test_bench_times_our_rnn_against_nnx_rnn_on_flax_optimized_lstm():
         for loss, params in (bench._jax_impl(i)("lstm", s, jnp.float32, key) for i in impls)
     )
     _close((ours, g_ours["cell"]), (theirs, g_theirs["cell"]), atol=1e-6)
+
+
+@pytest.mark.parametrize("cell_kind", ["fused", "flax"])
+def test_seq_lengths_as_a_list_like_nnx_rnn(cell_kind):
+    """A drop-in takes what nnx.RNN takes: seq_lengths as a Python list (nnx.RNN itself takes one only without
+    return_carry and reverse; ours takes it everywhere)."""
+    cell = RNNCell("gru", I, H, rngs=nnx.Rngs(14)) if cell_kind == "fused" else nnx.GRUCell(I, H, rngs=nnx.Rngs(14))
+    xs, as_list = _xs(15), [int(n) for n in LENGTHS]
+    theirs = nnx.RNN(cell)(xs, seq_lengths=as_list)
+    _close(_valid(RNN(cell)(xs, seq_lengths=as_list)), _valid(theirs), atol=1e-6)
+    for reverse in (False, True):
+        ours = RNN(cell, return_carry=True, reverse=reverse)
+        _close(ours(xs, seq_lengths=as_list), ours(xs, seq_lengths=LENGTHS))

@@ -34,7 +34,7 @@ from rnn_jax import checkpoint, decode, losses
 from rnn_jax import distributed as D
 from rnn_jax import harness as H
 from rnn_jax import train as T
-from rnn_jax.cells import CELLS
+from rnn_jax.cells import CELLS, Cell, import_path, resolve_cell
 from rnn_jax.data import text as textdata
 from rnn_jax.errors import UserError
 from rnn_jax.harness import field, shared_field
@@ -71,6 +71,10 @@ class CharLMConfig:
 
     The text comes from one of ``text`` (the text itself, Python only), ``text_path`` (a UTF-8 file; the
     CLI's ``--text``) or ``corpus`` (a name; the default corpus when all three are ``None``).
+
+    ``cell`` is a built-in cell's name, or from Python your own :class:`rnn_jax.Cell` (it needs ``init``;
+    its output ``y`` must have ``hidden_size`` features) or its import path ``"module:attr"``. Checkpoints
+    record the cell: a user cell by its import path where it has one, so that loading finds it.
     """
 
     # data
@@ -80,7 +84,7 @@ class CharLMConfig:
     val_fraction: float = field(0.1, "the last fraction of the text validates")
     batching: str = field("tbptt", "tbptt: B streams, carry passed on; random: windows", choices=("tbptt", "random"))
     # model (defaults by measurement: see docs/charlm.md)
-    cell: str = shared_field("cell", "gru")
+    cell: str = shared_field("cell", "gru")  # or, from Python, an rnn_jax.Cell with an init, or "module:attr"
     hidden_size: int = shared_field("hidden_size", 256)
     layers: int = shared_field("layers", 2)
     embed_size: int = shared_field("embed_size", 64)  # 0: one-hot inputs, as in the lecture
@@ -144,8 +148,13 @@ class LMParams(NamedTuple):
 
 
 def check_config(cfg: CharLMConfig) -> CharLMConfig:
-    """Reject bad values with one line naming the field; fill in the default budget."""
-    cfg = H.check_config(cfg)
+    """Reject bad values with one line naming the field; fill in the default budget. ``cell`` comes back as
+    a built-in's name or a user's :class:`Cell`."""
+    cell = model_cell(cfg)
+    builtin = CELLS.get(cell.name) is cell
+    # The harness checks cells by name; a user's Cell was checked just now, so its check sees a valid name.
+    cfg = H.check_config(dataclasses.replace(cfg, cell=cell.name if builtin else "gru"))
+    cfg = dataclasses.replace(cfg, cell=cell.name if builtin else cell)
     if cfg.batching not in ("tbptt", "random"):
         raise UserError(f"batching must be 'tbptt' or 'random', got {cfg.batching!r}")
     for name in ("eval_streams", "eval_window", "sample_len"):
@@ -163,21 +172,74 @@ def check_config(cfg: CharLMConfig) -> CharLMConfig:
 
 
 # ---------------------------------------------------------------------------------------------------
+# The cell: built in, or the user's
+# ---------------------------------------------------------------------------------------------------
+
+
+def model_cell(cfg: CharLMConfig) -> Cell:
+    """The :class:`Cell` of ``cfg.cell`` (a name, a Cell or ``"module:attr"``); it must bring an ``init``."""
+    cell = resolve_cell(cfg.cell)
+    if cell.init is None:
+        raise UserError(
+            f"the cell {cell.name!r} has no init; the trainer needs one: "
+            f"Cell(..., init=fn(key, in_size, hidden_size, dtype) -> params)"
+        )
+    return cell
+
+
+def cell_record(cell: Cell) -> dict:
+    """What a checkpoint says about its cell: the name, and for a user's cell where to import it from."""
+    builtin = CELLS.get(cell.name) is cell
+    return {"name": cell.name, "builtin": builtin, "import_path": None if builtin else import_path(cell),
+            "module": getattr(cell.step, "__module__", None)}  # fmt: skip
+
+
+def _stored_cell_spec(cell: Cell) -> str:
+    """``cell`` as the stored config spells it: a built-in's name, else its import path, else its name."""
+    record = cell_record(cell)
+    return record["name"] if record["builtin"] else record["import_path"] or record["name"]
+
+
+def _is_vanilla(cfg: CharLMConfig) -> bool:
+    return resolve_cell(cfg.cell) is CELLS["vanilla"]
+
+
+def _loaded_cell(run, ckpt, given) -> str | Cell:
+    """The cell a checkpoint needs: ``given`` when the caller passes one, else the one it records."""
+    if given is not None:
+        return resolve_cell(given)
+    record = run.meta.get("cell") or {"name": run.config.cell, "builtin": run.config.cell in CELLS}
+    if record["builtin"]:
+        return record["name"]
+    path = record.get("import_path")
+    how = f"pass it: load_model({str(ckpt)!r}, cell=<that Cell>)"
+    if path is None:
+        where = record.get("module") or "a place no other process can import"
+        raise UserError(f"{ckpt} was trained with the user cell {record['name']!r} defined in {where}; {how}")
+    try:
+        return resolve_cell(path)
+    except UserError as err:
+        raise UserError(f"{ckpt} was trained with the cell {record['name']!r} from {path}: {err}; {how}") from None
+
+
+# ---------------------------------------------------------------------------------------------------
 # The model
 # ---------------------------------------------------------------------------------------------------
 
 
 def init_params(key, cfg: CharLMConfig, vocab_size: int) -> LMParams:
-    """Embedding ``N(0, 1)``, cells as their own ``*_init``, head ``N(0, 1/H)`` and zero bias."""
+    """Embedding ``N(0, 1)``, cells as their own ``cell.init``, head ``N(0, 1/H)`` and zero bias."""
     k_embed, k_head, *k_layers = jax.random.split(key, 2 + cfg.layers)
-    hidden = cfg.hidden_size
+    hidden, cell, vanilla = cfg.hidden_size, model_cell(cfg), _is_vanilla(cfg)
     layers = []
     for layer, k in enumerate(k_layers):
         n_in = (cfg.embed_size or vocab_size) if layer == 0 else hidden
-        last_vanilla = cfg.cell == "vanilla" and layer == cfg.layers - 1
-        layers.append(H.init_cell(cfg.cell, k, n_in, hidden, out_size=vocab_size if last_vanilla else None))
+        if vanilla and layer == cfg.layers - 1:  # the lecture's head W_hy emits the logits
+            layers.append(H.init_cell("vanilla", k, n_in, hidden, out_size=vocab_size))
+        else:
+            layers.append(cell.init(k, n_in, hidden))
     embed = jax.random.normal(k_embed, (vocab_size, cfg.embed_size)) if cfg.embed_size else None
-    if cfg.cell == "vanilla":
+    if vanilla:
         head_W = head_b = None
     else:
         head_W = jax.random.normal(k_head, (hidden, vocab_size)) / math.sqrt(hidden)
@@ -211,7 +273,7 @@ def _leading_ones(b_V, ndim: int):
 
 
 def zero_carries(cfg: CharLMConfig, params: LMParams, batch: int):
-    cell = CELLS[cfg.cell]
+    cell = resolve_cell(cfg.cell)
     return tuple(zeros_carry(cell, p, (batch,)) for p in params.layers)
 
 
@@ -231,7 +293,7 @@ def forward(params: LMParams, cfg: CharLMConfig, carries, x_BT, *, key=None):
     # the features the output layer reads, so that --dropout regularises a one-layer model too.
     k_stack, k_out = jax.random.split(key) if key is not None else (None, None)
     finals, h_BTH = run_stack(
-        CELLS[cfg.cell],
+        resolve_cell(cfg.cell),
         params.layers,
         list(carries),
         _embed(params, x_BT),
@@ -265,7 +327,7 @@ def loss_fn(params: LMParams, carries, batch: textdata.TextBatch, key, *, cfg: C
 
 def token_step(cfg: CharLMConfig):
     """The decoding step ``(params, carries, token) -> (carries, logits_V)`` for one example."""
-    cell = CELLS[cfg.cell]
+    cell = resolve_cell(cfg.cell)
 
     def step(params: LMParams, carries, token):
         x = _embed(params, token)
@@ -441,7 +503,8 @@ def _load_data(cfg: CharLMConfig) -> _Data:
     text_hash = _text_hash(ids)
     if meta is not None:
         stored = H.stored_config(CharLMConfig, meta)
-        H.check_resumable(stored, cfg, MODEL_FIELDS + DATA_FIELDS, cfg.out)
+        spelled = dataclasses.replace(cfg, cell=_stored_cell_spec(resolve_cell(cfg.cell)))  # as stored
+        H.check_resumable(stored, spelled, MODEL_FIELDS + DATA_FIELDS, cfg.out)
         if meta.get("text_sha256") not in (None, text_hash):
             raise UserError(f"the checkpoint in {cfg.out} was trained on another text; resume on the same text")
     return _Data(vocab, split, source, len(text), text_hash, meta)
@@ -456,9 +519,10 @@ def _start(cfg: CharLMConfig, data: _Data, out: Path, log):
             state = state._replace(opt_state=T.set_total_steps(state.opt_state, cfg.steps))
         log(f"resuming {out} at step {int(state.step)}")
     n_params = sum(int(np.prod(p.shape)) for p in jax.tree.leaves(state.params))
+    cell_name = resolve_cell(cfg.cell).name
     log(
         f"charlm: {data.source}: {data.n_chars:,} characters, vocabulary {data.vocab.size}, "
-        f"{len(data.split.train):,} train / {len(data.split.val):,} validation; {cfg.layers}x{cfg.cell} "
+        f"{len(data.split.train):,} train / {len(data.split.val):,} validation; {cfg.layers}x{cell_name} "
         f"H={cfg.hidden_size} ({n_params:,} params), B={cfg.batch_size} T={cfg.seq_len} {cfg.batching}, "
         f"{cfg.dtype}" + (f", {cfg.devices} devices" if cfg.devices else "")
     )
@@ -513,8 +577,9 @@ def train(cfg: CharLMConfig) -> TrainResult:
         batcher = D.ProcessBatches(batcher, cfg.batch_size, mesh)
     step_fn = T.make_train_step(partial(loss_fn, cfg=_model_cfg(cfg)), optimizer, mesh=mesh,
                                 compute_dtype=compute_dtype, has_carry=True)  # fmt: skip
-    meta = H.run_meta(KIND, dataclasses.replace(cfg, text=None), vocab=data.vocab.chars,
-                      text_sha256=data.text_hash, source=data.source)  # fmt: skip
+    cell = resolve_cell(cfg.cell)
+    meta = H.run_meta(KIND, dataclasses.replace(cfg, text=None, cell=_stored_cell_spec(cell)), vocab=data.vocab.chars,
+                      text_sha256=data.text_hash, source=data.source, cell=cell_record(cell))  # fmt: skip
     options = H.fit_options(cfg, item_name="chars")._replace(verbose=cfg.verbose and main)
     result = H.fit(state, step_fn, batcher, options, evaluate=_make_evaluate(cfg, data, compute_dtype),
                    checkpointer=D.for_processes(checkpoint.Checkpointer(out, meta)),
@@ -549,13 +614,19 @@ class LoadedModel(NamedTuple):
     meta: dict
 
 
-def load_model(ckpt: str, which: str = "best") -> LoadedModel:
-    """The model of a run directory (its ``best`` checkpoint, else its ``latest``) or of a ``.ckpt`` file."""
+def load_model(ckpt: str, which: str = "best", cell: Cell | str | None = None) -> LoadedModel:
+    """The model of a run directory (its ``best`` checkpoint, else its ``latest``) or of a ``.ckpt`` file.
+
+    A run of a user's cell loads it from the import path its checkpoint records; where it has none (a cell
+    defined in ``__main__`` or inside a function), pass the cell: ``load_model(run_dir, cell=my_cell)``.
+    The returned ``config.cell`` is then the :class:`Cell` itself.
+    """
     run = H.read_run(ckpt, which, KIND, CharLMConfig)
+    config = dataclasses.replace(run.config, cell=_loaded_cell(run, ckpt, cell))
     vocab = textdata.Vocab(run.meta["vocab"])
-    template, _ = _build(run.config, vocab.size, 1)
+    template, _ = _build(config, vocab.size, 1)
     params = H.load_params(run, template, expect={"vocab": vocab.chars})
-    return LoadedModel(params, run.config, vocab, run.meta)
+    return LoadedModel(params, config, vocab, run.meta)
 
 
 # ---------------------------------------------------------------------------------------------------
