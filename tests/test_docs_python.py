@@ -22,6 +22,7 @@ def test_the_page_has_examples():
     assert "Character-level language model" in _sections()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("title", sorted(_sections()))
 def test_examples_run(title, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)  # the examples' run directories go here
