@@ -26,6 +26,7 @@ def _json_lines(path):
     return {kind: [r for r in lines if r["kind"] == kind] for kind in ("header", "raw", "summary")}
 
 
+@pytest.mark.slow
 def test_cli_layers_writes_json_lines_and_png(tmp_path, capsys):
     out, png = tmp_path / "bench.jsonl", tmp_path / "bench.png"
     args = ["bench", "--config", "2,3,4,5", "--config", "2,6,4,5", "--cells", "vanilla", "--impls", "auto"]
@@ -101,6 +102,7 @@ def test_ratio_edges():
         bench.ratio_of_runs([1.0], [1.0, 2.0])
 
 
+@pytest.mark.slow
 def test_acceptance_command_at_tiny_sizes(tmp_path, capsys):
     """The issue's command (every cell, both peers where torch is installed, several runs) at tiny sizes."""
     peers = "torch,flax" if importlib.util.find_spec("torch") else "flax"

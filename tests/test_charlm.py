@@ -46,6 +46,7 @@ def trained(text_file, tmp_path_factory):
     return buf.getvalue(), out
 
 
+@pytest.mark.slow
 def test_train_prints_json_summary_last(trained):
     stdout, out = trained
     summary = json.loads(stdout.strip().splitlines()[-1])
@@ -66,6 +67,7 @@ def test_train_prints_json_summary_last(trained):
                            "best_val_loss": summary["best_val_loss"], "best_step": summary["best_step"]}  # fmt: skip
 
 
+@pytest.mark.slow
 def test_sample_continues_the_prime(trained, capsys):
     _, out = trained
     argv = ["charlm", "sample", "--ckpt", str(out), "--prime", "hello w", "--length", "12", "--temperature", "0"]
@@ -82,6 +84,7 @@ def _cli_error(capsys, argv):
     return err
 
 
+@pytest.mark.slow
 def test_bad_inputs_are_one_line_errors(trained, text_file, tmp_path, capsys):
     _, out = trained
     (tmp_path / "empty.txt").write_text("")
@@ -134,6 +137,7 @@ def test_texts_that_cannot_train_exit_2_with_one_line_and_write_nothing(tmp_path
     assert not out.exists() and sorted(p.name for p in tmp_path.iterdir()) == ["data"]
 
 
+@pytest.mark.slow
 def test_nan_stops_cleanly_with_last_good_checkpoint(text_file, tmp_path, monkeypatch):
     real_loss = charlm.loss_fn
 
@@ -170,6 +174,7 @@ def _reference_nll(params, cfg, ids):
     return total / (len(ids) - 1)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("cell, impl", [("lstm", "scan"), ("vanilla", "auto"), ("vanilla", "custom_jvp")])
 def test_validation_loss_covers_every_character_and_equals_a_loop(cell, impl):
     # 23 validation characters (22 predictions) over 4 streams of windows of 5: nothing divides.
@@ -188,6 +193,7 @@ def test_validation_loss_covers_every_character_and_equals_a_loop(cell, impl):
     np.testing.assert_allclose(one_stream, _reference_nll(params, cfg, ids), rtol=1e-5)
 
 
+@pytest.mark.slow
 def test_bf16_random_windows_and_python_text_train(text_file, tmp_path, capsys):
     cfg = charlm.CharLMConfig(text=TINY, cell="gru", layers=2, dropout=0.2, embed_size=0, hidden_size=16,
                               batch_size=4, seq_len=8, dtype="bfloat16", batching="random", steps=40,
@@ -226,6 +232,7 @@ def test_python_errors_name_fields_and_paths(tmp_path):
     assert not (tmp_path / "r").exists()
 
 
+@pytest.mark.slow
 def test_dropout_reaches_the_output_layer_of_a_one_layer_model():
     """One layer: the only dropout is on the features the (linear) output layer reads, so the logits are
     random with a key, equal to the deterministic ones without, and equal to them on average over keys."""
@@ -260,6 +267,7 @@ def _train_argv(text_file, out, steps, checkpoint_every=100):
             "--eval-every", "1000", "--eval-chars", "200", "--samples", "0", "--out", str(out), *SMALL]  # fmt: skip
 
 
+@pytest.mark.slow
 def test_resume_after_sigkill_is_exact(text_file, tmp_path):
     steps = 300
     env = dict(os.environ, JAX_PLATFORMS="cpu")

@@ -265,6 +265,7 @@ def test_old_charlm_runs_load_and_sample(run):
     assert len(text) == 9 and set(text) <= set(vocab.chars)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("run", ["seq2seq_lstm1", "seq2seq_gru2"])
 def test_old_seq2seq_runs_load_and_translate(run):
     model = seq2seq.load_model(str(FIXTURES / run))
@@ -274,6 +275,7 @@ def test_old_seq2seq_runs_load_and_translate(run):
     assert len(outputs) == 2 and all(set(o) <= set(target_chars) for o in outputs)
 
 
+@pytest.mark.slow
 def test_old_charlm_run_resumes_for_one_step(tmp_path):
     run = tmp_path / "run"
     shutil.copytree(FIXTURES / "charlm_gru1", run)

@@ -99,6 +99,7 @@ def test_end_token_freezes_each_sequence_under_vmap_and_jit():
         np.testing.assert_allclose(one.log_prob, _log_prob(table, logits_BV[b], seq), rtol=1e-5)
 
 
+@pytest.mark.slow
 def test_sampling_filters_that_reduce_to_greedy():
     table, logits0 = _table(3)
     want = greedy(table_step, table, jnp.int32(0), logits0, max_len=L).tokens.tolist()
@@ -122,6 +123,7 @@ def test_fixed_key_reproducible_and_keys_differ():
     assert len(others) > 1
 
 
+@pytest.mark.slow
 def test_first_token_frequencies_match_the_filtered_distribution():
     """Temperature, then top-k, then top-p: the empirical frequencies match the filtered softmax."""
     logits = jnp.array([2.0, 1.0, 0.5, -1.0])
@@ -148,6 +150,7 @@ def test_first_token_frequencies_match_the_filtered_distribution():
     np.testing.assert_allclose(freq(top_p=0.8), np.r_[p2, 0, 0], atol=0.03)
 
 
+@pytest.mark.slow
 def test_prime_equals_python_loop_and_composes_with_an_lstm_carry():
     """prime feeds a prefix through a real cell stack (LSTMState carry) exactly like a Python loop."""
     H = 5
@@ -174,6 +177,7 @@ def test_prime_equals_python_loop_and_composes_with_an_lstm_carry():
         np.testing.assert_allclose(b.log_probs[0], g.log_prob, rtol=1e-5)
 
 
+@pytest.mark.slow
 def test_the_lecture_hello_example():
     """Lecture 10's char-level example: a vanilla RNN on "hello" (vocabulary h, e, l, o) learns the next
     character and, primed with "h", samples "hello" back."""

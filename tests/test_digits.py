@@ -219,6 +219,7 @@ EXTRA = {
 
 # generate is left out (it trains two models: ~15 s of compiles); its model is tested above, and the
 # whole run is in docs/digits.md.
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["classify", "caption", "glimpse", "video"])
 def test_experiment_runs_end_to_end(name, tmp_path, capsys):
     pytest.importorskip("sklearn")
@@ -300,6 +301,7 @@ def _loss_cases(captioner, generator):
     }  # fmt: skip
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["classifier", "caption", "generator", "glimpse", "video"])
 def test_run_options_reach_every_training_loss(name, captioner, generator):
     """Each loss with ``impl="scan", unroll=2`` equals the default in value and gradient (float32 tolerance),

@@ -198,6 +198,7 @@ def runs(tmp_path_factory):
             "survivor": (survivor_code[0], survivor_out[0][1])}  # fmt: skip
 
 
+@pytest.mark.slow
 def test_two_processes_train_like_one_process_with_the_same_devices(runs):
     one, two = _final(runs["root"] / "one"), _final(runs["root"] / "two")
     assert (one["processes"], one["devices"]) == (1, 4) and (two["processes"], two["devices"]) == (2, 4)
@@ -209,6 +210,7 @@ def test_two_processes_train_like_one_process_with_the_same_devices(runs):
     assert l1[STEPS] < l1[1]  # it trains
 
 
+@pytest.mark.slow
 def test_launch_prints_a_header_then_prefixes_each_process_output(runs):
     lines = [line for line in runs["launch_stdout"].splitlines() if line.strip()]
     header = [line for line in lines if line.startswith("rnn-jax launch: ")]
@@ -216,6 +218,7 @@ def test_launch_prints_a_header_then_prefixes_each_process_output(runs):
     assert all(line.startswith(("[p0] ", "[p1] ")) for line in lines if line not in header)
 
 
+@pytest.mark.slow
 def test_a_killed_process_stops_the_other_with_one_line_saying_how_to_go_on(runs):
     assert runs["killed_code"] == -signal.SIGKILL
     code, err = runs["survivor"]
@@ -228,6 +231,7 @@ def test_a_killed_process_stops_the_other_with_one_line_saying_how_to_go_on(runs
     assert runs["step_at_kill"] == 4  # the last checkpoint before the kill (at step 5), intact
 
 
+@pytest.mark.slow
 def test_resumed_with_two_processes_ends_bit_identical_to_the_uninterrupted_run(runs):
     root = runs["root"]
     resumed, full = _final(root / "part"), _final(root / "two")
@@ -235,6 +239,7 @@ def test_resumed_with_two_processes_ends_bit_identical_to_the_uninterrupted_run(
     assert all(_losses(root / "part")[s] == _losses(root / "two")[s] for s in range(5, STEPS + 1))
 
 
+@pytest.mark.slow
 def test_resumed_with_one_process_of_the_same_device_count_matches(runs):
     single, full = _final(runs["root"] / "alone"), _final(runs["root"] / "two")
     assert single["processes"] == 1 and single["devices"] == 4
@@ -244,6 +249,7 @@ def test_resumed_with_one_process_of_the_same_device_count_matches(runs):
     assert sorted(_losses(runs["root"] / "alone")) == list(range(5, STEPS + 1))
 
 
+@pytest.mark.slow
 def test_charlm_trainer_on_two_processes_equals_one_process_of_four_devices(runs):
     from rnn_jax.apps import charlm
 
@@ -264,6 +270,7 @@ def test_charlm_trainer_on_two_processes_equals_one_process_of_four_devices(runs
     assert len(summaries) == 1 and summaries[0].startswith("[p0] "), runs["charlm_stdout"][-3000:]
 
 
+@pytest.mark.slow
 def test_seq2seq_trainer_on_two_processes_equals_one_process_of_four_devices(runs):
     from rnn_jax.apps import seq2seq
 

@@ -16,6 +16,7 @@ def _load(name):
     return module
 
 
+@pytest.mark.slow
 def test_linear_scan_forms_agree_with_the_sequential_loop(capsys):
     rows = _load("linear_scan_forms").main(["--T", "16,64", "--B", "2", "--H", "3", "--reps", "1"])
     assert {r["form"] for r in rows} == {"sequential", "associative", "blocked"} and len(rows) == 6
@@ -25,6 +26,7 @@ def test_linear_scan_forms_agree_with_the_sequential_loop(capsys):
     capsys.readouterr()
 
 
+@pytest.mark.slow
 def test_lstm_backward_forms_give_autodiffs_gradients(capsys):
     # main() asserts that every chunked backward's gradients equal autodiff's; chunks of 1, 4 and T.
     rows = _load("lstm_backward_forms").main(
@@ -34,12 +36,14 @@ def test_lstm_backward_forms_give_autodiffs_gradients(capsys):
     assert "matmul floor" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_vanilla_custom_jvp_keeps_gradients_and_forward_mode(capsys):
     row = _load("vanilla_custom_jvp").main(["--config", "3,7,4,5", "--rounds", "1", "--reps", "1"])
     assert row["grad_rel_err"] < 1e-4 and row["jvp_rel_err"] < 1e-4
     capsys.readouterr()
 
 
+@pytest.mark.slow
 def test_char_lm_script_reads_key_value_and_config_file(tmp_path, capsys):
     from rnn_jax.harness import config_from_argv
 

@@ -41,6 +41,7 @@ def _loss(cell, unroll, params, xs, lengths):
     return jnp.sum(jnp.sin(ys)) + sum(jnp.sum(c**2) for c in jax.tree.leaves(final))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["lstm"])
 def test_default_unroll_equals_unroll_one(name):
     """The default unroll (4 here: a small carry on CPU) changes neither values nor gradients."""
@@ -55,6 +56,7 @@ def test_default_unroll_equals_unroll_one(name):
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6), g_default, g_one)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["vanilla", "lstm"])
 def test_every_impl_and_knob_equals_the_default(name):
     """Every implementation that accepts the call, and the knobs hoist/unroll, give the default's loss and
@@ -123,6 +125,7 @@ def test_auto_plan_takes_the_fast_path_only_where_it_applies():
     assert plan(R.lstm_cell, "cpu") == R.Plan("scan", False, 4, ())
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("batch, time_major", [((), False), ((B,), False), ((2, B), True)])
 def test_vanilla_fast_path_equals_the_scan_in_values_gradients_and_forward_mode(batch, time_major, x64):
     """Float64: impl="custom_jvp" (the default on CPU) against impl="scan", for params, h0 and xs, in

@@ -157,6 +157,7 @@ def _loss_of(carry_and_ys):
     return jnp.sum(ys**2) + sum(jnp.sum(jnp.sin(c)) for c in jax.tree.leaves(carry))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", sorted(FLAX_CELLS))
 def test_flax_cells_run_fused_as_under_nnx_rnn(kind, monkeypatch):
     cell, xs = FLAX_CELLS[kind](I, H, rngs=nnx.Rngs(0)), _xs(2)
@@ -420,6 +421,7 @@ def _xent(logits, targets):
     return optax.softmax_cross_entropy_with_integer_labels(logits, targets).mean()
 
 
+@pytest.mark.slow
 def test_flax_model_trains_and_matches_functional_training():
     ids = jnp.array([[VOCAB.index(c) for c in TEXT]])
     xs, targets = jax.nn.one_hot(ids[:, :-1], V), ids[:, 1:]
@@ -461,6 +463,7 @@ def test_flax_model_trains_and_matches_functional_training():
     np.testing.assert_array_equal(module_logits(fresh), functional_logits(params, xs))
 
 
+@pytest.mark.slow
 def test_bench_times_our_rnn_against_nnx_rnn_on_flax_optimized_lstm():
     from rnn_jax.tools import bench
 

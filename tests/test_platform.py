@@ -1,5 +1,6 @@
 """run's choices follow the platform being lowered for, not the host: lowered for cuda/tpu from this CPU."""
 
+import os
 import re
 
 import jax
@@ -101,3 +102,18 @@ def test_equal_plans_need_no_platform_switch():
     jaxpr = jax.make_jaxpr(lambda p, x: R.run(R.lstm_cell, p, None, x, impl="scan", hoist=True, unroll=2))
     assert "platform_index" not in str(jaxpr(_params("lstm"), xs))
     assert "platform_index" in str(jax.make_jaxpr(lambda p, x: R.run(R.vanilla_cell, p, None, x))(params, xs))
+
+
+def test_the_suite_runs_on_cpu_unless_asked_for_the_gpu():
+    """tests/conftest.py: CPU by default; ``-m gpu`` leaves JAX's default (the GPU where there is one); an
+    explicit ``RNN_JAX_TEST_PLATFORM`` or ``JAX_PLATFORMS`` wins."""
+    from tests.conftest import platform_for
+
+    for expr in ("", "not slow", "not gpu", "gpu or not gpu", "slow"):
+        assert platform_for(expr, {}) == "cpu", expr
+    for expr in ("gpu", "gpu and not slow", "(gpu)"):
+        assert platform_for(expr, {}) is None, expr
+    assert platform_for("gpu", {"JAX_PLATFORMS": "cpu"}) == "cpu"
+    assert platform_for("", {"RNN_JAX_TEST_PLATFORM": "cuda", "JAX_PLATFORMS": "cpu"}) == "cuda"
+    if os.environ["JAX_PLATFORMS"] == "cpu":  # set by conftest before collection: it reached JAX
+        assert jax.default_backend() == "cpu"

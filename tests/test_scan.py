@@ -77,6 +77,7 @@ def _loss(cell, params, carry, xs, **kw):
     return jnp.sum(ys**2) + sum(jnp.sum(c**2) for c in jax.tree.leaves(final))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["vanilla", "lstm"])
 def test_unroll_remat_and_jit_do_not_change_results(name):
     k = jax.random.split(jax.random.key(5), 2)
@@ -96,6 +97,7 @@ def test_unroll_remat_and_jit_do_not_change_results(name):
         jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5), grad, base_grad)
 
 
+@pytest.mark.slow
 def test_sqrt_remat_gradients_equal_plain_in_float64(x64):
     params = _params("vanilla", jax.random.key(6), jnp.float64)
     xs = jax.random.normal(jax.random.key(7), (2, 50, I), jnp.float64)
@@ -140,6 +142,7 @@ def _masking_case(draw):
 _jit_run = jax.jit(R.run, static_argnums=0, static_argnames="reverse")
 
 
+@pytest.mark.slow
 @given(_masking_case())
 def test_masking_matches_each_sequence_run_alone(case):
     """Past each length outputs are zero; the final carry is the carry of the unpadded sequence alone,
@@ -177,6 +180,7 @@ def test_learnable_initial_carry_gets_the_batch_sum_of_gradients():
     np.testing.assert_allclose(g, g_each.sum(0), rtol=1e-5)
 
 
+@pytest.mark.slow
 def test_stack_equals_manual_composition_and_dropout_needs_a_key():
     k = jax.random.split(jax.random.key(14), 4)
     layers = [R.lstm_init(k[0], I, H), R.lstm_init(k[1], H, H), R.lstm_init(k[2], H, H)]
@@ -313,6 +317,7 @@ def test_lengths_above_T_under_jit_act_as_T(lstm_params):
     jax.tree.map(np.testing.assert_array_equal, over, exact)
 
 
+@pytest.mark.slow
 def test_pallas_impl_restores_batch_shape_and_layout():
     """run flattens every batch dimension into the kernel's N and puts the outputs back where xs has time."""
     params = _params("vanilla", jax.random.key(18))

@@ -43,6 +43,7 @@ def trained(tmp_path_factory):
     return S.train(config, task=_tiny_reverse(), log=lambda msg: None), out
 
 
+@pytest.mark.slow
 def test_learns_reversal_and_writes_the_run(trained):
     result, out = trained
     summary = result.summary()
@@ -60,6 +61,7 @@ def test_learns_reversal_and_writes_the_run(trained):
     assert json.loads((out / "summary.json").read_text())["exact_match"] == result.exact_match
 
 
+@pytest.mark.slow
 def test_translate_from_checkpoint(trained):
     _, out = trained
     model = S.load_model(str(out))
@@ -72,6 +74,7 @@ def test_translate_from_checkpoint(trained):
         S.translate(model, ["abc"], beam=0)
 
 
+@pytest.mark.slow
 def test_export_to_float16_loads_back_and_translates_the_same(trained, tmp_path):
     _, out = trained
     model = S.load_model(str(out))
@@ -91,6 +94,7 @@ def test_export_to_float16_loads_back_and_translates_the_same(trained, tmp_path)
         S.export_model(model, tmp_path / "x.ckpt", dtype="int8")
 
 
+@pytest.mark.slow
 def test_cli_export_evaluate_and_translate_a_file(trained, tmp_path, capsys):
     _, out = trained
     info = tmp_path / "info.json"
@@ -134,6 +138,7 @@ def _fresh_model(key):
     return prep, params._replace(out=params.out._replace(W=3.0 * params.out.W, b=params.out.b.at[P.EOS].add(1.0)))
 
 
+@pytest.mark.slow
 def test_beam_never_scores_worse_than_greedy_and_log_probs_are_the_models(trained, key):
     """On an untrained model (uncertain distributions, where beams and greedy differ most)."""
     prep, params = _fresh_model(key)
@@ -155,6 +160,7 @@ def test_beam_never_scores_worse_than_greedy_and_log_probs_are_the_models(traine
                 np.testing.assert_allclose(-ce[r, : len(t)].sum(), logp[r], rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.slow
 def test_scheduled_sampling_loss(key):
     params = S.init_params(S.Config(**TINY), 6, 7, key)
     b = P.pad_batch([[3, 4], [5, 3, 4]], [[4, 5, 6], [6]])
@@ -180,6 +186,7 @@ def test_scheduled_sampling_loss(key):
     assert [schedule(0), schedule(50), schedule(100), schedule(1000)] == [1.0, 0.75, 0.5, 0.5]
 
 
+@pytest.mark.slow
 def test_cli_pairs_file_with_word_targets_resume_and_evaluate_from_elsewhere(tmp_path, capsys, monkeypatch):
     rows = [f"{w}\t{' '.join(w.upper())}" for w in ("ab", "ba", "abc", "cab", "bca", "ca", "cc", "a", "bb", "acb")]
     tsv = tmp_path / "spell.tsv"
@@ -240,6 +247,7 @@ def test_cli_pairs_file_with_word_targets_resume_and_evaluate_from_elsewhere(tmp
     assert [second[k] for k in ("n", "wer", "token_error_rate")] == [first[k] for k in ("n", "wer", "token_error_rate")]
 
 
+@pytest.mark.slow
 def test_cli_stacked_layers_with_dropout_train_resume_and_translate(tmp_path, capsys):
     out = tmp_path / "deep"
     argv = ["train", "--task", "reverse", "--steps", "3", "--batch", "8", "--hidden", "8", "--embed", "4"]
@@ -295,6 +303,7 @@ def test_cli_bad_pairs_files(tmp_path):
         S.train(S.Config(steps=1, resume=True, out=str(tmp_path / "fresh"), **TINY), task=_tiny_reverse())
 
 
+@pytest.mark.slow
 def test_vocabulary_and_max_len_come_from_the_training_split(trained):
     """A symbol that only validation or test holds reads as <unk> and counts as an error."""
     train = [P.Pair(tuple(w), (tuple(w[::-1]),)) for w in ("ab", "ba", "abb", "bab")]
@@ -367,6 +376,7 @@ def test_impl_and_unroll_flags_reach_the_config():
         S.check_config(S.Config(impl="fast"))
 
 
+@pytest.mark.slow
 def test_train_step_with_pallas_lowers_for_cuda():
     """seq2seq's own train step (2 bidirectional LSTM encoder layers, Luong attention, dropout, scheduled
     sampling) with ``impl="pallas"`` lowers for CUDA from this CPU machine: a forward and a backward Triton

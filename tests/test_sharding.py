@@ -132,6 +132,7 @@ def report():
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("dtype, rtol", [("float32", 1e-5), ("bfloat16", 3e-2)])
 def test_one_sharded_step_equals_one_device_step(report, dtype, rtol):
     r = report[dtype]
@@ -142,22 +143,26 @@ def test_one_sharded_step_equals_one_device_step(report, dtype, rtol):
     assert r["params_dtype"] == "float32"  # bf16 compute leaves the master params in float32
 
 
+@pytest.mark.slow
 def test_batch_is_split_and_params_replicated(report):
     assert report["carry_devices"] == 4 and report["carry_shard_rows"] == [2]
     assert report["params_replicated"]
 
 
+@pytest.mark.slow
 def test_batch_not_divisible_by_devices_is_a_clear_error(report):
     message = report["indivisible_error"]
     assert message is not None, "a batch of 6 on 4 devices must be refused"
     assert "6" in message and "4 devices" in message
 
 
+@pytest.mark.slow
 def test_scalar_batch_leaves_are_replicated(report):
     single, sharded = report["scalar_leaf_losses"]
     assert abs(single - sharded) <= 1e-5 * abs(single)
 
 
+@pytest.mark.slow
 def test_adam_steps_with_dropout_on_the_mesh_equal_one_device(report):
     r = report["adam"]
     assert r["steps"] == [3, 3]
@@ -166,6 +171,7 @@ def test_adam_steps_with_dropout_on_the_mesh_equal_one_device(report):
     np.testing.assert_allclose(r["carry"][1], r["carry"][0], rtol=1e-6)
 
 
+@pytest.mark.slow
 def test_more_devices_than_visible_is_a_clear_error(report):
     assert "asked for 5 devices but only 4" in report["too_many_devices_error"]
 

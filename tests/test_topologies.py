@@ -94,7 +94,10 @@ def _seq2seq(attention, cell="lstm", bidirectional=True, seed=0):
     return params, src, tgt_in
 
 
-@pytest.mark.parametrize(("attention", "cell", "bidirectional"), [("bahdanau", "gru", True), ("luong", "lstm", False)])
+@pytest.mark.parametrize(
+    ("attention", "cell", "bidirectional"),
+    [pytest.param("bahdanau", "gru", True, marks=pytest.mark.slow), ("luong", "lstm", False)],
+)
 def test_attention_is_masked_by_source_length_and_padding_is_ignored(attention, cell, bidirectional):
     params, src, tgt_in = _seq2seq(attention, cell, bidirectional)
     out = apply(params, src, SRC_LEN, tgt_in)
@@ -123,6 +126,7 @@ def test_attention_gradient_is_finite_and_ignores_padding():
     assert float(jnp.abs(g_mem[2:]).max()) == 0.0 and float(jnp.abs(g_mem[:2]).max()) > 0
 
 
+@pytest.mark.slow
 def test_teacher_forcing_ratio_and_scheduled_sampling():
     params, src, tgt_in = _seq2seq("luong", "lstm", False)
     forced = apply(params, src, SRC_LEN, tgt_in)
@@ -147,6 +151,7 @@ def test_teacher_forcing_ratio_and_scheduled_sampling():
     assert bool(jnp.any(drawn.inputs[:, 1:] != jnp.argmax(drawn.logits[:, :-1], -1)))
 
 
+@pytest.mark.slow
 def test_decoder_step_fn_agrees_with_teacher_forcing_and_decodes():
     """Greedy decoding through decoder_step_fn, re-read with teacher forcing, predicts the same tokens."""
     params, src, _ = _seq2seq("bahdanau", "gru", True)
@@ -231,6 +236,7 @@ def _reference_seq2seq_one(params, src_S, n_src, tgt_T):
     return jnp.stack(logits), None if params.attention is None else jnp.stack(weights)
 
 
+@pytest.mark.slow
 def test_without_attention_the_weights_are_none_and_the_logits_a_hand_written_loop():
     params = _init(5, cell="gru", bidirectional=True, attention=None, encoder_layers=2, decoder_layers=2)
     _, src, tgt_in = _seq2seq("luong")
@@ -242,6 +248,7 @@ def test_without_attention_the_weights_are_none_and_the_logits_a_hand_written_lo
         _close(out.logits[b], logits, rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("attention", "cell", "bidirectional"), [("luong", "lstm", True), ("bahdanau", "gru", False)])
 def test_stacked_encoder_decoder_equals_a_hand_written_loop(attention, cell, bidirectional):
     kw = dict(cell=cell, bidirectional=bidirectional, attention=attention)
@@ -255,17 +262,17 @@ def test_stacked_encoder_decoder_equals_a_hand_written_loop(attention, cell, bid
         logits, weights = _reference_seq2seq_one(params, src[b], n, tgt_in[b])
         _close(out.logits[b], logits, rtol=1e-4, atol=1e-5)
         _close(out.attention[b, :, :n], weights, rtol=1e-4, atol=1e-6)
-    # Greedy decoding through the stacked decoder_step_fn agrees with teacher forcing on its own tokens.
+    # Greedy decoding through the stacked decoder_step_fn agrees with teacher forcing on its own tokens (row 0
+    # of one teacher-forced batch); beam search reorders the stacked carries with its beams: each beam's
+    # log-probability is the one teacher forcing gives its tokens (rows 1-3).
     ctx, state, first = Tp.decoder_start(params, src[0], SRC_LEN[0], 1)
     g = D.greedy(Tp.decoder_step_fn, ctx, state, first, max_len=4)
-    again = apply(params, src[:1], SRC_LEN[:1], jnp.concatenate([jnp.ones((1, 1), int), g.tokens[None, :-1]], 1))
-    assert jnp.argmax(again.logits[0], -1).tolist() == g.tokens.tolist()
-    # Beam search reorders the stacked carries with its beams: each beam's log-probability is the one
-    # teacher forcing gives its tokens.
     beams = D.beam_search(Tp.decoder_step_fn, ctx, state, first, beam_width=3, max_len=4, end_token=None)
-    tgt = jnp.concatenate([jnp.ones((3, 1), int), beams.tokens[:, :-1]], 1)
-    forced = apply(params, jnp.repeat(src[:1], 3, 0), jnp.repeat(SRC_LEN[:1], 3), tgt)
-    logp = jnp.take_along_axis(jax.nn.log_softmax(forced.logits), beams.tokens[..., None], -1)[..., 0].sum(-1)
+    tokens = jnp.concatenate([g.tokens[None], beams.tokens])
+    tgt = jnp.concatenate([jnp.ones((4, 1), int), tokens[:, :-1]], 1)
+    forced = apply(params, jnp.repeat(src[:1], 4, 0), jnp.repeat(SRC_LEN[:1], 4), tgt)
+    assert jnp.argmax(forced.logits[0], -1).tolist() == g.tokens.tolist()
+    logp = jnp.take_along_axis(jax.nn.log_softmax(forced.logits[1:]), beams.tokens[..., None], -1)[..., 0].sum(-1)
     _close(logp, beams.log_probs, rtol=1e-4)
 
 
@@ -285,6 +292,7 @@ def test_one_layer_is_a_stack_of_one_with_the_bottom_layers_of_deeper_models():
     _close(apply(bare, src, SRC_LEN, tgt_in).logits, apply(one, src, SRC_LEN, tgt_in).logits, rtol=0, atol=0)
 
 
+@pytest.mark.slow
 def test_dropout_draws_from_the_key_and_is_off_without_it():
     params = _init(5, attention="luong", encoder_layers=2, decoder_layers=2)
     _, src, tgt_in = _seq2seq("luong")
@@ -380,21 +388,23 @@ def test_bad_input_is_named():
 
 
 def _values_and_grads(fn, params):
-    """``fn(params)``'s outputs and the gradient of the mean square of its float outputs, jitted."""
+    """``fn(params)``'s outputs and the gradient of the mean square of its float outputs: one jit, one compile."""
 
     def loss(p):
-        return sum(jnp.mean(jnp.square(a)) for a in jax.tree.leaves(fn(p)) if jnp.issubdtype(a.dtype, jnp.floating))
+        out = fn(p)
+        return sum(jnp.mean(jnp.square(a)) for a in jax.tree.leaves(out) if jnp.issubdtype(a.dtype, jnp.floating)), out
 
-    return jax.jit(fn)(params), jax.jit(jax.grad(loss))(params)
+    grads, out = jax.jit(jax.grad(loss, has_aux=True))(params)
+    return out, grads
 
 
 def _seq2seq_fn(src, tgt_in, **options):
     return lambda p: Tp.encoder_decoder_apply(p, src, SRC_LEN, tgt_in, **options)
 
 
-@pytest.mark.parametrize("options", [{"impl": "scan"}, {"impl": "auto", "unroll": 3}, {"impl": "scan", "unroll": 2}])
-def test_run_options_give_the_default_values_and_gradients(options):
-    """Each topology with ``impl``/``unroll`` equals the default (float32 tolerance), values and gradients."""
+@pytest.fixture(scope="module")
+def option_cases():
+    """Each topology as (params, make(**options) -> fn) with its default values and gradients, computed once."""
     params = _init(11, attention="luong", bidirectional=True, encoder_layers=2, decoder_layers=2)
     _, src, tgt_in = _seq2seq("luong")
     xs = jax.random.normal(jax.random.key(12), (B, T, I))
@@ -408,8 +418,17 @@ def test_run_options_give_the_default_values_and_gradients(options):
         (vanilla, lambda **o: lambda p: Tp.one_to_many(R.vanilla_cell, p, None, xs[:, 0], steps=4, **o)),
         (glimpse, lambda **o: lambda p: Tp.glimpse_apply(p, parts, steps=3, **o)),
     ]
-    for p, make in cases:
-        _close(_values_and_grads(make(**options), p), _values_and_grads(make(), p))
+    return [(p, make, _values_and_grads(make(), p)) for p, make in cases]
+
+
+# impl="scan" with an unroll of 2 (the plain scan where the default takes the vanilla custom_jvp path on CPU),
+# and impl="auto" with an unroll of 3 that does not divide T = 7 (a remainder block).
+@pytest.mark.slow
+@pytest.mark.parametrize("options", [{"impl": "scan", "unroll": 2}, {"impl": "auto", "unroll": 3}])
+def test_run_options_give_the_default_values_and_gradients(options, option_cases):
+    """Each topology with ``impl``/``unroll`` equals the default (float32 tolerance), values and gradients."""
+    for p, make, default in option_cases:
+        _close(_values_and_grads(make(**options), p), default)
         with pytest.raises(UserError, match="impl must be one of"):  # the option reaches run
             jax.eval_shape(make(impl="fast"), p)
 
@@ -426,6 +445,7 @@ def _summary(xs, p, *, impl):
     return Tp.many_to_one(R.lstm_cell, p, None, xs, lengths=SRC_LEN, impl=impl)
 
 
+@pytest.mark.slow
 def test_pallas_runs_the_encoder_and_many_to_one_and_the_plain_steps_on_the_scan():
     """``impl="pallas"`` (interpret mode on CPU): the encoder layers and many_to_one run the kernel and equal
     the scan in values and gradients; the attention decoder, one_to_many and glimpses run on the scan."""
