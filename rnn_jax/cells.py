@@ -11,7 +11,7 @@ A cell is a :class:`Cell`: a callable whose work is split where it pays. ``proje
 depends on the input alone (``x W_x + b``); ``step`` is the recurrence; ``readout`` maps what the step
 emits to the output. Calling the cell runs all three for one time step. The scan wrapper can instead
 apply ``project`` to the whole sequence as one large matmul before the loop (where that measures
-faster: see ``rnn_jax.scan.auto_hoist``) and ``readout`` after it, so only the recurrent matmul stays
+faster: see ``rnn_jax.plan.auto_hoist``) and ``readout`` after it, so only the recurrent matmul stays
 inside the sequential loop. Both routes compute the same function; the tests check it.
 """
 

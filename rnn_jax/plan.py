@@ -58,7 +58,7 @@ vanilla step is faster hoisted (the same section, finding 4, and the vanilla rer
 current default")."""
 
 AUTO_ORDER: dict[str, tuple[str, ...]] = {
-    "cpu": ("custom_jvp", "scan"),
+    "cpu": ("custom_jvp", "native", "scan"),
     "default": ("scan",),
 }
 """What ``impl="auto"`` tries, in order, per lowering platform (``"default"``: any platform not named); the first

@@ -3,6 +3,7 @@
 import importlib.util
 import io
 import json
+import re
 import os
 
 import jax
@@ -131,8 +132,17 @@ def test_acceptance_command_at_tiny_sizes(tmp_path, capsys):
             max(per_run)
         )
     assert len(lines["raw"]) == 2 * len(lines["summary"])
+    # The matmul floor: each row's matmul FLOPs at the best large-GEMM rate measured in the same invocation.
+    (header,) = lines["header"]
+    best = max(header["gemm_gflops"].values())
+    assert best > 0 and ("torch" in header["gemm_gflops"]) == ("torch" in peers)
+    for row in lines["summary"]:
+        flops = timing.matmul_flops(row["cell"], timing.Shape(2, 3, 4, 5), "fwd_bwd")
+        assert row["floor_ms"] == pytest.approx(flops / best / 1e6)
+        assert row["x_floor"] == pytest.approx(row["ms"] / row["floor_ms"]) and row["x_floor"] > 1
     table = capsys.readouterr().out
     assert "over 2 run(s)" in table and table.count("| rnn_jax ") == 3
+    assert "- matmul floor: " in table and re.search(r"\| floor_ms +\| x floor +\|", table)
 
 
 def test_impls_time_run_with_each_impl_and_skip_the_cells_an_impl_does_not_run():

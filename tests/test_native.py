@@ -177,7 +177,7 @@ def test_native_bfloat16_computes_in_float32(key):
 
 
 def test_unsupported_reasons(key):
-    params, _, xs = _problem("lstm", key, 3, 2, 4, 5)
+    params, carry, xs = _problem("lstm", key, 3, 2, 4, 5)
     assert native.unsupported_reason(lstm_cell, params, xs) is None
     other = Cell("mine", lstm_cell.project, lambda p, c, u: (c, c), lstm_cell.readout, lstm_cell.init_carry,
                  lstm_cell.input_size)  # fmt: skip
@@ -185,6 +185,21 @@ def test_unsupported_reasons(key):
     assert "remat" in native.unsupported_reason(lstm_cell, params, xs, remat="full")
     assert "return_carries" in native.unsupported_reason(lstm_cell, params, xs, return_carries=True)
     assert "T=0" in native.unsupported_reason(lstm_cell, params, xs[:0])
+    with jax.enable_x64(True):
+        params64, carry64, xs64 = jax.tree.map(lambda a: np.asarray(a, np.float64), (params, carry, xs))
+        assert "float64" in native.unsupported_reason(lstm_cell, params64, xs64)
+        # impl="auto" therefore keeps float64 exact: it falls through to the scan.
+        plan = rnn_jax.auto_plan(lstm_cell, params64, carry64, xs64, platform="cpu")
+        assert plan.impl == "scan"
+
+
+def test_auto_picks_native_for_lstm_and_gru_on_cpu(key):
+    """The measured order (docs/bench.md): the vanilla custom_jvp path, then the native kernels, then the scan."""
+    for name, want in (("vanilla", "custom_jvp"), ("lstm", "native"), ("gru", "native")):
+        params, carry, xs = _problem(name, key, 3, 2, 4, 5)
+        want = want if native.available() is None or want == "custom_jvp" else "scan"
+        assert rnn_jax.auto_plan(CELL[name], params, carry, xs, platform="cpu").impl == want
+        assert rnn_jax.auto_plan(CELL[name], params, carry, xs, platform="cpu", remat="full").impl == "scan"
 
 
 @pytest.fixture

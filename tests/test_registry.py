@@ -67,7 +67,9 @@ def test_a_refusal_names_the_reason_and_impl_scan(impl, cell, kw, reason):
 
 def test_an_unknown_impl_lists_the_table():
     params = R.vanilla_init(jax.random.key(0), I, H, 6)
-    with pytest.raises(R.UserError, match=r"impl must be one of \('auto', 'scan', 'custom_jvp', 'pallas', 'native', 'cudnn'\), got 'x'"):
+    with pytest.raises(
+        R.UserError, match=r"impl must be one of \('auto', 'scan', 'custom_jvp', 'pallas', 'native', 'cudnn'\), got 'x'"
+    ):
         R.run(R.vanilla_cell, params, None, jnp.ones((B, T, I)), impl="x")
 
 

@@ -161,6 +161,8 @@ def unsupported_reason(cell, params, xs_TNI, *, lengths=None, reverse=False, rem
     W = _recurrent_weight(name, params)
     if not jnp.issubdtype(W.dtype, jnp.floating):
         return f"dtype {jnp.dtype(W.dtype).name} is not supported by the native kernels (a float dtype)"
+    if any(jnp.dtype(a.dtype).itemsize > 4 for a in (W, *jax.tree.leaves(xs_TNI))):
+        return "float64 would be computed in float32 inside the native kernels (16-, 32-bit floats only)"
     if jax.tree.leaves(xs_TNI)[0].shape[0] == 0:
         return "T=0 (no steps) is not supported by the native kernels"
     if jax.default_backend() != "cpu":

@@ -10,10 +10,20 @@ from rnn_jax import linear
 from rnn_jax.cells import resolve_cell
 from rnn_jax.errors import UserError
 from rnn_jax.tools.bench.impls import IMPL_ROW, JAX_IMPLS, RUN_IMPLS
-from rnn_jax.tools.bench.peers import CUDNN_IMPL, FLAX_IMPLS
-from rnn_jax.tools.bench.report import plot, print_header, print_table, summarize, write_json
+from rnn_jax.tools.bench.peers import CUDNN_IMPL, FLAX_IMPLS, torch_module
+from rnn_jax.tools.bench.report import add_floors, plot, print_header, print_table, summarize, write_json
 from rnn_jax.tools.bench.suites import measure_compile, measure_layers, measure_linear
-from rnn_jax.tools.bench.timing import DTYPES, GATES, MODES, conditions, machine, parse_config, pin_threads, split_list
+from rnn_jax.tools.bench.timing import (
+    DTYPES,
+    GATES,
+    MODES,
+    conditions,
+    gemm_rates,
+    machine,
+    parse_config,
+    pin_threads,
+    split_list,
+)
 
 
 def _ints(text: str, what: str) -> list[int]:
@@ -218,6 +228,9 @@ def cli_main(argv: list[str], prog: str = "rnn-jax bench") -> int:
     header.update(peers=bool(getattr(args, "peers", "")), interpret=any(r.get("interpret") for r in records))
     header.update(start=start, end=conditions())
     rows = summarize(records)
+    if suite == "layers":
+        header["gemm_gflops"] = gemm_rates(args.dtype, torch_module() if "torch" in args.peers else None)
+        add_floors(rows, max(header["gemm_gflops"].values()))
     print_header(header)
     print()
     print_table(rows)

@@ -10,6 +10,8 @@ import sys
 from collections.abc import Sequence
 from typing import NamedTuple
 
+from rnn_jax.tools.bench.timing import FLOOR_GEMM, Shape, matmul_flops
+
 PEER_LIBS = ("torch", "flax", "jax_cudnn")
 INTERPRET_MARK = " *"
 """Follows the impl of a row whose Pallas kernel ran in interpret mode (on the CPU); the header says what it means."""
@@ -102,6 +104,17 @@ def summarize(records: list[dict]) -> list[dict]:
     return rows
 
 
+def add_floors(rows: list[dict], gflops: float) -> None:
+    """Give each row its matmul floor at ``gflops`` (the best large-GEMM rate measured here): ``floor_ms``, the
+    row's matmul FLOPs at that rate, and ``x_floor = ms / floor_ms`` (1.0 would be the hardware's matmul speed)."""
+    for r in rows:
+        flops = matmul_flops(r["cell"], Shape(r["B"], r["T"], r["I"], r["H"]), r["mode"])
+        if flops is None or not gflops:
+            continue
+        r["floor_ms"] = flops / (gflops * 1e6)
+        r["x_floor"] = None if r.get("ms") is None else r["ms"] / r["floor_ms"]
+
+
 def _ratio(d: dict | None) -> Ratio | None:
     return None if d is None else Ratio(*(d[k] for k in Ratio._fields))
 
@@ -124,7 +137,9 @@ def print_table(rows: list[dict], file=None) -> None:
     several = any(r.get("runs", 1) > 1 for r in rows)
     peers = [lib for lib in PEER_LIBS if any(r.get("lib") == lib for r in rows)]
     cols = ["cell", "mode", "B", "T", "I", "H", "impl", "ms"] + (["ms min-max"] if several else [])
-    cols += ["us/step", "cpu_ms", "GFLOP/s", "compile_s", "peak_MB"] + [f"vs {lib}" for lib in peers]
+    cols += ["us/step", "cpu_ms", "GFLOP/s", "compile_s", "peak_MB"]
+    floors = any(r.get("floor_ms") is not None for r in rows)
+    cols += (["floor_ms", "x floor"] if floors else []) + [f"vs {lib}" for lib in peers]
     lines = []
     for r in rows:
         impl = r["impl"] + (INTERPRET_MARK if r.get("interpret") else "")
@@ -132,6 +147,9 @@ def print_table(rows: list[dict], file=None) -> None:
         if several:
             row.append(None if r.get("ms_min") is None else f"{_number(r['ms_min'])}-{_number(r['ms_max'])}")
         row += [r.get("us_per_step"), r.get("cpu_ms"), r.get("gflops"), r.get("compile_s"), r.get("peak_mb")]
+        if floors:
+            x_floor = r.get("x_floor")
+            row += [r.get("floor_ms"), None if x_floor is None else f"{_rnum(x_floor)}x"]
         row += [format_ratio(_ratio(r.get(f"vs_{lib}"))) for lib in peers]
         lines.append([_cell_text(v) for v in row])
     widths = [max(len(c), *(len(line[i]) for line in lines)) if lines else len(c) for i, c in enumerate(cols)]
@@ -194,6 +212,14 @@ def print_header(header: dict, file=None) -> None:
         print(
             f"- ratios: the fastest peer cell of the same kind over this row, paired run by run; median (min-max) "
             f"over {header['runs']} run(s); parity: the spread straddles 1",
+            file=file,
+        )
+    if header.get("gemm_gflops"):
+        M, K, N = FLOOR_GEMM
+        rates = ", ".join(f"{lib} {rate:g}" for lib, rate in header["gemm_gflops"].items())
+        print(
+            f"- matmul floor: each row's matmul FLOPs at the best rate of one ({M}x{K}) @ ({K}x{N}) GEMM here "
+            f"(GFLOP/s: {rates}); x floor = ms / floor_ms",
             file=file,
         )
     if header.get("interpret"):

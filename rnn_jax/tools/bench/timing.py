@@ -149,6 +149,43 @@ def matmul_flops(cell: str, s: Shape, mode: str) -> float | None:
     return fwd if mode == "fwd" else fwd + 2.0 * s.B * s.T * GH * (s.I + 2 * s.H)
 
 
+FLOOR_GEMM = (4096, 256, 1024)
+"""``(M, K, N)`` of the GEMM whose rate prices a layer's matmuls: as large as one layer's hoisted input projection."""
+
+
+def _median_seconds(call: Callable[[], Any], warmup: int = 3, reps: int = 15) -> float:
+    for _ in range(warmup):
+        call()
+    times = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        call()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def gemm_rates(dtype_name: str, torch=None) -> dict[str, float]:
+    """GFLOP/s of one large GEMM (:data:`FLOOR_GEMM`) here: ``{"xla": ..., "torch": ...}`` (torch where given).
+
+    The best of them is the rate this machine reaches on large matmuls; a layer's *matmul floor* is its matmul
+    FLOPs (:func:`matmul_flops`) at that rate: no implementation of the layer's arithmetic can go below it
+    without skipping work, so ``ms / floor_ms`` says how far from the hardware a row is.
+    """
+    M, K, N = FLOOR_GEMM
+    flops = 2.0 * M * K * N
+    a = jax.random.normal(jax.random.key(0), (M, K), DTYPES[dtype_name])
+    b = jax.random.normal(jax.random.key(1), (K, N), DTYPES[dtype_name])
+    matmul = jax.jit(jnp.matmul)
+    rates = {"xla": flops / _median_seconds(lambda: jax.block_until_ready(matmul(a, b))) / 1e9}
+    if torch is not None:
+        dev = "cuda" if torch.cuda.is_available() else "cpu"
+        tdtype = getattr(torch, dtype_name)
+        ta, tb = torch.randn(M, K, device=dev, dtype=tdtype), torch.randn(K, N, device=dev, dtype=tdtype)
+        sync = torch.cuda.synchronize if dev == "cuda" else (lambda: None)
+        rates["torch"] = flops / _median_seconds(lambda: (ta @ tb, sync())) / 1e9
+    return {k: round(v, 1) for k, v in rates.items()}
+
+
 def runner(compiled, *args) -> Callable[[], Any]:
     return lambda: jax.block_until_ready(compiled(*args))
 
