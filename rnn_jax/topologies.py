@@ -53,6 +53,7 @@ from rnn_jax.cells import (
     vanilla_cell,
 )
 from rnn_jax.errors import UserError
+from rnn_jax.kernels.registry import TABLE
 from rnn_jax.scan import run, vmap_batch, zeros_carry
 from rnn_jax.stacks import bidirectional, inverted_dropout
 
@@ -160,10 +161,10 @@ def _out_size(params) -> int:
 
 
 def step_impl(impl: str) -> str:
-    """The ``impl`` for a loop whose step is a plain function around a cell: ``"auto"`` stays (it finds the scan for
-    such a step), every named implementation but the scan becomes ``"scan"`` (the kernels run the built-in cells
-    only)."""
-    return impl if impl in ("auto", "scan") else "scan"
+    """The ``impl`` for a loop whose step is a plain function around a cell: every implementation in the table
+    becomes ``"scan"`` (the kernels run the built-in cells only); ``"auto"`` stays (it finds the scan for such a
+    step), and so does a name not in the table (``run`` refuses it, listing the table)."""
+    return "scan" if impl in TABLE else impl
 
 
 def one_to_one(cell, params, carry, x):

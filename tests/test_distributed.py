@@ -6,7 +6,8 @@ the harness's ``fit`` with a process-0 checkpointer): what the apps do, in one p
 only its own rows of every batch (``process_rows``), so the carried state stays with its stream.
 
 What is checked:
-- 2 processes x 2 devices reach the loss and parameters of 1 process x 4 devices (float32, rtol 1e-6);
+- 2 processes x 2 devices reach the loss and parameters of 1 process x 4 devices (float32, rtol 1e-6; the
+  seq2seq params rtol 1e-5: their gradient sums across processes in another order, and Adam carries it);
 - a process killed with SIGKILL mid-run: the survivor exits non-zero with one line naming the last
   checkpoint's step and ``--resume``, and that checkpoint is intact; resuming with 2 processes ends
   bit-identical to the uninterrupted run, and resuming with 1 process of 4 devices reaches the same numbers
@@ -285,7 +286,7 @@ def test_seq2seq_trainer_on_two_processes_equals_one_process_of_four_devices(run
     np.testing.assert_allclose(train[1], train[0], rtol=1e-6)
     one, two = seq2seq.load_model(str(root / "s1"), "latest"), seq2seq.load_model(str(root / "s2"), "latest")
     for a, b in zip(jax.tree.leaves(two.params), jax.tree.leaves(one.params), strict=True):
-        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -171,7 +171,8 @@ def test_flax_cells_run_fused_as_under_nnx_rnn(kind, monkeypatch):
     # The gradients reach flax's params through the conversion, as nnx.RNN's do.
     full = jnp.full((B,), T)
     grads = [nnx.grad(_loss)(rnn, xs, full)["cell"] for rnn in (RNN(cell), nnx.RNN(cell))]
-    _close(grads[0], grads[1], atol=1e-6)
+    # A weight gradient sums B*T products in another order: its rounding follows its largest entry (up to ~10).
+    _close(grads[0], grads[1], atol=1e-6 * max(1.0, *(float(jnp.max(jnp.abs(g))) for g in jax.tree.leaves(grads[1]))))
 
 
 OPTIONS = [
@@ -342,7 +343,7 @@ def test_refusals_are_clear():
     with pytest.raises(UserError, match="remat"):
         RNN(RNNCell("gru", I, H, rngs=nnx.Rngs(0)), remat="log")
     with pytest.raises(UserError, match="impl"):
-        RNN(RNNCell("gru", I, H, rngs=nnx.Rngs(0)), impl="cudnn")
+        RNN(RNNCell("gru", I, H, rngs=nnx.Rngs(0)), impl="fast")
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -466,6 +467,7 @@ def test_flax_model_trains_and_matches_functional_training():
 @pytest.mark.slow
 def test_bench_times_our_rnn_against_nnx_rnn_on_flax_optimized_lstm():
     from rnn_jax.tools import bench
+    from rnn_jax.tools.bench.impls import jax_impl
 
     impls = ["flax_interop.RNN OptimizedLSTMCell", "nnx.RNN OptimizedLSTMCell"]
     s, key = bench.Shape(2, 3, 4, 5), jax.random.key(0)
@@ -476,7 +478,7 @@ def test_bench_times_our_rnn_against_nnx_rnn_on_flax_optimized_lstm():
     xs = jax.random.normal(key, (s.B, s.T, s.I))
     (ours, g_ours), (theirs, g_theirs) = (
         jax.value_and_grad(loss)(params, xs)
-        for loss, params in (bench._jax_impl(i)("lstm", s, jnp.float32, key) for i in impls)
+        for loss, params in (jax_impl(i)("lstm", s, jnp.float32, key) for i in impls)
     )
     _close((ours, g_ours["cell"]), (theirs, g_theirs["cell"]), atol=1e-6)
 

@@ -26,11 +26,11 @@ def _params(name, hidden=H):
     return R.lstm_init(jax.random.key(0), I, hidden)
 
 
-def _grad_of_run(name, hidden=H):
+def _grad_of_run(name, hidden=H, impl="auto"):
     xs = jax.random.normal(jax.random.key(1), (B, T, I))
 
     def loss(params, xs):
-        _, ys = R.run(R.CELLS[name], params, None, xs)
+        _, ys = R.run(R.CELLS[name], params, None, xs, impl=impl)
         return jnp.sum(jnp.sin(ys))
 
     return jax.grad(loss), (_params(name, hidden), xs)
@@ -64,13 +64,17 @@ def test_lstm_run_gets_the_accelerator_choices(platform):
     f, args = _grad_of_run("lstm")
     text = _lowered(f, *args, platform=platform)
     assert _hoisted(text, 4 * H) and _unrolled_by(text, 8)
-    cpu = _lowered(f, *args, platform="cpu")  # CPU, small carry: projection inside the step, unroll 4
-    assert not _hoisted(cpu, 4 * H) and _unrolled_by(cpu, 4) and not _unrolled_by(cpu, 8)
+    cpu = _lowered(f, *args, platform="cpu")  # CPU: the native kernels where they build, else the scan
+    native = R.available_impls("cpu")["native"] is None
+    assert ("rnn_jax_native_forward" in cpu) == native and "rnn_jax_native" not in text
+    f_scan, args = _grad_of_run("lstm", impl="scan")
+    scan = _lowered(f_scan, *args, platform="cpu")  # small carry: projection in the step
+    assert not _hoisted(scan, 4 * H) and _unrolled_by(scan, 4) and not _unrolled_by(scan, 8)
 
 
 def test_saved_residuals_policy_only_on_cpu():
     """A large LSTM carry on CPU stores only the gate pre-activations (a jax.checkpoint policy); GPU/TPU do not."""
-    f, args = _grad_of_run("lstm", hidden=91)  # B * 91 > CPU_SMALL_STATE
+    f, args = _grad_of_run("lstm", hidden=91, impl="scan")  # B * 91 > CPU_SMALL_STATE
     assert "checkpoint" in _lowered(f, *args, platform="cpu")
     for platform in ACCELERATORS:
         assert "checkpoint" not in _lowered(f, *args, platform=platform)

@@ -21,6 +21,7 @@ so that a failed validation leaves no empty ``out`` directory. Loading a trained
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import fcntl
 import os
@@ -30,6 +31,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from rnn_jax import checkpoint
+from rnn_jax.cells import CELLS
 from rnn_jax.errors import UserError
 from rnn_jax.harness.config import CONFIG_FORMAT, config_to_dict, migrate_config, replace_config
 
@@ -86,7 +88,10 @@ def stored_config(config_type: type, meta: Mapping, where: str | os.PathLike | N
     try:
         config = migrate_config(config_type, meta.get("config", {}), meta.get("config_format"))
         check_field_types(config)
-        check_config(config, training=False)
+        # A user's cell is stored by import path (or name): the app resolves it on load; its sizes are checked
+        # here as a GRU's, as the app checks them when it trains.
+        user_cell = isinstance(getattr(config, "cell", None), str) and config.cell not in CELLS
+        check_config(dataclasses.replace(config, cell="gru") if user_cell else config, training=False)
     except UserError as err:
         raise UserError(f"the config stored in {where or 'the checkpoint'} is not valid: {err}") from None
     return config
