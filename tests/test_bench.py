@@ -3,8 +3,8 @@
 import importlib.util
 import io
 import json
-import re
 import os
+import re
 
 import jax
 import jax.numpy as jnp
