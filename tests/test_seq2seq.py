@@ -526,7 +526,7 @@ def _assert_translates_greedily(model, params):
 
 
 @pytest.mark.slow
-def test_user_cell_trains_checkpoints_its_import_path_and_loads_back(tmp_path):
+def test_user_cell_trains_checkpoints_its_import_path_and_loads_back(tmp_path, capsys):
     result = _user_run(indrnn_cell, tmp_path / "ind")
     params = result.model.params
     enc, dec = params.encoder[1].bw, params.decoder[0]
@@ -545,6 +545,9 @@ def test_user_cell_trains_checkpoints_its_import_path_and_loads_back(tmp_path):
     exported = S.load_model(S.export_model(model, tmp_path / "ind.ckpt", dtype="float32"))
     assert exported.config.cell is indrnn_cell
     jax.tree.map(np.testing.assert_array_equal, exported.params, params)
+    assert S.cli_main(["translate", "--ckpt", result.out, "--which", "latest", "abc"]) == 0  # imports the cell
+    assert capsys.readouterr().out.split("\t")[1].rstrip("\n") == S.translate_each(model, ["abc"])[0].output
+    assert _user_run(indrnn_cell, tmp_path / "ind", steps=5, resume=True).steps == 5
 
 
 @pytest.mark.slow
