@@ -32,6 +32,7 @@ the kernels cannot run it: ``impl="pallas"`` and ``"custom_jvp"`` run those loop
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from functools import partial
 from typing import Any, NamedTuple
@@ -66,6 +67,8 @@ __all__ = [
     "hidden_of",
     "carry_from_hidden",
     "cell_of",
+    "cell_and_params",
+    "CellParams",
     "cell_init",
     "step_impl",
     "one_to_one",
@@ -132,15 +135,37 @@ def carry_from_hidden(cell: Cell, params, h_H):
     return h_H.astype(zero.dtype)
 
 
+@partial(jax.tree_util.register_dataclass, data_fields=["params"], meta_fields=["cell"])
+@dataclasses.dataclass(frozen=True)
+class CellParams:
+    """A user cell's params together with the cell they belong to: a layer of a model built from a user's
+    :class:`~rnn_jax.Cell` (``encoder_decoder_init(cell=my_cell)``). The params are the pytree's leaves;
+    the cell is static (part of the tree's structure), so the model functions read it from the params as
+    they read a built-in cell from its params' type."""
+
+    params: Any
+    cell: Cell
+
+
 _CELL_OF_PARAMS = {VanillaParams: vanilla_cell, LSTMParams: lstm_cell, GRUParams: gru_cell}
 
 
 def cell_of(params) -> Cell:
-    """The built-in cell that goes with a params type, so model functions need no config."""
+    """The cell that goes with a layer's params (a built-in's by the params type, a user's from its
+    :class:`CellParams`), so model functions need no config."""
+    if isinstance(params, CellParams):
+        return params.cell
     try:
         return _CELL_OF_PARAMS[type(params)]
     except KeyError:
-        raise TypeError(f"expected VanillaParams, LSTMParams or GRUParams, got {type(params).__name__}") from None
+        raise TypeError(
+            f"expected VanillaParams, LSTMParams, GRUParams or CellParams, got {type(params).__name__}"
+        ) from None
+
+
+def cell_and_params(layer) -> tuple[Cell, Any]:
+    """``(cell, params)`` of a layer, ready for ``cell(params, carry, x)`` and :func:`rnn_jax.run`."""
+    return cell_of(layer), (layer.params if isinstance(layer, CellParams) else layer)
 
 
 def cell_init(kind: str, key, in_size: int, hidden_size: int, dtype=jnp.float32):
@@ -150,8 +175,38 @@ def cell_init(kind: str, key, in_size: int, hidden_size: int, dtype=jnp.float32)
     return CELLS[kind].init(key, in_size, hidden_size, dtype)  # a vanilla head maps h -> h: the model's features
 
 
+def _step_shapes(cell: Cell, params):
+    """The shapes of ``(carry, y)`` after one step of one example (nothing is computed)."""
+    x = jnp.zeros((cell.input_size(params),), jax.tree.leaves(params)[0].dtype)
+    return jax.eval_shape(lambda p: cell(p, cell.init_carry(p), x), params)
+
+
+def _layer_init(cell: str | Cell, key, in_size: int, hidden_size: int, dtype):
+    """A seq2seq layer's params: a built-in cell's by name (or its :class:`Cell`), a user's :class:`Cell` made
+    by its ``init`` and held in :class:`CellParams`, checked to fit the model (a carry that is its hidden
+    state, an output ``y`` of ``hidden_size`` features)."""
+    if isinstance(cell, str) or CELLS.get(cell.name) is cell:
+        return cell_init(cell if isinstance(cell, str) else cell.name, key, in_size, hidden_size, dtype)
+    if cell.init is None:
+        raise UserError(f"the cell {cell.name!r} has no init: Cell(..., init=fn(key, in_size, hidden_size, dtype))")
+    params = cell.init(key, in_size, hidden_size, dtype)
+    carry, y = _step_shapes(cell, params)
+    made = f"the cell {cell.name!r} made by its init(key, {in_size}, {hidden_size})"
+    if not isinstance(carry, (LSTMState, jax.ShapeDtypeStruct)):
+        raise UserError(
+            f"{made} has the carry {jax.tree.structure(carry)}; an encoder-decoder hands the encoder's hidden "
+            "state to the decoder, so the carry must be the hidden state (one array) or an LSTMState"
+        )
+    for what, shape in (("carry's hidden state", hidden_of(carry).shape), ("output y", getattr(y, "shape", None))):
+        if shape != (hidden_size,):
+            raise UserError(f"{made} has a {what} of shape {shape}; the model needs ({hidden_size},)")
+    return CellParams(params, cell)
+
+
 def _out_size(params) -> int:
     """The size of the cell's output ``y`` (= H for every built-in cell as initialised here)."""
+    if isinstance(params, CellParams):
+        return _step_shapes(params.cell, params.params)[1].shape[-1]
     return params.W_hy.shape[1] if isinstance(params, VanillaParams) else params.W_h.shape[0]
 
 
@@ -343,7 +398,7 @@ def encoder_decoder_init(
     tgt_vocab: int,
     embed_size: int,
     hidden_size: int,
-    cell: str = "lstm",
+    cell: str | Cell = "lstm",
     bidirectional: bool = False,
     attention: str | None = None,
     attention_size: int | None = None,
@@ -360,6 +415,10 @@ def encoder_decoder_init(
     A layer above the first reads the ``M`` features of the encoder layer below it (the decoder: the
     ``H`` of the one below); attention reads the top encoder layer and the top decoder layer. Every depth
     gives tuples (one layer: a tuple of one).
+
+    ``cell`` is a built-in's name or any :class:`~rnn_jax.Cell` with an ``init`` whose output ``y`` has
+    ``hidden_size`` features and whose carry is its hidden state (one array, or an LSTMState); a user's
+    cell's layers come as :class:`CellParams`, which carry the cell, so the apply functions need no config.
     """
     sizes = dict(src_vocab=src_vocab, tgt_vocab=tgt_vocab, embed_size=embed_size, hidden_size=hidden_size)
     _check_model_sizes(attention, **sizes, encoder_layers=encoder_layers, decoder_layers=decoder_layers)
@@ -375,19 +434,19 @@ def encoder_decoder_init(
 
     def encoder_layer(keys, in_size):
         if bidirectional:
-            fw, bw = (cell_init(cell, next(keys), in_size, He, dtype) for _ in range(2))
+            fw, bw = (_layer_init(cell, next(keys), in_size, He, dtype) for _ in range(2))
             return Bidirectional(fw, bw)
-        return cell_init(cell, next(keys), in_size, He, dtype)
+        return _layer_init(cell, next(keys), in_size, He, dtype)
 
     encoder = [encoder_layer(k, E)] + [encoder_layer(deeper, M) for _ in range(encoder_layers - 1)]
     dec_in = E + (M if attention == "bahdanau" else H if attention == "luong" else 0)
     att = _attention_init(k, attention, H, M, A, dtype)
     src_embed, tgt_embed = embed(next(k), (src_vocab, E), dtype), embed(next(k), (tgt_vocab, E), dtype)
-    bridge, decoder = [dense_init(next(k), M, H, dtype)], [cell_init(cell, next(k), dec_in, H, dtype)]
+    bridge, decoder = [dense_init(next(k), M, H, dtype)], [_layer_init(cell, next(k), dec_in, H, dtype)]
     out = dense_init(next(k), H + (M if attention == "bahdanau" else 0), tgt_vocab, dtype)
     for _ in range(decoder_layers - 1):
         bridge.append(dense_init(next(deeper), M, H, dtype))
-        decoder.append(cell_init(cell, next(deeper), H, H, dtype))
+        decoder.append(_layer_init(cell, next(deeper), H, H, dtype))
 
     return Seq2SeqParams(
         src_embed=src_embed,
@@ -435,10 +494,11 @@ def encode(
         if i > 0 and keys is not None:
             x = drop(keys[..., i], x)
         if isinstance(layer, Bidirectional):
-            (c_fw, c_bw), x = bidirectional(cell_of(layer.fw), tuple(layer), None, x, **options)
+            cell, fw = cell_and_params(layer.fw)
+            (c_fw, c_bw), x = bidirectional(cell, (fw, cell_and_params(layer.bw)[1]), None, x, **options)
             summary = jnp.concatenate([hidden_of(c_fw), hidden_of(c_bw)], axis=-1)
         else:
-            c, x = run(cell_of(layer), layer, None, x, **options)
+            c, x = run(*cell_and_params(layer), None, x, **options)
             summary = hidden_of(c)
     return x, summary
 
@@ -471,7 +531,8 @@ def _decoder_cells(p: Seq2SeqParams, carries, x, *, dropout: float, key):
     for i, (layer, c) in enumerate(zip(layers, carries, strict=True)):
         if i > 0:
             x = inverted_dropout(keys[i], dropout, x)
-        c, x = cell_of(layer)(layer, c, x)
+        cell, params = cell_and_params(layer)
+        c, x = cell(params, c, x)
         new.append(c)
     return (tuple(new) if stacked else new[0]), x
 
@@ -518,7 +579,7 @@ def _decoder_state(params: Seq2SeqParams, memory, summary, src_len):
     Decoder layer ``l`` starts from ``h_0 = tanh(bridge_l(summary))`` (an LSTM's ``c_0 = 0``)."""
     src_len = jnp.asarray(src_len, jnp.int32)
     carries = tuple(
-        carry_from_hidden(cell_of(layer), layer, jnp.tanh(dense(bridge, summary)))
+        carry_from_hidden(*cell_and_params(layer), jnp.tanh(dense(bridge, summary)))
         for layer, bridge in zip(_layers(params.decoder), _layers(params.bridge), strict=True)
     )
     H = _out_size(_layers(params.decoder)[-1])

@@ -77,3 +77,12 @@ def test_indrnn_equals_python_loop(page, form, reverse, x64):
     final_ref, ys_ref = _python_loop(params, np.asarray(xs), np.asarray(lengths), reverse)
     np.testing.assert_allclose(ys, ys_ref, rtol=1e-12, atol=1e-14)
     np.testing.assert_allclose(final, final_ref, rtol=1e-12, atol=1e-14)
+
+
+def test_page_trains_its_cell_with_the_seq2seq_trainer(page):
+    """The seq2seq run of the page's IndRNN loads back as it was trained, and only with the cell passed."""
+    s2s, model = page["s2s"], page["s2s_model"]
+    assert model.config.cell is page["indrnn_cell"]
+    jax.tree.map(np.testing.assert_array_equal, model.params, s2s.model.params)
+    with pytest.raises(R.UserError, match="defined in docs_cells; pass it: load_model"):
+        page["seq2seq"].load_model(page["__test_dir__"] / "runs" / "indrnn-s2s")

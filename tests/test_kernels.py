@@ -134,14 +134,18 @@ def test_kernel_bfloat16_is_close_to_float32(key):
     _assert_trees_close(grads, want_grads, rtol=5e-2, atol=1e-1)
 
 
-def test_kernel_forward_mode_raises_naming_scan(key):
+@pytest.mark.parametrize("jit", [False, True])
+def test_kernel_forward_mode_raises_one_user_error_naming_scan(jit, key):
+    """Eagerly and under jit: the refusal itself (no callback failure wrapped around it)."""
     params, carry, xs = _problem("gru", key, 3, 2, 4, 5)
 
     def ys(xs):
         return rnn_jax.run(gru_cell, params, carry, xs, time_major=True, impl="pallas")[1]
 
-    with pytest.raises(Exception, match='impl="scan"'):
-        jax.block_until_ready(jax.jvp(ys, (xs,), (xs,)))
+    jvp = jax.jit(partial(jax.jvp, ys)) if jit else partial(jax.jvp, ys)
+    with pytest.raises(UserError, match='forward-mode autodiff .* use impl="scan" for forward mode') as err:
+        jax.block_until_ready(jvp((xs,), (xs,)))
+    assert "callback" not in str(err.value) and "\n" not in str(err.value)
 
 
 def test_unsupported_reasons(key):

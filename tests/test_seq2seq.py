@@ -2,6 +2,7 @@
 
 import dataclasses
 import json
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -10,6 +11,7 @@ import pytest
 
 from rnn_jax import checkpoint, cli, topologies
 from rnn_jax.apps import seq2seq as S
+from rnn_jax.cells import Cell, identity_readout
 from rnn_jax.data import pairs as P
 from rnn_jax.errors import UserError
 from rnn_jax.losses import token_cross_entropy
@@ -474,3 +476,104 @@ def test_checkpoints_store_the_length_budget_and_older_ones_get_a_generous_one(t
     assert "length_budget" not in checkpoint.read_meta(older)
     loaded = S.load_model(older)
     assert loaded.length_budget == S.LengthBudget(2.0, model.max_len) and loaded.max_source_len is None
+
+
+# A user's cell (an IndRNN: each unit recurs on itself alone), importable as "tests.test_seq2seq:indrnn_cell".
+class IndParams(NamedTuple):
+    W: jax.Array  # [I, H]
+    u: jax.Array  # [H]: each unit's own recurrent weight
+    b: jax.Array  # [H]
+
+
+def _ind_init(key, in_size, hidden_size, dtype=jnp.float32):
+    k_w, k_u = jax.random.split(key)
+    W = jax.random.normal(k_w, (in_size, hidden_size), dtype) / np.sqrt(in_size)
+    return IndParams(W, jax.random.uniform(k_u, (hidden_size,), dtype), jnp.zeros((hidden_size,), dtype))
+
+
+def _ind_step(p, h_H, u_H):
+    h_H = jnp.tanh(u_H + p.u * h_H)
+    return h_H, h_H
+
+
+indrnn_cell = Cell(
+    "indrnn",
+    project=lambda p, x_I: x_I @ p.W + p.b,
+    step=_ind_step,
+    readout=identity_readout,
+    init_carry=lambda p: jnp.zeros_like(p.b),
+    input_size=lambda p: p.W.shape[0],
+    init=_ind_init,
+)
+
+
+def _user_run(cell, out, **kw):
+    """A few steps of reversal with ``cell``: tiny sizes, by default two layers, bidirectional, Luong attention."""
+    kw = dict(dict(layers=2, embed_size=4, hidden_size=5, batch_size=8, steps=3, eval_every=3, eval_size=8,
+                   eval_batch_size=8, warmup_steps=1, verbose=False), **kw)  # fmt: skip
+    config = S.Config(task="reverse", cell=cell, out=str(out), **kw)
+    task = P.make_reverse(n_train=40, n_val=8, n_test=8, max_len=4)
+    return S.train(config, task=task, log=lambda msg: None)
+
+
+def _assert_translates_greedily(model, params):
+    """``translate`` of ``model`` is the greedy decoding (a Python loop over the decoder step) of ``params``."""
+    words = ["abc", "d", "dcba"]
+    got = S.translate_each(model, words)
+    for word, result in zip(words, got, strict=True):
+        ids = _greedy_reference(params, model.src_vocab.encode(tuple(word)), model.length_budget(8))
+        assert result.output == "".join(model.tgt_vocab.decode(ids))
+
+
+@pytest.mark.slow
+def test_user_cell_trains_checkpoints_its_import_path_and_loads_back(tmp_path, capsys):
+    result = _user_run(indrnn_cell, tmp_path / "ind")
+    params = result.model.params
+    enc, dec = params.encoder[1].bw, params.decoder[0]
+    assert isinstance(enc, topologies.CellParams) and enc.cell is indrnn_cell and enc.params.W.shape == (10, 5)
+    assert dec.cell is indrnn_cell and isinstance(dec.params, IndParams)
+    meta = checkpoint.read_meta(tmp_path / "ind" / "latest.ckpt")
+    assert meta["config"]["cell"] == "tests.test_seq2seq:indrnn_cell"
+    assert meta["cell"] == {"name": "indrnn", "builtin": False, "import_path": "tests.test_seq2seq:indrnn_cell",
+                            "module": "tests.test_seq2seq"}  # fmt: skip
+    model = S.load_model(result.out, "latest")  # found by its import path
+    assert model.config.cell is indrnn_cell
+    jax.tree.map(np.testing.assert_array_equal, model.params, params)
+    _assert_translates_greedily(model, params)
+    given = S.load_model(result.out, "latest", cell=indrnn_cell)
+    jax.tree.map(np.testing.assert_array_equal, given.params, params)
+    exported = S.load_model(S.export_model(model, tmp_path / "ind.ckpt", dtype="float32"))
+    assert exported.config.cell is indrnn_cell
+    jax.tree.map(np.testing.assert_array_equal, exported.params, params)
+    assert S.cli_main(["translate", "--ckpt", result.out, "--which", "latest", "abc"]) == 0  # imports the cell
+    assert capsys.readouterr().out.split("\t")[1].rstrip("\n") == S.translate_each(model, ["abc"])[0].output
+    assert _user_run(indrnn_cell, tmp_path / "ind", steps=5, resume=True).steps == 5
+
+
+@pytest.mark.slow
+def test_user_cell_without_import_path_is_passed_to_load_model(tmp_path):
+    local = dataclasses.replace(indrnn_cell, name="local_ind")  # made in a function: nothing can import it
+    result = _user_run(local, tmp_path / "local", layers=1, bidirectional=False, attention="bahdanau")
+    with pytest.raises(UserError, match=r"trained with the user cell 'local_ind' defined in tests.test_seq2seq; "
+                                        r"pass it: load_model\(.*, cell=<that Cell>\)") as err:  # fmt: skip
+        S.load_model(result.out, "latest")
+    assert "\n" not in str(err.value)
+    model = S.load_model(result.out, "latest", cell=local)
+    jax.tree.map(np.testing.assert_array_equal, model.params, result.model.params)
+    _assert_translates_greedily(model, result.model.params)
+
+
+def _pair_step(p, carry, u_H):
+    h_H = jnp.tanh(u_H + p.u * carry[0])
+    return (h_H, h_H), h_H
+
+
+def test_user_cells_that_cannot_train_are_refused_in_one_line_before_anything_is_written(tmp_path):
+    with pytest.raises(UserError, match=r"^the cell 'no_init' has no init; the trainer needs one: Cell\(\.\.\., init="):
+        _user_run(dataclasses.replace(indrnn_cell, name="no_init", init=None), tmp_path / "n")
+    pair = dataclasses.replace(indrnn_cell, name="pair", step=_pair_step, init_carry=lambda p: (p.b, p.b))
+    with pytest.raises(UserError, match=r"the cell 'pair' .* carry must be the hidden state \(one array\)"):
+        _user_run(pair, tmp_path / "n")
+    with pytest.raises(UserError, match="cannot import the cell 'no_such_pkg:cell'"):
+        _user_run("no_such_pkg:cell", tmp_path / "n")
+    assert not (tmp_path / "n").exists()

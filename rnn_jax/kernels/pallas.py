@@ -21,6 +21,8 @@ import jax.numpy as jnp
 from jax import lax
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as pl_triton
+from jax.extend.core import Primitive
+from jax.interpreters import batching, mlir
 
 from rnn_jax.errors import UserError
 from rnn_jax.kernels.gates import GATE_MATH
@@ -253,16 +255,25 @@ FORWARD_MODE_MESSAGE = (
 )
 
 
-def _refuse_forward_mode(*_):
+def _refuse_forward_mode(*_, **__):
     raise UserError(FORWARD_MODE_MESSAGE)
+
+
+# The tangent of the layer's outputs: a primitive that is only ever transposed (reverse mode, by linear_call)
+# and raises the one-line error where it would be evaluated (eagerly) or lowered (under jit): forward mode.
+_forward_mode_p = Primitive("rnn_pallas_forward_mode_refused")
+_forward_mode_p.multiple_results = True
+_forward_mode_p.def_impl(_refuse_forward_mode)
+_forward_mode_p.def_abstract_eval(lambda *avals: avals)
+batching.primitive_batchers[_forward_mode_p] = lambda args, dims: (_forward_mode_p.bind(*args), dims)
+mlir.register_lowering(_forward_mode_p, _refuse_forward_mode)
 
 
 def _tangent_refused(cfg, live, residuals, tangents):
     """The forward-mode tangent map: only ever evaluated by ``jax.jvp``, where it raises."""
     del cfg, live, tangents
     seq = residuals[5]
-    out = tuple(jax.ShapeDtypeStruct(s.shape, s.dtype) for s in seq)
-    return jax.pure_callback(_refuse_forward_mode, out, residuals[0])
+    return tuple(_forward_mode_p.bind(*seq))
 
 
 def _tangent_transpose(cfg, live, residuals, dseq):

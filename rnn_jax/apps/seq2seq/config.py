@@ -10,11 +10,13 @@ from rnn_jax import train as T
 from rnn_jax.data import pairs as P
 from rnn_jax.errors import UserError
 from rnn_jax.harness import field, shared_field
+from rnn_jax.harness.usercells import check_with_cell
 
 __all__ = ["Config", "KIND", "CELL_KINDS", "ATTENTIONS", "MODEL_FIELDS", "check_config"]
 
 KIND = "seq2seq"
 CELL_KINDS = ("lstm", "gru", "vanilla")
+"""The built-in cells by name (the command line's choices); from Python ``cell`` may be a user's Cell too."""
 ATTENTIONS = ("luong", "bahdanau", "none")
 
 
@@ -28,6 +30,11 @@ class Config:
     ``unroll`` are :func:`rnn_jax.run`'s options for the train step (the encoder layers take ``impl`` as given,
     the attention decoder runs ``"scan"`` for ``"pallas"``: :func:`rnn_jax.topologies.step_impl`); evaluation
     and decoding use ``run``'s defaults.
+
+    ``cell`` is a built-in cell's name (the command line takes these), or from Python your own
+    :class:`rnn_jax.Cell` (it needs ``init``; its output ``y`` and its carry, one array or an LSTMState, hold
+    ``hidden_size`` features) or its import path ``"module:attr"``: the encoder and the decoder are made of it.
+    Checkpoints record the cell, a user's by its import path where it has one, so that loading finds it.
     """
 
     task: str = field("addition", f"one of {', '.join(P.TASKS)} (ignored with pairs)", metavar="TASK")
@@ -39,7 +46,7 @@ class Config:
     max_target_len: int = field(P.MAX_TARGET_LEN, "pairs file: the longest target in tokens (longer: an error)")
     skip_long: bool = field(False, "pairs file: skip and count the lines over the length caps instead")
     keep_stress: bool = field(False, "g2p: keep the ARPAbet stress digits (AH0, OW1)")
-    cell: str = shared_field("cell", "lstm")
+    cell: str = shared_field("cell", "lstm")  # or, from Python, an rnn_jax.Cell with an init, or "module:attr"
     bidirectional: bool = field(True, "a bidirectional encoder (--unidirectional: forward only)")
     attention: str = field("luong", "attention over the encoder outputs", choices=ATTENTIONS)
     embed_size: int = shared_field("embed_size", 64)
@@ -87,15 +94,14 @@ def check_config(c: Config) -> Config:
 
     Returns the config with the budget filled in (:data:`rnn_jax.harness.DEFAULT_MINUTES` when neither
     ``steps`` nor ``minutes`` is given) and ``task="pairs"`` when a ``pairs`` file is given, its path made
-    absolute (the checkpoints store it: evaluation from another directory finds the same file).
+    absolute (the checkpoints store it: evaluation from another directory finds the same file). ``cell`` comes
+    back as a built-in's name or a user's :class:`rnn_jax.Cell` (one without ``init`` is refused).
     """
-    c = H.check_config(c)
+    c = check_with_cell(c, H.check_config)
     if c.pairs is not None:
         c = dataclasses.replace(c, task="pairs", pairs=os.path.abspath(c.pairs))
     elif c.task not in P.TASKS:
         raise UserError(f"task must be one of {', '.join(P.TASKS)} (or give a pairs file), got {c.task!r}")
-    if c.cell not in CELL_KINDS:
-        raise UserError(f"cell must be one of {CELL_KINDS}, got {c.cell!r}")
     if c.attention not in ATTENTIONS:
         raise UserError(f"attention must be one of {ATTENTIONS}, got {c.attention!r}")
     for name in _POSITIVE:

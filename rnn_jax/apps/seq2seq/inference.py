@@ -27,8 +27,10 @@ from rnn_jax.apps.seq2seq.data import LengthBudget, load_config_task
 from rnn_jax.apps.seq2seq.decoding import check_vocab_fits_beam, decode_pairs, finished, make_decoder
 from rnn_jax.apps.seq2seq.evaluation import evaluate
 from rnn_jax.apps.seq2seq.model import init_params, make_optimizer, state_template
+from rnn_jax.cells import Cell, resolve_cell
 from rnn_jax.data import pairs as P
 from rnn_jax.errors import UserError
+from rnn_jax.harness.usercells import cell_record, loaded_cell, stored_cell_spec
 
 __all__ = [
     "Model",
@@ -160,13 +162,20 @@ def shipped_model_path(name: str) -> Path:
     return path
 
 
-def load_model(ckpt: str | os.PathLike | None = None, which: str = "best", *, name: str | None = None) -> Model:
+def load_model(
+    ckpt: str | os.PathLike | None = None, which: str = "best", *, name: str | None = None, cell: Cell | None = None
+) -> Model:
     """The model of a run directory (its ``best`` checkpoint, else its ``latest``), of a ``.ckpt`` file, or the
-    shipped model ``name``; params come back in float32 whatever the file stores (an export may be float16)."""
+    shipped model ``name``; params come back in float32 whatever the file stores (an export may be float16).
+
+    A run of a user's cell loads it from the import path its checkpoint records; where it has none (a cell
+    defined in ``__main__`` or inside a function), pass the cell: ``load_model(run_dir, cell=my_cell)``.
+    The returned ``config.cell`` is then the :class:`~rnn_jax.Cell` itself.
+    """
     if (ckpt is None) == (name is None):
         raise UserError("give either a checkpoint (a run directory or a .ckpt file) or the name of a shipped model")
     run = H.read_run(shipped_model_path(name) if name is not None else ckpt, which, KIND, Config)
-    config = run.config
+    config = dataclasses.replace(run.config, cell=loaded_cell(run.meta, run.config.cell, ckpt or run.path, cell))
     shipped = SHIPPED_HEADER_EXTRAS.get(run.path.name, {}) if run.path.resolve().parent == MODELS_DIR else {}
     meta = {**shipped, **run.meta}
     src_vocab, tgt_vocab = P.Vocab.from_json(meta["src_vocab"]), P.Vocab.from_json(meta["tgt_vocab"])
@@ -211,7 +220,8 @@ def export_model(model: Model, path: str | os.PathLike, *, dtype: str = "float16
         raise UserError(f"dtype must be one of {', '.join(EXPORT_DTYPES)}, got {dtype!r}")
     meta = H.run_meta(
         KIND,
-        model.config,
+        dataclasses.replace(model.config, cell=stored_cell_spec(model.config.cell)),
+        cell=cell_record(resolve_cell(model.config.cell)),
         src_vocab=model.src_vocab.to_json(),
         tgt_vocab=model.tgt_vocab.to_json(),
         source_unit=model.source_unit,

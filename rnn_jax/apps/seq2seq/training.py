@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import os
@@ -24,10 +25,12 @@ from rnn_jax.apps.seq2seq.data import EpochBatches, Prepared, prepare, teacher_f
 from rnn_jax.apps.seq2seq.decoding import check_vocab_fits_beam, make_decoder
 from rnn_jax.apps.seq2seq.evaluation import attention_maps, evaluate, examples, val_loss
 from rnn_jax.apps.seq2seq.inference import Model
-from rnn_jax.apps.seq2seq.model import loss_fn, make_optimizer, state_template
+from rnn_jax.apps.seq2seq.model import init_params, loss_fn, make_optimizer, state_template
 from rnn_jax.apps.seq2seq.plots import plot_attention
+from rnn_jax.cells import resolve_cell
 from rnn_jax.data import pairs as P
 from rnn_jax.errors import UserError
+from rnn_jax.harness.usercells import cell_record, stored_cell_spec
 
 __all__ = ["TrainResult", "train", "checkpoint_meta"]
 
@@ -76,6 +79,11 @@ class TrainResult(NamedTuple):
         return summary
 
 
+def _as_stored(config: Config) -> Config:
+    """``config`` as a checkpoint stores it: its cell spelled as a name or an import path (JSON)."""
+    return dataclasses.replace(config, cell=stored_cell_spec(config.cell))
+
+
 def _hardware() -> str:
     dev = jax.devices()[0]
     return f"{dev.platform}:{dev.device_kind} ({os.cpu_count()} CPU cores visible, {platform.machine()})"
@@ -83,10 +91,11 @@ def _hardware() -> str:
 
 def checkpoint_meta(config: Config, prep: Prepared) -> dict:
     """What a checkpoint carries beside the state: the config, the vocabularies, the units, ``max_len``,
-    the length budget decoding follows and the longest training source."""
+    the length budget decoding follows, the longest training source and the cell (a user's by import path)."""
     return H.run_meta(
         KIND,
-        config,
+        _as_stored(config),
+        cell=cell_record(resolve_cell(config.cell)),
         src_vocab=prep.src_vocab.to_json(),
         tgt_vocab=prep.tgt_vocab.to_json(),
         source_unit=prep.task.source_unit,
@@ -144,7 +153,7 @@ def _check_resume(config: Config) -> None:
     if config.out is None:
         raise UserError("resume needs the run directory: set out")
     stored = H.stored_config(Config, H.resume_meta(config.out, KIND))
-    H.check_resumable(stored, config, MODEL_FIELDS, config.out)
+    H.check_resumable(stored, _as_stored(config), MODEL_FIELDS, config.out)
 
 
 def _initial_state(config: Config, prep: Prepared, out: Path | None, log) -> T.TrainState:
@@ -259,6 +268,8 @@ def train(config: Config, task: P.Task | None = None, log=None) -> TrainResult:
     log = log or ((lambda msg: print(msg, file=sys.stderr, flush=True)) if verbose else (lambda msg: None))
     prep = prepare(config, task)
     check_vocab_fits_beam(config.beam, prep.tgt_vocab)
+    # The model's shapes (nothing computed): a user's cell that does not fit the model is refused here.
+    jax.eval_shape(lambda: init_params(config, len(prep.src_vocab), len(prep.tgt_vocab), jax.random.key(0)))
     main = D.is_main_process()  # several processes: process 0 alone writes (the others read on resume)
     out = H.prepare(config.out, resume=config.resume) if config.out is not None and main else None  # first write
     out = Path(config.out) if config.out is not None and not main else out
