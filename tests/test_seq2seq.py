@@ -10,6 +10,7 @@ import pytest
 
 from rnn_jax import checkpoint, cli, topologies
 from rnn_jax.apps import seq2seq as S
+from rnn_jax.apps.seq2seq.tasks import make_reverse
 from rnn_jax.data import pairs as P
 from rnn_jax.errors import UserError
 from rnn_jax.losses import token_cross_entropy
@@ -32,7 +33,7 @@ def _greedy_reference(params, src_ids: list[int], max_len: int, stop: bool = Tru
 
 
 def _tiny_reverse():
-    return P.make_reverse(n_train=2000, n_val=50, n_test=100, max_len=5)
+    return make_reverse(n_train=2000, n_val=50, n_test=100, max_len=5)
 
 
 @pytest.fixture(scope="module")

@@ -7,6 +7,7 @@ import os
 
 from rnn_jax import harness as H
 from rnn_jax import train as T
+from rnn_jax.apps.seq2seq.tasks import TASKS
 from rnn_jax.data import pairs as P
 from rnn_jax.errors import UserError
 from rnn_jax.harness import field, shared_field
@@ -22,7 +23,7 @@ ATTENTIONS = ("luong", "bahdanau", "none")
 class Config:
     """Everything a run depends on; ``rnn-jax seq2seq train`` has one flag per field (``--hidden-size``...).
 
-    The data: a named ``task`` (:data:`rnn_jax.data.pairs.TASKS`), or a ``pairs`` file (a path) of
+    The data: a named ``task`` (:data:`rnn_jax.apps.seq2seq.tasks.TASKS`), or a ``pairs`` file (a path) of
     ``source<TAB>target`` lines, which replaces the task. The model fields (:data:`MODEL_FIELDS`) must match
     a checkpoint's to resume it. ``out=None`` (Python only) trains without writing anything. ``impl`` and
     ``unroll`` are :func:`rnn_jax.run`'s options for the train step (the encoder layers take ``impl`` as given,
@@ -30,7 +31,7 @@ class Config:
     and decoding use ``run``'s defaults.
     """
 
-    task: str = field("addition", f"one of {', '.join(P.TASKS)} (ignored with pairs)", metavar="TASK")
+    task: str = field("addition", f"one of {', '.join(TASKS)} (ignored with pairs)", metavar="TASK")
     pairs: str | None = field(None, "a UTF-8 file of source<TAB>target lines (replaces the task)", metavar="FILE.tsv")
     source_unit: str = field("char", "pairs file: source tokens are characters or space-separated words",
                              choices=("char", "word"))  # fmt: skip
@@ -92,8 +93,8 @@ def check_config(c: Config) -> Config:
     c = H.check_config(c)
     if c.pairs is not None:
         c = dataclasses.replace(c, task="pairs", pairs=os.path.abspath(c.pairs))
-    elif c.task not in P.TASKS:
-        raise UserError(f"task must be one of {', '.join(P.TASKS)} (or give a pairs file), got {c.task!r}")
+    elif c.task not in TASKS:
+        raise UserError(f"task must be one of {', '.join(TASKS)} (or give a pairs file), got {c.task!r}")
     if c.cell not in CELL_KINDS:
         raise UserError(f"cell must be one of {CELL_KINDS}, got {c.cell!r}")
     if c.attention not in ATTENTIONS:
