@@ -377,6 +377,17 @@ def test_impl_and_unroll_flags_reach_the_config():
         S.check_config(S.Config(impl="fast"))
 
 
+def test_attention_flag_takes_the_topologies_spelling():
+    """One table of attention names: the flag's choices are ``topologies.ATTENTIONS``, and its ``none`` builds
+    the model without attention."""
+    parser = S.cli._parser("rnn-jax seq2seq")
+    assert S.ATTENTIONS is topologies.ATTENTIONS
+    cfg = S.config_from_args(parser.parse_args(["train", "--attention", "none"]))
+    assert cfg.attention == "none" and S.init_params(cfg, 5, 6, jax.random.key(0)).attention is None
+    with pytest.raises(UserError, match="attention must be one of"):
+        S.check_config(S.Config(attention="dot"))
+
+
 @pytest.mark.slow
 def test_train_step_with_pallas_lowers_for_cuda():
     """seq2seq's own train step (2 bidirectional LSTM encoder layers, Luong attention, dropout, scheduled

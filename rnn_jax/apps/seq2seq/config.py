@@ -11,12 +11,12 @@ from rnn_jax.apps.seq2seq.tasks import TASKS
 from rnn_jax.data import pairs as P
 from rnn_jax.errors import UserError
 from rnn_jax.harness import field, shared_field
+from rnn_jax.topologies import ATTENTIONS
 
 __all__ = ["Config", "KIND", "CELL_KINDS", "ATTENTIONS", "MODEL_FIELDS", "check_config"]
 
 KIND = "seq2seq"
 CELL_KINDS = ("lstm", "gru", "vanilla")
-ATTENTIONS = ("luong", "bahdanau", "none")
 
 
 @dataclasses.dataclass(frozen=True)
