@@ -21,7 +21,8 @@ import os
 import jax
 import numpy as np
 
-from rnn_jax.tools.memory import DTYPES, bptt_loss, format_table, make_problem, memory_table
+from rnn_jax.dtypes import COMPUTE_DTYPES, DTYPES
+from rnn_jax.tools.memory import bptt_loss, format_table, make_problem, memory_table
 
 
 @dataclasses.dataclass(frozen=True)
@@ -96,7 +97,7 @@ if __name__ == "__main__":
     parser.add_argument("--measured-T", type=int, nargs="+", default=list(Config.measured_Ts))
     parser.add_argument("--compiled-only-T", type=int, nargs="*", default=list(Config.compiled_only_Ts))
     parser.add_argument("--grad-check-T", type=int, default=Config.grad_check_T)
-    parser.add_argument("--dtype", choices=sorted(DTYPES), default=Config.dtype)
+    parser.add_argument("--dtype", choices=sorted(COMPUTE_DTYPES), default=Config.dtype)
     parser.add_argument("--out-dir", default=Config.out_dir)
     a = parser.parse_args()
     main(

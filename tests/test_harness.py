@@ -14,8 +14,9 @@ import pytest
 from rnn_jax import checkpoint
 from rnn_jax import harness as H
 from rnn_jax import train as T
+from rnn_jax.dtypes import COMPUTE_DTYPES, DTYPES
 from rnn_jax.errors import UserError
-from rnn_jax.harness import loop
+from rnn_jax.harness import common, loop
 from tests.test_train import _data, _linear_loss, _state
 
 # ---------------------------------------------------------------------------------------------------
@@ -114,6 +115,14 @@ def test_check_config_names_fields_and_fills_the_budget():
         with pytest.raises(UserError) as err:
             H.check_config(bad)
         assert message in str(err.value) and "--" not in str(err.value)
+
+
+def test_compute_dtypes_come_from_the_one_table():
+    """``--dtype`` offers the compute dtypes of :mod:`rnn_jax.dtypes`; float16 is in the table but not one of them."""
+    assert H.compute_dtype("bfloat16") is DTYPES["bfloat16"] and H.compute_dtype("float32") is DTYPES["float32"]
+    assert common.SHARED_FIELDS["dtype"][3] == COMPUTE_DTYPES == ("float32", "bfloat16") and "float16" in DTYPES
+    with pytest.raises(UserError, match=r"dtype must be one of \['bfloat16', 'float32'\], got 'float16'"):
+        H.compute_dtype("float16")
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -11,6 +11,7 @@ import pytest
 
 from rnn_jax import checkpoint, cli, topologies
 from rnn_jax.apps import seq2seq as S
+from rnn_jax.apps.seq2seq.tasks import make_reverse
 from rnn_jax.cells import Cell, identity_readout
 from rnn_jax.data import pairs as P
 from rnn_jax.errors import UserError
@@ -34,7 +35,7 @@ def _greedy_reference(params, src_ids: list[int], max_len: int, stop: bool = Tru
 
 
 def _tiny_reverse():
-    return P.make_reverse(n_train=2000, n_val=50, n_test=100, max_len=5)
+    return make_reverse(n_train=2000, n_val=50, n_test=100, max_len=5)
 
 
 @pytest.fixture(scope="module")
@@ -376,6 +377,17 @@ def test_impl_and_unroll_flags_reach_the_config():
     assert (cfg.impl, cfg.unroll) == ("auto", None) == (S.Config().impl, S.Config().unroll)
     with pytest.raises(UserError, match="impl must be one of"):
         S.check_config(S.Config(impl="fast"))
+
+
+def test_attention_flag_takes_the_topologies_spelling():
+    """One table of attention names: the flag's choices are ``topologies.ATTENTIONS``, and its ``none`` builds
+    the model without attention."""
+    parser = S.cli._parser("rnn-jax seq2seq")
+    assert S.ATTENTIONS is topologies.ATTENTIONS
+    cfg = S.config_from_args(parser.parse_args(["train", "--attention", "none"]))
+    assert cfg.attention == "none" and S.init_params(cfg, 5, 6, jax.random.key(0)).attention is None
+    with pytest.raises(UserError, match="attention must be one of"):
+        S.check_config(S.Config(attention="dot"))
 
 
 @pytest.mark.slow

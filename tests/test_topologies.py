@@ -13,6 +13,7 @@ from rnn_jax import losses as Ls
 from rnn_jax import topologies as Tp
 from rnn_jax.errors import UserError
 from rnn_jax.scan import IMPLS
+from rnn_jax.topologies.seq2seq import _layers
 
 B, T, I, H = 3, 7, 4, 5
 S, V_SRC, V_TGT, E = 6, 7, 9, 3
@@ -174,7 +175,7 @@ def test_decoder_step_fn_agrees_with_teacher_forcing_and_decodes():
 
 def _reference_seq2seq_one(params, src_S, n_src, tgt_T):
     """One example of a (stacked) encoder-decoder by hand: Python loops over steps and layers."""
-    cell = Tp.cell_of(Tp._layers(params.decoder)[0])
+    cell = Tp.cell_of(_layers(params.decoder)[0])
     hid = Tp.hidden_of
 
     def over(layer, xs):  # one direction of one layer over the real steps, in order
@@ -185,7 +186,7 @@ def _reference_seq2seq_one(params, src_S, n_src, tgt_T):
         return c, out
 
     xs = [params.src_embed[src_S[s]] for s in range(n_src)]
-    for layer in Tp._layers(params.encoder):
+    for layer in _layers(params.encoder):
         if isinstance(layer, Tp.Bidirectional):
             c_fw, fw = over(layer.fw, xs)
             c_bw, bw = over(layer.bw, xs[::-1])
@@ -205,7 +206,7 @@ def _reference_seq2seq_one(params, src_S, n_src, tgt_T):
         w = jax.nn.softmax(scores)
         return w @ memory, w
 
-    layers, bridges = Tp._layers(params.decoder), Tp._layers(params.bridge)
+    layers, bridges = _layers(params.decoder), _layers(params.bridge)
     carries = [
         Tp.carry_from_hidden(cell, l, jnp.tanh(summary @ b.W + b.b)) for l, b in zip(layers, bridges, strict=True)
     ]
@@ -356,6 +357,13 @@ def test_glimpses_look_somewhere_each_step_and_decide_at_the_end():
 # ---------------------------------------------------------------------------------------------------
 # Bad input
 # ---------------------------------------------------------------------------------------------------
+
+
+def test_attention_none_and_None_build_the_same_model():
+    a, b = _init(3, attention="none"), _init(3, attention=None)
+    assert a.attention is None and "none" in Tp.ATTENTIONS
+    assert jax.tree.structure(a) == jax.tree.structure(b)
+    _close(a, b, rtol=0, atol=0)
 
 
 def test_bad_input_is_named():

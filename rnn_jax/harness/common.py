@@ -25,6 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from rnn_jax.cells import CELLS, vanilla_init
+from rnn_jax.dtypes import COMPUTE_DTYPES, DTYPES
 from rnn_jax.errors import UserError
 from rnn_jax.harness.config import field
 from rnn_jax.scan import IMPLS
@@ -46,9 +47,6 @@ __all__ = [
 DEFAULT_MINUTES = 2.0
 """The budget of every trainer when neither ``steps`` nor ``minutes`` is given."""
 
-DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
-"""Compute dtypes by name: the train step runs in it; params, optimiser state and the loss stay float32."""
-
 # name -> (help, aliases, word for None, choices)
 SHARED_FIELDS: dict[str, tuple[str, tuple[str, ...], str, tuple | None]] = {
     "cell": ("recurrent cell", (), "none", tuple(CELLS)),
@@ -65,7 +63,7 @@ SHARED_FIELDS: dict[str, tuple[str, tuple[str, ...], str, tuple | None]] = {
     "final_lr_fraction": ("the cosine decays to this fraction of the peak learning rate", (), "none", None),
     "steps": ("step budget, resumed steps included (none: use minutes)", (), "none", None),
     "minutes": (f"time budget in minutes ({DEFAULT_MINUTES:g} when neither budget is given)", (), "none", None),
-    "dtype": ("compute dtype; params and optimiser stay float32", (), "none", tuple(DTYPES)),
+    "dtype": ("compute dtype; params and optimiser stay float32", (), "none", COMPUTE_DTYPES),
     "devices": ("split each batch over N devices, a data-parallel mesh (none: one device)", (), "none", None),
     "unroll": ("scan steps per loop iteration (auto: run's own choice)", (), "auto", None),
     "impl": ("the scan algorithm passed to run (auto: run's choice per platform)", (), "none", IMPLS),
@@ -85,9 +83,10 @@ def shared_field(name: str, default: Any = None):
 
 
 def compute_dtype(name: str):
-    """The dtype called ``name`` in :data:`DTYPES`; a :class:`UserError` naming the field otherwise."""
-    if name not in DTYPES:
-        raise UserError(f"dtype must be one of {sorted(DTYPES)}, got {name!r}")
+    """The compute dtype called ``name`` (one of :data:`~rnn_jax.dtypes.COMPUTE_DTYPES`): the train step runs in it;
+    params, optimiser state and the loss stay float32. A :class:`UserError` naming the field otherwise."""
+    if name not in COMPUTE_DTYPES:
+        raise UserError(f"dtype must be one of {sorted(COMPUTE_DTYPES)}, got {name!r}")
     return DTYPES[name]
 
 

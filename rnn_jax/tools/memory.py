@@ -40,13 +40,13 @@ import jax
 import jax.numpy as jnp
 
 from rnn_jax.cells import VanillaParams, vanilla_cell, vanilla_init
+from rnn_jax.dtypes import COMPUTE_DTYPES, DTYPES
 from rnn_jax.errors import UserError
 from rnn_jax.scan import run, zeros_carry
 
 __all__ = ["MemoryRow", "bptt_loss", "make_problem", "compiled_memory", "measured_memory", "memory_table", "cli_main"]
 
 REMATS = ("none", "step", "sqrt")
-DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 MiB = 2**20
 
 
@@ -224,7 +224,7 @@ def cli_main(argv: list[str], prog: str = "rnn-jax memory") -> int:
     parser.add_argument("--hidden", type=int, default=256)
     parser.add_argument("--vocab", type=int, default=32, help="input and output size (one-hot characters)")
     parser.add_argument("--batch", type=int, default=1)
-    parser.add_argument("--dtype", choices=sorted(DTYPES), default="float32", help="params and compute dtype")
+    parser.add_argument("--dtype", choices=sorted(COMPUTE_DTYPES), default="float32", help="params and compute dtype")
     parser.add_argument(
         "--projection",
         choices=("hoisted", "in-loop", "both"),

@@ -37,11 +37,11 @@ last stdout line, one JSON object with the test metrics; it writes ``metrics.jso
 ``attention.png`` and the ``latest``/``best`` checkpoints into ``--out``.
 
 The package, one concern per module: :mod:`~rnn_jax.apps.seq2seq.config` (the :class:`Config` and its checks),
-:mod:`~rnn_jax.apps.seq2seq.data` (vocabularies and batches), :mod:`~rnn_jax.apps.seq2seq.model` (params and
-loss), :mod:`~rnn_jax.apps.seq2seq.decoding` (greedy and beam), :mod:`~rnn_jax.apps.seq2seq.evaluation`
-(metrics and attention), :mod:`~rnn_jax.apps.seq2seq.training` (:func:`train`),
-:mod:`~rnn_jax.apps.seq2seq.inference` (:func:`load_model`, :func:`translate`), :mod:`~rnn_jax.apps.seq2seq.plots`
-and :mod:`~rnn_jax.apps.seq2seq.cli`.
+:mod:`~rnn_jax.apps.seq2seq.tasks` (the built-in tasks), :mod:`~rnn_jax.apps.seq2seq.data` (vocabularies and
+batches), :mod:`~rnn_jax.apps.seq2seq.model` (params and loss), :mod:`~rnn_jax.apps.seq2seq.decoding` (greedy and
+beam), :mod:`~rnn_jax.apps.seq2seq.evaluation` (metrics and attention), :mod:`~rnn_jax.apps.seq2seq.training`
+(:func:`train`), :mod:`~rnn_jax.apps.seq2seq.inference` (:func:`load_model`, :func:`translate`),
+:mod:`~rnn_jax.apps.seq2seq.plots` and :mod:`~rnn_jax.apps.seq2seq.cli`.
 """
 
 from rnn_jax.apps.seq2seq.cli import EvaluateConfig, ExportConfig, TranslateConfig, cli_main, config_from_args

@@ -7,24 +7,25 @@ import os
 
 from rnn_jax import harness as H
 from rnn_jax import train as T
+from rnn_jax.apps.seq2seq.tasks import TASKS
 from rnn_jax.data import pairs as P
 from rnn_jax.errors import UserError
 from rnn_jax.harness import field, shared_field
 from rnn_jax.harness.usercells import check_with_cell
+from rnn_jax.topologies import ATTENTIONS
 
 __all__ = ["Config", "KIND", "CELL_KINDS", "ATTENTIONS", "MODEL_FIELDS", "check_config"]
 
 KIND = "seq2seq"
 CELL_KINDS = ("lstm", "gru", "vanilla")
 """The built-in cells by name (the command line's choices); from Python ``cell`` may be a user's Cell too."""
-ATTENTIONS = ("luong", "bahdanau", "none")
 
 
 @dataclasses.dataclass(frozen=True)
 class Config:
     """Everything a run depends on; ``rnn-jax seq2seq train`` has one flag per field (``--hidden-size``...).
 
-    The data: a named ``task`` (:data:`rnn_jax.data.pairs.TASKS`), or a ``pairs`` file (a path) of
+    The data: a named ``task`` (:data:`rnn_jax.apps.seq2seq.tasks.TASKS`), or a ``pairs`` file (a path) of
     ``source<TAB>target`` lines, which replaces the task. The model fields (:data:`MODEL_FIELDS`) must match
     a checkpoint's to resume it. ``out=None`` (Python only) trains without writing anything. ``impl`` and
     ``unroll`` are :func:`rnn_jax.run`'s options for the train step (the encoder layers take ``impl`` as given,
@@ -37,7 +38,7 @@ class Config:
     Checkpoints record the cell, a user's by its import path where it has one, so that loading finds it.
     """
 
-    task: str = field("addition", f"one of {', '.join(P.TASKS)} (ignored with pairs)", metavar="TASK")
+    task: str = field("addition", f"one of {', '.join(TASKS)} (ignored with pairs)", metavar="TASK")
     pairs: str | None = field(None, "a UTF-8 file of source<TAB>target lines (replaces the task)", metavar="FILE.tsv")
     source_unit: str = field("char", "pairs file: source tokens are characters or space-separated words",
                              choices=("char", "word"))  # fmt: skip
@@ -100,8 +101,8 @@ def check_config(c: Config) -> Config:
     c = check_with_cell(c, H.check_config)
     if c.pairs is not None:
         c = dataclasses.replace(c, task="pairs", pairs=os.path.abspath(c.pairs))
-    elif c.task not in P.TASKS:
-        raise UserError(f"task must be one of {', '.join(P.TASKS)} (or give a pairs file), got {c.task!r}")
+    elif c.task not in TASKS:
+        raise UserError(f"task must be one of {', '.join(TASKS)} (or give a pairs file), got {c.task!r}")
     if c.attention not in ATTENTIONS:
         raise UserError(f"attention must be one of {ATTENTIONS}, got {c.attention!r}")
     for name in _POSITIVE:

@@ -8,6 +8,7 @@ from typing import NamedTuple
 
 import numpy as np
 
+from rnn_jax.apps.seq2seq import tasks
 from rnn_jax.apps.seq2seq.config import Config
 from rnn_jax.data import pairs as P
 
@@ -70,7 +71,7 @@ class Prepared(NamedTuple):
 
 def load_config_task(config: Config) -> P.Task:
     """The task ``config`` names (``task``, ``keep_stress``), or its ``pairs`` file read with its units."""
-    return P.load_task(
+    return tasks.load_task(
         config.task,
         keep_stress=config.keep_stress,
         pairs_file=config.pairs,

@@ -8,13 +8,13 @@ import sys
 
 from rnn_jax import linear
 from rnn_jax.cells import resolve_cell
+from rnn_jax.dtypes import DTYPES
 from rnn_jax.errors import UserError
 from rnn_jax.tools.bench.impls import IMPL_ROW, JAX_IMPLS, RUN_IMPLS
 from rnn_jax.tools.bench.peers import CUDNN_IMPL, FLAX_IMPLS, torch_module
 from rnn_jax.tools.bench.report import add_floors, plot, print_header, print_table, summarize, write_json
 from rnn_jax.tools.bench.suites import measure_compile, measure_layers, measure_linear
 from rnn_jax.tools.bench.timing import (
-    DTYPES,
     GATES,
     MODES,
     conditions,

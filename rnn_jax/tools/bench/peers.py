@@ -91,7 +91,7 @@ def torch_items(cell: str, s: Shape, dtype_name: str, modes, threads: int) -> li
     dev = "cuda" if torch.cuda.is_available() else "cpu"
     if dev == "cpu":
         torch.set_num_threads(threads)
-    tdtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype_name]
+    tdtype = getattr(torch, dtype_name)  # torch spells the names of DTYPES the same way
     cls = {"vanilla": torch.nn.RNN, "lstm": torch.nn.LSTM, "gru": torch.nn.GRU}[cell]
     torch.manual_seed(0)
     module = cls(s.I, s.H).to(dev, tdtype)

@@ -8,6 +8,7 @@ from collections.abc import Callable, Sequence
 import jax
 
 from rnn_jax import linear
+from rnn_jax.dtypes import DTYPES
 from rnn_jax.errors import UserError
 from rnn_jax.tools.bench.impls import DEFAULT_IMPLS, IMPL_ROW, jax_impl, python_loop_impl, run_impl
 from rnn_jax.tools.bench.peers import (
@@ -20,7 +21,6 @@ from rnn_jax.tools.bench.peers import (
     torch_module,
 )
 from rnn_jax.tools.bench.timing import (
-    DTYPES,
     MODES,
     Shape,
     Timed,

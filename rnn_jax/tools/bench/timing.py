@@ -14,10 +14,10 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
+from rnn_jax.dtypes import DTYPES
 from rnn_jax.errors import UserError
 
 GATES = {"vanilla": 1, "lstm": 4, "gru": 3}
-DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 MODES = ("fwd", "fwd_bwd")
 
 
