@@ -250,7 +250,7 @@ def test_a_stored_config_is_checked_as_a_given_one_is(tmp_path, text_file, capsy
     assert cli.main(_charlm(text_file, out, 2)) == 0
     rundir.release(out)
     model = charlm.load_model(str(out))
-    template, _ = charlm._build(model.config, model.vocab.size, 1)
+    template, _ = charlm.build_state(model.config, model.vocab.size, 1)
     for name in ("latest", "best"):
         path = checkpoint.checkpoint_path(out, name)
         state, meta = checkpoint.restore(path, template)
