@@ -20,7 +20,7 @@ import dataclasses
 import json
 import sys
 
-from rnn_jax import harness as H
+from rnn_jax import harness
 from rnn_jax.apps.digits import (
     EXPERIMENTS,
     CaptionConfig,
@@ -80,7 +80,7 @@ def _parse(args: list[str]) -> dict[str, TrainConfig]:
     for name in names:
         known = _keys(type(CONFIGS[name]))
         mine = [p for p in pairs if p.partition("=")[0] in known]
-        configs[name] = H.config_from_overrides(type(CONFIGS[name]), mine, base=CONFIGS[name])
+        configs[name] = harness.config_from_overrides(type(CONFIGS[name]), mine, base=CONFIGS[name])
     every = set().union(*(_keys(type(c)) for c in configs.values()))
     left = sorted({p.partition("=")[0] for p in pairs} - every)
     if left:

@@ -24,7 +24,7 @@ import dataclasses
 import json
 import os
 
-from rnn_jax import harness as H
+from rnn_jax import harness
 from rnn_jax.apps.seq2seq import Config, train
 from rnn_jax.errors import UserError
 
@@ -57,10 +57,10 @@ def main(names: list[str], minutes: float | None = None, out_root: str = "runs",
     results = []
     for name in names:
         exp = PRESETS[name]
-        base = H.replace_config(exp.config, {"out": os.path.join(out_root, f"seq2seq-{name}"), "verbose": False})
+        base = harness.replace_config(exp.config, {"out": os.path.join(out_root, f"seq2seq-{name}"), "verbose": False})
         if minutes is not None:
-            base = H.replace_config(base, {"minutes": minutes})
-        config = H.config_from_overrides(Config, overrides, config_file, base=base)
+            base = harness.replace_config(base, {"minutes": minutes})
+        config = harness.config_from_overrides(Config, overrides, config_file, base=base)
         summary = train(config).summary()
         summary["target_exact_match"] = exp.target_exact_match
         summary["target_met"] = (

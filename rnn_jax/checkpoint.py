@@ -1,76 +1,9 @@
-"""Checkpoints: one msgpack file per checkpoint, arrays keyed by path, versioned, written atomically.
+"""Checkpoints: one msgpack file per checkpoint, arrays keyed by path, versioned, checksummed, written atomically.
 
-A checkpoint is a whole :class:`~rnn_jax.train.TrainState` (params, optimiser state, step, PRNG key,
-TBPTT carry), or any pytree of arrays, plus a JSON ``meta`` dict (config, vocabulary, data cursor,
-metrics). Files::
-
-    DIR/latest.ckpt     the most recent state (overwritten in place, atomically)
-    DIR/best.ckpt       the state with the best validation metric so far
-
-Format ``rnn_jax.checkpoint/3`` (:data:`FORMAT`), a msgpack map::
-
-    format   "rnn_jax.checkpoint/3"
-    sha256   the SHA-256 (hex) of the format string's UTF-8 bytes followed by ``body``
-    body     msgpack bytes of the map
-               meta     the meta dict as a JSON string
-               arrays   {key path: array}, the key path as ``jax.tree_util.keystr`` writes it
-               keys     {key path: PRNG key dtype} for the leaves that are typed PRNG keys (stored as key_data)
-
-A file whose checksum does not match, or a file of ours (its first bytes say so) that does not parse, is
-refused as *damaged*, naming the file. Format 2 (the same map without the checksum layer) and format 1
-still load, unchecked.
-
-Restoring needs a *template*: a state of the right structure (e.g. freshly initialised from the stored
-config). Each template leaf takes the stored array at its key path, so the restore depends on the names
-of the fields, not on the order of the leaves or on how the tree prints. A missing or extra path, a
-shape or a dtype that differs, or an ``expect``-ed meta field that differs is a
-:class:`~rnn_jax.errors.UserError` naming the path: a checkpoint from another model is refused rather
-than half-loaded. PRNG keys are rebuilt with ``jax.random.wrap_key_data`` in the template key's
-implementation.
-
-Older files. Each format step has one function in :data:`MIGRATIONS` that turns a payload of that format
-into one of the next; :func:`restore` applies them in turn, so every file an rnn_jax release wrote keeps
-loading (``tests/fixtures/checkpoints`` holds format-1 runs). Format 1 stored the leaves by their flatten
-order (``"0"``, ``"1"``, ...) beside ``str(treedef)``; its migration gives leaf ``i`` the template's
-``i``-th key path, and the shape and dtype checks then guard the match.
-
-A model that gains a field. An application passes ``migrate=`` to :func:`restore`: a function
-``(Stored, template_arrays) -> Stored`` that sees the stored arrays by key path and the meta, and returns
-them as the current model expects. It runs on every restore, after the format migrations and before the
-``expect`` check, so it must leave a checkpoint that already has the field alone. :func:`fill_from_template`
-builds the common one: paths missing from older files take the template's value (the fresh initialisation,
-or whatever default the app put in its template). A meta field that a model gained is filled the same way,
-e.g. seq2seq's ``layers``, absent from the meta of runs written before stacking (all single-layer)::
-
-    def migrate(stored, template_arrays):
-        model = stored.meta.get("model", {})
-        if "layers" not in model:  # runs without the field were single-layer
-            stored = stored._replace(meta={**stored.meta, "model": {**model, "layers": 1}})
-        return stored
-
-    checkpoint.restore(path, template, expect={"model": model_meta(config)}, migrate=migrate)
-
-which lets ``model_meta`` always write ``layers`` (no list of fields written only when they differ from
-an old default).
-
-Atomic: the bytes go to a temporary file in the same directory, are flushed and ``fsync``-ed, and the
-file is renamed over the old one with ``os.replace`` (atomic on POSIX), then the directory is synced. A
-process killed at any moment leaves either the old checkpoint or the new one, never a torn file. Files
-get the mode the umask gives any new file (usually 0644), as the run's other outputs do.
-
-Why flax.serialization rather than orbax (which flax installs, with tensorstore):
-
-* one self-describing file per checkpoint: the arrays by key path, the format version and the meta
-  (config, vocabulary) together, which can be copied, attached to a report, committed as a test fixture
-  and read with msgpack alone; orbax writes a directory per checkpoint (array files and metadata);
-* synchronous and durable when :func:`save` returns (temporary file, fsync, rename, directory fsync), with
-  no background thread to wait for before the process may exit (orbax's ``CheckpointManager`` saves
-  asynchronously by default);
-* typed PRNG keys are an ordinary leaf here (stored as ``key_data``), where orbax restores them through a
-  separate random-key handler;
-* restoring is one read plus the checks above, with messages naming the path, and the format and its
-  migrations are ours to keep; orbax's chunked, multi-host tensorstore writing buys nothing for a few MB
-  written by one process.
+A checkpoint is a :class:`~rnn_jax.train.TrainState` (or any pytree of arrays) plus a JSON ``meta`` dict;
+:func:`restore` fills a template of the same structure by key path, migrating older formats
+(:data:`MIGRATIONS`) and refusing a mismatch with one line. The format, the migrations and why this is not
+orbax: docs/faults.md, "The checkpoint file".
 """
 
 from __future__ import annotations

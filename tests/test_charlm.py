@@ -18,6 +18,7 @@ import pytest
 from rnn_jax import Cell, checkpoint, cli
 from rnn_jax.apps import charlm
 from rnn_jax.cells import identity_readout
+from rnn_jax.data import text as textdata
 from rnn_jax.errors import UserError
 
 TINY = "".join(f"hello world {i % 5}\n" for i in range(240))  # 3360 characters, 15 distinct
@@ -147,7 +148,7 @@ def test_nan_stops_cleanly_with_last_good_checkpoint(text_file, tmp_path, monkey
         live = sum(jnp.sum(jnp.abs(c)) for c in jax.tree.leaves(carries)) > 0
         return loss + jnp.where(batch.reset_B[0] & live, jnp.nan, 0.0), aux
 
-    monkeypatch.setattr(charlm, "loss_fn", poisoned)
+    monkeypatch.setattr(charlm.training, "loss_fn", poisoned)  # the name train() calls
     cfg = charlm.CharLMConfig(text_path=str(text_file), hidden_size=8, embed_size=4, batch_size=2, seq_len=8,
                               steps=200, samples=0, checkpoint_every=50, eval_every=1000, out=str(tmp_path),
                               verbose=False)  # fmt: skip
@@ -181,7 +182,7 @@ def test_validation_loss_covers_every_character_and_equals_a_loop(cell, impl):
     cfg = charlm.CharLMConfig(cell=cell, layers=2, hidden_size=5, embed_size=3 if cell == "lstm" else 0, impl=impl)
     params = charlm.init_params(jax.random.key(3), cfg, 7)
     ids = np.asarray(jax.random.randint(jax.random.key(4), (23,), 0, 7), np.int32)
-    windows = charlm.textdata.eval_windows(ids, streams=4, window=5)
+    windows = textdata.eval_windows(ids, streams=4, window=5)
     assert windows.mask_NEW.sum() == 22
     # The reference runs each of the evaluator's streams alone from a zero carry.
     L = -(-22 // 4)
@@ -189,7 +190,7 @@ def test_validation_loss_covers_every_character_and_equals_a_loop(cell, impl):
                    for b in range(4)) / 22  # fmt: skip
     got = charlm.make_evaluator(cfg, windows, None)(params)
     np.testing.assert_allclose(got, expected, rtol=1e-5)
-    one_stream = charlm.make_evaluator(cfg, charlm.textdata.eval_windows(ids, streams=1, window=5), None)(params)
+    one_stream = charlm.make_evaluator(cfg, textdata.eval_windows(ids, streams=1, window=5), None)(params)
     np.testing.assert_allclose(one_stream, _reference_nll(params, cfg, ids), rtol=1e-5)
 
 
@@ -294,7 +295,7 @@ def test_resume_after_sigkill_is_exact(text_file, tmp_path):
     assert json.loads(resumed.stdout.strip().splitlines()[-1])["steps"] == steps
 
     whole = tmp_path / "whole"
-    charlm.train(charlm.config_from_args(charlm._parser("t").parse_args(_train_argv(text_file, whole, steps))))
+    charlm.train(charlm.config_from_args(charlm.cli._parser("t").parse_args(_train_argv(text_file, whole, steps))))
     a, *_ = charlm.load_model(str(killed), "latest")
     b, *_ = charlm.load_model(str(whole), "latest")
     for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
@@ -302,12 +303,12 @@ def test_resume_after_sigkill_is_exact(text_file, tmp_path):
 
 
 def test_help_shows_a_default_for_every_flag_and_readme_commands_parse(capsys):
-    parser = charlm._parser("rnn-jax charlm")
+    parser = charlm.cli._parser("rnn-jax charlm")
     for action, config_type in (("train", charlm.CharLMConfig), ("sample", charlm.SampleConfig)):
         with pytest.raises(SystemExit):
             parser.parse_args([action, "--help"])
         text = " ".join(capsys.readouterr().out.split())
-        for f in charlm.dataclasses.fields(config_type):
+        for f in dataclasses.fields(config_type):
             if f.metadata["cli"]:  # each field's flag, its help line and its default (or "required")
                 flag = "--" + f.name.replace("_", "-")
                 described = [f"{f.metadata['help']} ({tail}" for tail in ("default ", "required)")]

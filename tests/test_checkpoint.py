@@ -16,7 +16,7 @@ from flax import serialization
 
 import rnn_jax as R
 from rnn_jax import checkpoint, cli
-from rnn_jax import train as T
+from rnn_jax import train as training
 from rnn_jax.apps import charlm, seq2seq
 from rnn_jax.errors import UserError
 
@@ -24,9 +24,9 @@ from rnn_jax.errors import UserError
 @functools.cache  # states are immutable: build each kind once
 def _state(hidden=5, seed=0):
     params = R.lstm_init(jax.random.key(seed), 3, hidden)
-    opt = T.make_optimizer(1e-3, total_steps=7, warmup_steps=2, weight_decay=0.01)
+    opt = training.make_optimizer(1e-3, total_steps=7, warmup_steps=2, weight_decay=0.01)
     carry = R.LSTMState(jnp.full((3, hidden), 0.25), jnp.full((3, hidden), -0.5))
-    state = T.init_state(params, opt, jax.random.key(11), carry=carry)
+    state = training.init_state(params, opt, jax.random.key(11), carry=carry)
     return state._replace(step=jnp.int32(9))
 
 

@@ -9,16 +9,17 @@ import optax
 import pytest
 
 import rnn_jax as R
-from rnn_jax import decode as D
+from rnn_jax import decode
 from rnn_jax import losses as Ls
 from rnn_jax.errors import UserError
 
 V, L = 4, 5  # vocabulary, steps of the table model
 
 # Jitted once per module, so that tests sharing a configuration share a compile (step_fn is static).
-greedy = jax.jit(D.greedy, static_argnums=0, static_argnames=("max_len", "end_token"))
-sample = jax.jit(D.sample, static_argnums=0, static_argnames=("max_len", "top_k", "end_token"))  # temperature, p traced
-beam = jax.jit(D.beam_search, static_argnums=0, static_argnames=("beam_width", "max_len", "end_token"))
+greedy = jax.jit(decode.greedy, static_argnums=0, static_argnames=("max_len", "end_token"))
+# temperature and top_p are traced
+sample = jax.jit(decode.sample, static_argnums=0, static_argnames=("max_len", "top_k", "end_token"))
+beam = jax.jit(decode.beam_search, static_argnums=0, static_argnames=("beam_width", "max_len", "end_token"))
 
 
 # A hand-built model whose next logits depend on the step and the token just fed: carry = step count.
@@ -88,7 +89,7 @@ def test_end_token_freezes_each_sequence_under_vmap_and_jit():
     table, _ = _table(2)
     logits_BV = table[0, :3]  # three different starting distributions
     keys = jax.random.split(jax.random.key(7), 3)
-    fn = jax.jit(jax.vmap(lambda l, k: D.sample(table_step, table, jnp.int32(0), l, k, max_len=L, end_token=0)))
+    fn = jax.jit(jax.vmap(lambda l, k: decode.sample(table_step, table, jnp.int32(0), l, k, max_len=L, end_token=0)))
     out = fn(logits_BV, keys)
     for b in range(3):
         one = sample(table_step, table, jnp.int32(0), logits_BV[b], keys[b], max_len=L, end_token=0)
@@ -163,7 +164,7 @@ def test_prime_equals_python_loop_and_composes_with_an_lstm_carry():
 
     c0 = R.LSTMState(jnp.full((H,), 0.1), jnp.zeros((H,)))
     prefix = jnp.array([3, 1, 2])
-    carry, logits = D.prime(step, params, c0, prefix)
+    carry, logits = decode.prime(step, params, c0, prefix)
     c = c0
     for tok in prefix:
         c, want = step(params, c, tok)
@@ -182,7 +183,7 @@ def test_the_lecture_hello_example():
     """Lecture 10's char-level example: a vanilla RNN on "hello" (vocabulary h, e, l, o) learns the next
     character and, primed with "h", samples "hello" back."""
     vocab = "helo"
-    ids = jnp.asarray(D.check_prime("hello", vocab))
+    ids = jnp.asarray(decode.check_prime("hello", vocab))
     params = R.vanilla_init(jax.random.key(0), len(vocab), 8, len(vocab))
     optimizer = optax.adam(0.05)
 
@@ -205,8 +206,8 @@ def test_the_lecture_hello_example():
     final, logits = loss(params)
     assert float(final) < 0.05 * float(losses[0])
     assert jnp.argmax(logits, -1).tolist() == ids[1:].tolist()  # "hell" -> "ello": the l's are told apart
-    step = D.one_hot_step(R.vanilla_cell, len(vocab))
-    carry, first = D.prime(step, params, jnp.zeros((8,)), D.check_prime("h", vocab))
+    step = decode.one_hot_step(R.vanilla_cell, len(vocab))
+    carry, first = decode.prime(step, params, jnp.zeros((8,)), decode.check_prime("h", vocab))
     out = greedy(step, params, carry, first, max_len=4)
     assert "h" + "".join(vocab[i] for i in out.tokens.tolist()) == "hello"
 
@@ -276,7 +277,7 @@ def test_beam_results_are_consistent_and_not_worse_than_greedy():
 def test_beam_search_jits_and_vmaps():
     table, _ = _table(40)
     fn = jax.jit(
-        jax.vmap(lambda l: D.beam_search(table_step, table, jnp.int32(0), l, beam_width=2, max_len=L, end_token=0))
+        jax.vmap(lambda l: decode.beam_search(table_step, table, jnp.int32(0), l, beam_width=2, max_len=L, end_token=0))
     )
     out = fn(table[0, :3])
     assert out.tokens.shape == (3, 2, L) and out.scores.shape == (3, 2)
@@ -304,34 +305,34 @@ def test_bad_sampling_arguments_name_the_value(kwargs, message):
     table, logits0 = _table(0)
     kw = {"max_len": L} | kwargs
     with pytest.raises(UserError, match=message):
-        D.sample(table_step, table, jnp.int32(0), logits0, jax.random.key(0), **kw)
+        decode.sample(table_step, table, jnp.int32(0), logits0, jax.random.key(0), **kw)
 
 
 @pytest.mark.parametrize("width", [0, V + 1])
 def test_bad_beam_width_names_the_value(width):
     table, logits0 = _table(0)
     with pytest.raises(UserError, match=f"beam width .* got {width}"):
-        D.beam_search(table_step, table, jnp.int32(0), logits0, beam_width=width, max_len=L, end_token=0)
+        decode.beam_search(table_step, table, jnp.int32(0), logits0, beam_width=width, max_len=L, end_token=0)
 
 
 def test_prime_outside_the_vocabulary_names_the_symbols():
-    assert D.check_prime("hel", "helo").tolist() == [0, 1, 2]
-    assert D.check_prime([3, 0], "helo").tolist() == [3, 0]
+    assert decode.check_prime("hel", "helo").tolist() == [0, 1, 2]
+    assert decode.check_prime([3, 0], "helo").tolist() == [3, 0]
     with pytest.raises(UserError, match=r"\['x', 'z'\]"):
-        D.check_prime("hexz", "helo")
+        decode.check_prime("hexz", "helo")
     with pytest.raises(UserError, match=r"\[7\]"):
-        D.check_prime(np.array([1, 7]), {"h": 0, "e": 1})
+        decode.check_prime(np.array([1, 7]), {"h": 0, "e": 1})
     with pytest.raises(UserError, match="empty"):
-        D.check_prime("", "helo")
+        decode.check_prime("", "helo")
 
 
 def test_prime_token_ids_outside_the_logits_vocabulary_are_named():
     """prime checks concrete ids against V, the size of the step's logits (an embedding would clamp them)."""
     table, _ = _table(3)
     with pytest.raises(UserError, match=rf"prime tokens hold the token id {V} at index \(2,\).*\[0, {V}\): encode"):
-        D.prime(table_step, table, jnp.int32(0), jnp.array([1, 0, V]))
+        decode.prime(table_step, table, jnp.int32(0), jnp.array([1, 0, V]))
     with pytest.raises(UserError, match=r"prime tokens hold the token id -2 at index \(0,\)"):
-        D.prime(table_step, table, jnp.int32(0), np.array([-2]))
+        decode.prime(table_step, table, jnp.int32(0), np.array([-2]))
     # Under jit the ids are tracers: not checked (documented), the call runs.
-    _, logits = jax.jit(D.prime, static_argnums=0)(table_step, table, jnp.int32(0), jnp.array([1, V]))
+    _, logits = jax.jit(decode.prime, static_argnums=0)(table_step, table, jnp.int32(0), jnp.array([1, V]))
     assert logits.shape == (V,)

@@ -14,7 +14,7 @@ import pytest
 from rnn_jax import cli
 from rnn_jax import harness as H_
 from rnn_jax.apps import digits as G
-from rnn_jax.data import images as D
+from rnn_jax.data import images as imagedata
 from rnn_jax.errors import UserError
 
 H = 5
@@ -55,7 +55,7 @@ def test_classifier_prefix_equals_many_to_one_with_lengths():
 def test_classifier_loss_gradients():
     k1, k2 = jax.random.split(jax.random.key(2))
     params = G.classifier_init(k1, in_size=1, hidden_size=H)
-    xs = D.as_pixels(np.asarray(_images(k2, 3)))
+    xs = imagedata.as_pixels(np.asarray(_images(k2, 3)))
     batch = (xs, jnp.array([1, 4, 9]), jnp.array([64, 5, 17], jnp.int32))
     (loss, aux), grads = jax.jit(jax.value_and_grad(G.classifier_loss, has_aux=True))(params, batch, None)
     assert loss.shape == () and np.isfinite(loss) and 0 <= aux["accuracy"] <= 1
@@ -74,7 +74,7 @@ def captioner():
 
 def test_caption_loss_masks_padding_and_reaches_every_param(captioner):
     images = _images(jax.random.key(4), 3)
-    inputs, targets, lengths = D.caption_tokens(np.array([1, 3, 6]))  # "one", "three", "six": padded
+    inputs, targets, lengths = imagedata.caption_tokens(np.array([1, 3, 6]))  # "one", "three", "six": padded
     loss_and_grad = jax.jit(jax.value_and_grad(G.caption_loss, has_aux=True))
     (loss, aux), grads = loss_and_grad(captioner, (images, inputs, targets, lengths), None)
     padded = np.where(np.arange(6) < lengths[:, None], targets, 5)  # change only the masked targets
@@ -95,12 +95,12 @@ def test_caption_greedy_equals_python_argmax_loop(captioner):
     image = _images(jax.random.key(6), 1)[0]
     out = jax.jit(G.caption_greedy, static_argnums=2)(captioner, image, 6)
     assert out.tokens.shape == (6,) and 1 <= int(out.length) <= 6
-    carry, logits = G.caption_step(captioner, G.caption_start(captioner, image), jnp.int32(D.START))
+    carry, logits = G.caption_step(captioner, G.caption_start(captioner, image), jnp.int32(imagedata.START))
     expected = []
     for _ in range(6):
         token = int(jnp.argmax(logits))
         expected.append(token)
-        if token == D.END:
+        if token == imagedata.END:
             break
         carry, logits = G.caption_step(captioner, carry, jnp.int32(token))
     assert np.asarray(out.tokens)[: len(expected)].tolist() == expected
@@ -117,7 +117,7 @@ def generator():
 
 
 def test_generator_row_t_depends_only_on_rows_before(generator):
-    levels = D.quantize(np.asarray(_images(jax.random.key(8), 1)[0]), 3)
+    levels = imagedata.quantize(np.asarray(_images(jax.random.key(8), 1)[0]), 3)
     gen_logits = jax.jit(G.generator_logits)
     logits = gen_logits(generator, 4, levels)
     assert logits.shape == (8, 8, 3)
@@ -144,7 +144,7 @@ def test_generate_feeds_its_rows_back(generator):
 
 
 def test_generator_loss_gradients(generator):
-    levels = D.quantize(np.asarray(_images(jax.random.key(9), 3)), 3)
+    levels = imagedata.quantize(np.asarray(_images(jax.random.key(9), 3)), 3)
     (loss, aux), grads = jax.jit(jax.value_and_grad(G.generator_loss, has_aux=True))(
         generator, (jnp.array([0, 3, 8]), levels), None
     )
@@ -159,7 +159,7 @@ def test_generator_loss_gradients(generator):
 
 def test_image_windows_match_sliding_patches():
     images = np.asarray(_images(jax.random.key(10), 2))
-    expected, _ = D.sliding_patches(images, 3)
+    expected, _ = imagedata.sliding_patches(images, 3)
     np.testing.assert_array_equal(jax.jit(jax.vmap(G.image_windows, (0, None)), static_argnums=1)(images, 3), expected)
 
 
@@ -186,7 +186,9 @@ def test_glimpse_shapes_looks_and_gradients():
 
 def test_video_labels_are_causal_and_trainable():
     params = G.video_init(jax.random.key(13), hidden_size=H)
-    frames = jnp.asarray(D.video_frames(np.asarray(_images(jax.random.key(14), 2)), n_frames=5, noise=0.2, occlusion=2))
+    frames = jnp.asarray(
+        imagedata.video_frames(np.asarray(_images(jax.random.key(14), 2)), n_frames=5, noise=0.2, occlusion=2)
+    )
     video_logits = jax.jit(jax.vmap(G.video_logits, (None, 0)))
     logits = video_logits(params, frames)
     assert logits.shape == (2, 5, 10)
@@ -287,15 +289,15 @@ def test_experiment_script_overrides_go_through_the_harness(tmp_path):
 def _loss_cases(captioner, generator):
     images = _images(jax.random.key(20), 3)
     labels = jnp.array([1, 4, 9])
-    inputs, targets, lengths = D.caption_tokens(np.array([1, 3, 6]))
-    frames = jnp.asarray(D.video_frames(np.asarray(images), n_frames=3, noise=0.2, occlusion=2))
+    inputs, targets, lengths = imagedata.caption_tokens(np.array([1, 3, 6]))
+    frames = jnp.asarray(imagedata.video_frames(np.asarray(images), n_frames=3, noise=0.2, occlusion=2))
     glimpse = G.glimpse_init(jax.random.key(21), n_parts=25, part_size=16, hidden_size=H, n_classes=10)
     glimpse_logits = partial(G.glimpse_class_logits, patch=4, glimpses=2, hard=True)
     return {
         "classifier": (G.classifier_loss, G.classifier_init(jax.random.key(22), in_size=8, hidden_size=H),
-                       (D.as_rows(np.asarray(images)), labels, jnp.array([8, 3, 1], jnp.int32))),
+                       (imagedata.as_rows(np.asarray(images)), labels, jnp.array([8, 3, 1], jnp.int32))),
         "caption": (G.caption_loss, captioner, (images, inputs, targets, lengths)),
-        "generator": (G.generator_loss, generator, (labels, D.quantize(np.asarray(images), 3))),
+        "generator": (G.generator_loss, generator, (labels, imagedata.quantize(np.asarray(images), 3))),
         "glimpse": (partial(G.classification_loss, glimpse_logits), glimpse, (images, labels)),
         "video": (G.video_loss, G.video_init(jax.random.key(23), hidden_size=H), (frames, labels)),
     }  # fmt: skip

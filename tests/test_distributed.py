@@ -38,14 +38,14 @@ from rnn_jax.errors import UserError
 WORKER = textwrap.dedent(
     """
     import json, os, signal, sys
-    from rnn_jax import distributed as D
+    from rnn_jax import distributed
 
-    out, steps, kill_at = D.initialize_from_argv(sys.argv[1:])
+    out, steps, kill_at = distributed.initialize_from_argv(sys.argv[1:])
     steps, kill_at = int(steps), int(kill_at)
 
     import jax, jax.numpy as jnp, numpy as np, optax
     import rnn_jax as R
-    from rnn_jax import checkpoint, train as T
+    from rnn_jax import checkpoint, train as training
     from rnn_jax.harness import FitOptions, fit
 
     V, H, B, W = 11, 5, 8, 6  # vocabulary, hidden, global batch (B streams), window
@@ -61,8 +61,8 @@ WORKER = textwrap.dedent(
         loss = optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), y_BW).mean()
         return loss, ({}, carries)
 
-    mesh = T.make_mesh()
-    rows = D.process_rows(B, mesh)
+    mesh = training.make_mesh()
+    rows = distributed.process_rows(B, mesh)
 
     class Streams:
         items_per_step = B * W
@@ -77,18 +77,18 @@ WORKER = textwrap.dedent(
     k = jax.random.split(jax.random.key(0), 3)
     params = {"layers": [R.gru_init(k[0], V, H)],
               "head": 0.3 * jax.random.normal(k[2], (H, V)), "bias": jnp.zeros((V,))}
-    opt = T.make_optimizer(3e-2, total_steps=steps, warmup_steps=2)
-    state = T.init_state(params, opt, jax.random.key(3), carry=[jnp.zeros((B, H))])
+    opt = training.make_optimizer(3e-2, total_steps=steps, warmup_steps=2)
+    state = training.init_state(params, opt, jax.random.key(3), carry=[jnp.zeros((B, H))])
     if checkpoint.latest(out):
         state, _ = checkpoint.restore(out, state)  # every process reads the same (global) state
-    ck = D.MainProcessCheckpointer(checkpoint.Checkpointer(out))
-    step = T.make_train_step(loss_fn, opt, mesh=mesh, has_carry=True)
-    main = D.is_main_process()
+    ck = distributed.MainProcessCheckpointer(checkpoint.Checkpointer(out))
+    step = training.make_train_step(loss_fn, opt, mesh=mesh, has_carry=True)
+    main = distributed.is_main_process()
     options = FitOptions(steps=steps, checkpoint_every=2, log_every=1, verbose=False, plot=False)
 
     def run():
         result = fit(state, step, Streams(), options, checkpointer=ck, out_dir=out if main else None)
-        final = D.host_state(result.state)
+        final = distributed.host_state(result.state)
         if main:
             record = {"params": [np.asarray(p).ravel().tolist() for p in jax.tree.leaves(final.params)],
                       "carry": [np.asarray(c).ravel().tolist() for c in final.carry],
@@ -96,7 +96,7 @@ WORKER = textwrap.dedent(
             with open(os.path.join(out, "final.json"), "w") as f:
                 json.dump(record, f)
 
-    sys.exit(D.run_command(run, prog="worker"))
+    sys.exit(distributed.run_command(run, prog="worker"))
     """
 )
 
@@ -344,9 +344,9 @@ def test_cluster_detected_reads_the_environment(env, expected):
 
 
 def test_one_process_builds_every_row_and_keeps_its_checkpointer():
-    from rnn_jax import train as T
+    from rnn_jax import train as training
 
-    mesh = T.make_mesh(1)
+    mesh = training.make_mesh(1)
     assert distributed.process_rows(6, mesh) == slice(0, 6)
     batches = distributed.ProcessBatches(lambda k: (np.arange(6) + k, np.float32(0.5)), 6, mesh)
     rows, scalar = batches(2)
@@ -507,7 +507,7 @@ def test_too_many_devices_says_how_many_are_visible():
 
 def test_the_dead_peer_line_names_the_last_checkpoint_and_resume(tmp_path, monkeypatch):
     from rnn_jax import checkpoint
-    from rnn_jax import train as T
+    from rnn_jax import train as training
 
     monkeypatch.setattr(distributed._LastCheckpoint, "directory", None)
     monkeypatch.setattr(distributed._LastCheckpoint, "step", None)
@@ -516,7 +516,9 @@ def test_the_dead_peer_line_names_the_last_checkpoint_and_resume(tmp_path, monke
     assert distributed.resume_hint() == (
         f"this run wrote no checkpoint yet; run the same command again (with --resume to go on from {tmp_path / 'run'})"
     )
-    state = T.init_state({"w": jax.numpy.zeros(3)}, T.make_optimizer(1e-3, total_steps=10), jax.random.key(0))
+    state = training.init_state(
+        {"w": jax.numpy.zeros(3)}, training.make_optimizer(1e-3, total_steps=10), jax.random.key(0)
+    )
     ck.save(state._replace(step=state.step + 7))
     assert distributed.resume_hint() == (
         f"the last checkpoint (step 7, in {tmp_path / 'run'}) is intact; run the same command with --resume to go on"

@@ -15,8 +15,7 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-from rnn_jax import checkpoint, cli
-from rnn_jax import harness as H
+from rnn_jax import checkpoint, cli, harness
 from rnn_jax.apps import charlm
 from rnn_jax.errors import UserError
 from rnn_jax.harness import rundir
@@ -51,9 +50,9 @@ def _fit(out, steps, values, state=None):
     """The linear model of test_harness, its evaluation's value by step from ``values`` (best: step 10)."""
     fresh, step = _fresh_and_step(steps)
     ck = checkpoint.Checkpointer(out, {"config": {"model": "linear"}})
-    options = H.FitOptions(steps=steps, eval_every=10, checkpoint_every=10, log_every=5, verbose=False)
+    options = harness.FitOptions(steps=steps, eval_every=10, checkpoint_every=10, log_every=5, verbose=False)
     evaluate = lambda s: {"val_loss": values[int(s.step)]}  # noqa: E731
-    return H.fit(state if state is not None else fresh, step, _Batches(), options, evaluate=evaluate,
+    return harness.fit(state if state is not None else fresh, step, _Batches(), options, evaluate=evaluate,
                  checkpointer=ck, out_dir=out)  # fmt: skip
 
 
@@ -250,7 +249,7 @@ def test_a_stored_config_is_checked_as_a_given_one_is(tmp_path, text_file, capsy
     assert cli.main(_charlm(text_file, out, 2)) == 0
     rundir.release(out)
     model = charlm.load_model(str(out))
-    template, _ = charlm._build(model.config, model.vocab.size, 1)
+    template, _ = charlm.build_state(model.config, model.vocab.size, 1)
     for name in ("latest", "best"):
         path = checkpoint.checkpoint_path(out, name)
         state, meta = checkpoint.restore(path, template)
@@ -279,10 +278,10 @@ def test_a_model_too_large_for_the_machine_is_one_line_before_any_allocation(tmp
 def test_check_fits_is_a_lower_bound_on_params_and_optimiser_state():
     cfg = charlm.CharLMConfig(cell="lstm", hidden_size=5, layers=3, embed_size=7)
     params = 4 * 5 * (5 * 3 + 7)  # recurrent matrices of 3 layers, input matrices of the first
-    H.check_fits(cfg, memory_bytes=params * 16)
+    harness.check_fits(cfg, memory_bytes=params * 16)
     with pytest.raises(UserError, match=f"needs at least .* \\({params:,} float32 numbers\\)"):
-        H.check_fits(cfg, memory_bytes=params * 16 - 1)
-    H.check_fits(cfg, training=False, memory_bytes=params * 4)  # loading needs the params alone
+        harness.check_fits(cfg, memory_bytes=params * 16 - 1)
+    harness.check_fits(cfg, training=False, memory_bytes=params * 4)  # loading needs the params alone
     fresh = charlm.init_params(jax.random.key(0), cfg, 11)
     assert sum(x.size for x in jax.tree.leaves(fresh)) > params  # a true lower bound
 

@@ -11,9 +11,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from rnn_jax import checkpoint
-from rnn_jax import harness as H
-from rnn_jax import train as T
+from rnn_jax import checkpoint, harness
+from rnn_jax import train as training
 from rnn_jax.dtypes import COMPUTE_DTYPES, DTYPES
 from rnn_jax.errors import UserError
 from rnn_jax.harness import common, loop
@@ -26,38 +25,38 @@ from tests.test_train import _data, _linear_loss, _state
 
 @dataclasses.dataclass(frozen=True)
 class Cfg:
-    cell: str = H.shared_field("cell", "gru")
-    hidden_size: int = H.shared_field("hidden_size", 32)
-    learning_rate: float = H.shared_field("learning_rate", 1e-3)
-    dropout: float = H.shared_field("dropout", 0.0)
-    steps: int | None = H.shared_field("steps")
-    minutes: float | None = H.shared_field("minutes")
-    unroll: int | None = H.shared_field("unroll")
-    verbose: bool = H.shared_field("verbose", True)
-    name: str = H.field("run", "a name", aliases=("tag",))
-    text: str | None = H.field(None, "the text itself", cli=False)
-    text_path: str | None = H.field(None, "a file", aliases=("text",))
+    cell: str = harness.shared_field("cell", "gru")
+    hidden_size: int = harness.shared_field("hidden_size", 32)
+    learning_rate: float = harness.shared_field("learning_rate", 1e-3)
+    dropout: float = harness.shared_field("dropout", 0.0)
+    steps: int | None = harness.shared_field("steps")
+    minutes: float | None = harness.shared_field("minutes")
+    unroll: int | None = harness.shared_field("unroll")
+    verbose: bool = harness.shared_field("verbose", True)
+    name: str = harness.field("run", "a name", aliases=("tag",))
+    text: str | None = harness.field(None, "the text itself", cli=False)
+    text_path: str | None = harness.field(None, "a file", aliases=("text",))
 
 
 def _parser():
     parser = argparse.ArgumentParser(prog="t")
-    H.add_config_arguments(parser, Cfg)
+    harness.add_config_arguments(parser, Cfg)
     return parser
 
 
 def test_flags_and_aliases_round_trip():
     argv = ["--hidden", "7", "--lr", "0.5", "--unroll", "auto", "--no-progress", "--steps", "3", "--tag", "x"]
-    cfg = H.config_from_args(Cfg, _parser().parse_args(argv))
+    cfg = harness.config_from_args(Cfg, _parser().parse_args(argv))
     assert cfg == Cfg(hidden_size=7, learning_rate=0.5, unroll=None, verbose=False, steps=3, name="x")
     canonical = ["--hidden-size", "7", "--learning-rate", "0.5", "--unroll", "4", "--verbose", "--minutes", "1.5"]
-    assert H.config_from_args(Cfg, _parser().parse_args(canonical)) == Cfg(
+    assert harness.config_from_args(Cfg, _parser().parse_args(canonical)) == Cfg(
         hidden_size=7, learning_rate=0.5, unroll=4, minutes=1.5
     )
     # Flags not given stay out of the namespace: a base (a checkpoint's config on resume) shows through,
     # and a new budget replaces the base's.
     base = Cfg(hidden_size=99, minutes=5.0)
-    assert H.config_from_args(Cfg, _parser().parse_args(["--steps", "4"]), base) == Cfg(hidden_size=99, steps=4)
-    assert H.config_from_args(Cfg, _parser().parse_args(["--text", "f.txt"])).text_path == "f.txt"
+    assert harness.config_from_args(Cfg, _parser().parse_args(["--steps", "4"]), base) == Cfg(hidden_size=99, steps=4)
+    assert harness.config_from_args(Cfg, _parser().parse_args(["--text", "f.txt"])).text_path == "f.txt"
     with pytest.raises(SystemExit):
         _parser().parse_args(["--cell", "transformer"])
 
@@ -75,35 +74,37 @@ def test_help_shows_every_default_and_help(capsys):
 
 
 def test_key_value_overrides_and_config_file(tmp_path):
-    cfg = H.config_from_overrides(Cfg, ["hidden=9", "learning_rate=0.1", "unroll=auto", "verbose=false", "steps=5"])
+    cfg = harness.config_from_overrides(
+        Cfg, ["hidden=9", "learning_rate=0.1", "unroll=auto", "verbose=false", "steps=5"]
+    )
     assert cfg == Cfg(hidden_size=9, learning_rate=0.1, unroll=None, verbose=False, steps=5)
-    assert H.config_from_overrides(Cfg, ["text=corpus.txt"]).text_path == "corpus.txt"
+    assert harness.config_from_overrides(Cfg, ["text=corpus.txt"]).text_path == "corpus.txt"
     (tmp_path / "c.json").write_text(json.dumps({"hidden_size": 11, "minutes": 3}))
     (tmp_path / "c.toml").write_text('cell = "lstm"\nlr = 0.25\n')
-    from_json = H.config_from_argv(Cfg, ["--config", str(tmp_path / "c.json"), "hidden_size=12"])
+    from_json = harness.config_from_argv(Cfg, ["--config", str(tmp_path / "c.json"), "hidden_size=12"])
     assert from_json == Cfg(hidden_size=12, minutes=3.0)
-    assert H.config_from_argv(Cfg, ["--config", str(tmp_path / "c.toml")]) == Cfg(cell="lstm", learning_rate=0.25)
+    assert harness.config_from_argv(Cfg, ["--config", str(tmp_path / "c.toml")]) == Cfg(cell="lstm", learning_rate=0.25)
     with pytest.raises(UserError, match=r"Cfg has no field 'hiden'; valid fields: cell, hidden_size, "):
-        H.config_from_overrides(Cfg, ["hiden=3"])
+        harness.config_from_overrides(Cfg, ["hiden=3"])
     with pytest.raises(UserError, match=r"hidden_size: cannot read 'many'"):
-        H.config_from_overrides(Cfg, ["hidden_size=many"])
+        harness.config_from_overrides(Cfg, ["hidden_size=many"])
     with pytest.raises(UserError, match=r"expected key=value, got 'steps'"):
-        H.config_from_overrides(Cfg, ["steps"])
+        harness.config_from_overrides(Cfg, ["steps"])
     (tmp_path / "bad.json").write_text(json.dumps({"hidden_size": "big"}))
     with pytest.raises(UserError, match=r"hidden_size must be of type int, got 'big'"):
-        H.config_from_argv(Cfg, ["--config", str(tmp_path / "bad.json")])
+        harness.config_from_argv(Cfg, ["--config", str(tmp_path / "bad.json")])
 
 
 def test_old_configs_migrate_through_the_aliases():
     old = {"hidden": 5, "lr": 0.3, "progress": False, "text": "a.txt", "removed_field": 1}
-    assert H.migrate_config(Cfg, old) == Cfg(hidden_size=5, learning_rate=0.3, verbose=False, text_path="a.txt")
+    assert harness.migrate_config(Cfg, old) == Cfg(hidden_size=5, learning_rate=0.3, verbose=False, text_path="a.txt")
     new = {"hidden_size": 5, "text": "the text", "text_path": None}
-    assert H.migrate_config(Cfg, new, config_format=2) == Cfg(hidden_size=5, text="the text")
+    assert harness.migrate_config(Cfg, new, config_format=2) == Cfg(hidden_size=5, text="the text")
 
 
 def test_check_config_names_fields_and_fills_the_budget():
-    assert H.check_config(Cfg()).minutes == H.DEFAULT_MINUTES
-    assert H.check_config(Cfg(steps=3)).minutes is None
+    assert harness.check_config(Cfg()).minutes == harness.DEFAULT_MINUTES
+    assert harness.check_config(Cfg(steps=3)).minutes is None
     for bad, message in [
         (Cfg(hidden_size=0), "hidden_size must be an integer >= 1, got 0"),
         (Cfg(learning_rate=-1.0), "learning_rate must be a number in (0, inf)"),
@@ -113,16 +114,19 @@ def test_check_config_names_fields_and_fills_the_budget():
         (Cfg(steps=3, minutes=1.0), "give one budget, steps or minutes, not both"),
     ]:
         with pytest.raises(UserError) as err:
-            H.check_config(bad)
+            harness.check_config(bad)
         assert message in str(err.value) and "--" not in str(err.value)
 
 
 def test_compute_dtypes_come_from_the_one_table():
     """``--dtype`` offers the compute dtypes of :mod:`rnn_jax.dtypes`; float16 is in the table but not one of them."""
-    assert H.compute_dtype("bfloat16") is DTYPES["bfloat16"] and H.compute_dtype("float32") is DTYPES["float32"]
+    assert (
+        harness.compute_dtype("bfloat16") is DTYPES["bfloat16"]
+        and harness.compute_dtype("float32") is DTYPES["float32"]
+    )
     assert common.SHARED_FIELDS["dtype"][3] == COMPUTE_DTYPES == ("float32", "bfloat16") and "float16" in DTYPES
     with pytest.raises(UserError, match=r"dtype must be one of \['bfloat16', 'float32'\], got 'float16'"):
-        H.compute_dtype("float16")
+        harness.compute_dtype("float16")
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -154,7 +158,7 @@ class _Batches:
 @functools.cache
 def _fresh_and_step(steps):
     fresh, opt = _state(total=steps)
-    return fresh, T.make_train_step(_linear_loss, opt)
+    return fresh, training.make_train_step(_linear_loss, opt)
 
 
 def _fit(out, steps, state=None, crash_at=None):
@@ -162,14 +166,14 @@ def _fit(out, steps, state=None, crash_at=None):
     batches = _Batches(crash_at)
     ck = checkpoint.Checkpointer(out, {"config": {"model": "linear"}})
     evaluate = lambda s: {"val_loss": float(_jit_loss(s.params, (batches.x, batches.y), None)[0])}  # noqa: E731
-    options = H.FitOptions(steps=steps, eval_every=10, checkpoint_every=10, log_every=5, verbose=False)
-    result = H.fit(state if state is not None else fresh, step, batches, options, evaluate=evaluate,
+    options = harness.FitOptions(steps=steps, eval_every=10, checkpoint_every=10, log_every=5, verbose=False)
+    result = harness.fit(state if state is not None else fresh, step, batches, options, evaluate=evaluate,
                    checkpointer=ck, out_dir=out)  # fmt: skip
     return result, fresh
 
 
 def test_fit_logs_checkpoints_keeps_the_best_and_resumes_exactly(tmp_path):
-    assert isinstance(_Batches(), H.Batcher)
+    assert isinstance(_Batches(), harness.Batcher)
     full, fresh = _fit(tmp_path / "full", 30)
     assert full.steps == 30 and full.last_eval["step"] == 30 and full.items_per_s > 0
     records = [json.loads(line) for line in (tmp_path / "full" / "metrics.jsonl").read_text().splitlines()]
@@ -197,7 +201,7 @@ def test_fit_logs_checkpoints_keeps_the_best_and_resumes_exactly(tmp_path):
 
 def test_best_keeper_keeps_only_improvements(tmp_path):
     ck = checkpoint.Checkpointer(tmp_path)
-    keeper = H.BestKeeper("val_loss", ck)
+    keeper = harness.BestKeeper("val_loss", ck)
     state, _ = _state()
     offers = [(0, 3.0), (1, 2.0), (2, 2.5), (3, 2.0), (4, 1.0)]
     kept = [keeper.offer(state._replace(step=jnp.int32(s)), {"step": s, "val_loss": v}) for s, v in offers]
@@ -207,14 +211,14 @@ def test_best_keeper_keeps_only_improvements(tmp_path):
 
 def test_divergence_names_latest_and_best(tmp_path):
     state, opt = _state(total=30)
-    step = T.make_train_step(_linear_loss, opt)
+    step = training.make_train_step(_linear_loss, opt)
     x, y = _data()
     batches = lambda i: (x, y.at[0].set(jnp.inf) if i == 17 else y)  # noqa: E731
     evaluate = lambda s: {"val_loss": float(_jit_loss(s.params, (x, y), None)[0])}  # noqa: E731
     ck = checkpoint.Checkpointer(tmp_path)
-    options = H.FitOptions(steps=30, checkpoint_every=5, eval_every=100, verbose=False)
-    with pytest.raises(T.TrainingDiverged) as err:
-        H.fit(state, step, batches, options, evaluate=evaluate, checkpointer=ck, out_dir=tmp_path)
+    options = harness.FitOptions(steps=30, checkpoint_every=5, eval_every=100, verbose=False)
+    with pytest.raises(training.TrainingDiverged) as err:
+        harness.fit(state, step, batches, options, evaluate=evaluate, checkpointer=ck, out_dir=tmp_path)
     message = str(err.value)
     assert message.startswith(
         "training stopped at step 18: the loss is inf and the gradient norm inf (not finite; try a lower learning_rate)"
@@ -226,11 +230,13 @@ def test_divergence_names_latest_and_best(tmp_path):
     assert json.loads((tmp_path / "metrics.jsonl").read_text().splitlines()[-1])["kind"] == "diverged"
 
     # Diverging before any latest checkpoint: the message points at best.ckpt of step 0, not at "nothing".
-    options = H.FitOptions(steps=30, checkpoint_every=100, eval_every=100, verbose=False)
-    with pytest.raises(T.TrainingDiverged) as err:
-        H.fit(state, step, batches, options, evaluate=evaluate, checkpointer=checkpoint.Checkpointer(tmp_path / "b"))
+    options = harness.FitOptions(steps=30, checkpoint_every=100, eval_every=100, verbose=False)
+    with pytest.raises(training.TrainingDiverged) as err:
+        harness.fit(
+            state, step, batches, options, evaluate=evaluate, checkpointer=checkpoint.Checkpointer(tmp_path / "b")
+        )
     assert "no checkpoint" not in str(err.value) and "the best (step 0, val_loss" in str(err.value)
-    assert "no checkpoint had been written yet" in H.loop.divergence_message(3, "x")
+    assert "no checkpoint had been written yet" in harness.loop.divergence_message(3, "x")
 
 
 def test_time_budget_reestimates_the_schedule_end(monkeypatch):
@@ -238,11 +244,12 @@ def test_time_budget_reestimates_the_schedule_end(monkeypatch):
     ticks = itertools.count()
     monkeypatch.setattr(loop.time, "perf_counter", lambda: 0.1 * next(ticks))
     state, opt = _state(total=10**6)
-    step = T.make_train_step(_linear_loss, opt)
+    step = training.make_train_step(_linear_loss, opt)
     batch = _data()
-    result = H.fit(state, step, lambda i: batch, H.FitOptions(minutes=0.05, log_every=5, verbose=False))
-    total = [s for s in jax.tree.leaves(result.state.opt_state, is_leaf=lambda s: isinstance(s, T.WarmupCosineState))
-             if isinstance(s, T.WarmupCosineState)][0].total_steps  # fmt: skip
+    result = harness.fit(state, step, lambda i: batch, harness.FitOptions(minutes=0.05, log_every=5, verbose=False))
+    schedule = training.WarmupCosineState
+    total = [s for s in jax.tree.leaves(result.state.opt_state, is_leaf=lambda s: isinstance(s, schedule))
+             if isinstance(s, schedule)][0].total_steps  # fmt: skip
     # 3 s of fake clock stop the run; the schedule's end was moved from 10**6 to the steps the clock allowed.
     assert 5 < result.steps <= int(total) < 30
 
@@ -253,11 +260,13 @@ def test_time_budget_reestimates_the_schedule_end(monkeypatch):
 def test_fit_rejects_bad_options(options):
     state, opt = _state()
     with pytest.raises(UserError, match="budget|steps|minutes|eval_every"):
-        H.fit(state, T.make_train_step(_linear_loss, opt), lambda i: _data(), H.FitOptions(**options))
+        harness.fit(
+            state, training.make_train_step(_linear_loss, opt), lambda i: _data(), harness.FitOptions(**options)
+        )
 
 
 def test_fit_options_from_a_config():
-    assert H.fit_options(Cfg(steps=3, verbose=False), item_name="chars") == H.FitOptions(
+    assert harness.fit_options(Cfg(steps=3, verbose=False), item_name="chars") == harness.FitOptions(
         steps=3, verbose=False, item_name="chars"
     )
 
@@ -270,32 +279,32 @@ def test_fit_options_from_a_config():
 def test_prepare_cleans_stale_files_and_a_failed_check_writes_nothing(tmp_path):
     out = tmp_path / "run"
     with pytest.raises(UserError):
-        H.check_config(Cfg(hidden_size=0))  # validation comes first: nothing below runs
+        harness.check_config(Cfg(hidden_size=0))  # validation comes first: nothing below runs
     assert not out.exists()
     with pytest.raises(UserError, match="nothing to resume"):
-        H.resume_meta(out, "app")
+        harness.resume_meta(out, "app")
     assert not out.exists()
-    H.prepare(out, resume=False)
-    for name in H.rundir.STALE_FILES:
+    harness.prepare(out, resume=False)
+    for name in harness.rundir.STALE_FILES:
         (out / name).write_text("old")
     (out / "notes.txt").write_text("mine")
-    H.prepare(out, resume=True)
-    assert all((out / name).exists() for name in H.rundir.STALE_FILES)
-    H.prepare(out, resume=False)
+    harness.prepare(out, resume=True)
+    assert all((out / name).exists() for name in harness.rundir.STALE_FILES)
+    harness.prepare(out, resume=False)
     assert sorted(p.name for p in out.iterdir()) == [".lock", "notes.txt"]  # the lock stays (docs/faults.md)
-    H.release(out)
+    harness.release(out)
 
 
 def test_read_run_and_load_params(tmp_path):
     state, _ = _state()
     cfg = Cfg(hidden_size=3)
-    checkpoint.save(tmp_path / "latest.ckpt", state, H.run_meta("app", cfg, extra=1))
-    run = H.read_run(tmp_path, "best", "app", Cfg)  # no best: falls back to latest
+    checkpoint.save(tmp_path / "latest.ckpt", state, harness.run_meta("app", cfg, extra=1))
+    run = harness.read_run(tmp_path, "best", "app", Cfg)  # no best: falls back to latest
     assert run.path.name == "latest.ckpt" and run.config == cfg and run.meta["extra"] == 1
-    np.testing.assert_array_equal(H.load_params(run, state)["w"], state.params["w"])
+    np.testing.assert_array_equal(harness.load_params(run, state)["w"], state.params["w"])
     with pytest.raises(UserError, match="is not a other checkpoint"):
-        H.read_run(tmp_path, "latest", "other", Cfg)
+        harness.read_run(tmp_path, "latest", "other", Cfg)
     with pytest.raises(UserError, match="no such checkpoint directory"):
-        H.read_run(tmp_path / "missing", "best", "app", Cfg)
-    resumed = H.resumed_config(Cfg, tmp_path, "app", {"steps": 9})
+        harness.read_run(tmp_path / "missing", "best", "app", Cfg)
+    resumed = harness.resumed_config(Cfg, tmp_path, "app", {"steps": 9})
     assert resumed == Cfg(hidden_size=3, steps=9)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import rnn_jax as R
-from rnn_jax import linear as L
+from rnn_jax import linear
 
 B, T, I, H = 3, 7, 4, 5
 
@@ -25,19 +25,19 @@ def test_linear_scan_equals_numpy_loop(reverse):
     a = jax.random.uniform(k[0], (T, H), minval=0.2, maxval=1.0)
     b = jax.random.normal(k[1], (T, H))
     h0 = jax.random.normal(k[2], (H,))
-    np.testing.assert_allclose(L.linear_scan(a, b, h0, reverse=reverse), _numpy_loop(a, b, h0, reverse), rtol=1e-5)
+    np.testing.assert_allclose(linear.linear_scan(a, b, h0, reverse=reverse), _numpy_loop(a, b, h0, reverse), rtol=1e-5)
 
 
 def test_mingru_is_its_equation(key):
-    p = L.mingru_init(key, I, H)
+    p = linear.mingru_init(key, I, H)
     h, x = jnp.linspace(-1, 1, H), jnp.linspace(-2, 2, I)
     z = jax.nn.sigmoid(x @ p.W_z + p.b_z)
-    np.testing.assert_allclose(L.mingru_cell(p, h, x)[0], (1 - z) * h + z * (x @ p.W_h + p.b_h), rtol=1e-6)
-    assert set(L.LINEAR_CELLS) == {"mingru", "diag"}
+    np.testing.assert_allclose(linear.mingru_cell(p, h, x)[0], (1 - z) * h + z * (x @ p.W_h + p.b_h), rtol=1e-6)
+    assert set(linear.LINEAR_CELLS) == {"mingru", "diag"}
 
 
 def _loss(cell, params, carry, xs, **kw):
-    final, ys = L.run_linear(cell, params, carry, xs, **kw)
+    final, ys = linear.run_linear(cell, params, carry, xs, **kw)
     return jnp.sum(jnp.sin(ys)) + jnp.sum(final**2)
 
 
@@ -45,8 +45,8 @@ def _loss(cell, params, carry, xs, **kw):
 def test_associative_equals_sequential_values_and_gradients(name, reverse):
     """Two batch dims, lengths (including 0 and T), a non-zero initial carry; forward and reverse."""
     k = jax.random.split(jax.random.key(1), 3)
-    cell = L.LINEAR_CELLS[name]
-    params = {"mingru": L.mingru_init, "diag": L.diag_init}[name](k[0], I, H)
+    cell = linear.LINEAR_CELLS[name]
+    params = {"mingru": linear.mingru_init, "diag": linear.diag_init}[name](k[0], I, H)
     xs = jax.random.normal(k[1], (2, B, T, I))
     h0 = jax.random.normal(k[2], (2, B, H))
     lengths = jnp.array([[7, 0, 3], [1, 5, 7]])
@@ -54,10 +54,10 @@ def test_associative_equals_sequential_values_and_gradients(name, reverse):
     @jax.jit  # one compile for every case below
     def both(params, h0, xs):
         out = {}
-        for method in L.METHODS:
+        for method in linear.METHODS:
             kw = dict(lengths=lengths, reverse=reverse, method=method)
             out[method] = (
-                L.run_linear(cell, params, h0, xs, **kw),
+                linear.run_linear(cell, params, h0, xs, **kw),
                 jax.value_and_grad(_loss, argnums=(1, 2, 3))(cell, params, h0, xs, **kw),
             )
         return out
@@ -71,22 +71,22 @@ def test_associative_equals_sequential_values_and_gradients(name, reverse):
 
 
 def test_sequential_is_run_and_time_major_agrees():
-    params = L.diag_init(jax.random.key(3), I, H)
+    params = linear.diag_init(jax.random.key(3), I, H)
     xs = jax.random.normal(jax.random.key(4), (B, T, I))
-    ref = R.run(L.diag_cell, params, None, xs)
-    tm = L.run_linear(L.diag_cell, params, None, jnp.swapaxes(xs, 0, 1), time_major=True)
+    ref = R.run(linear.diag_cell, params, None, xs)
+    tm = linear.run_linear(linear.diag_cell, params, None, jnp.swapaxes(xs, 0, 1), time_major=True)
     np.testing.assert_allclose(tm[0], ref[0], rtol=1e-5)
     np.testing.assert_allclose(jnp.swapaxes(tm[1], 0, 1), ref[1], rtol=1e-5, atol=1e-6)
 
 
 def test_bad_input():
-    params = L.mingru_init(jax.random.key(5), I, H)
+    params = linear.mingru_init(jax.random.key(5), I, H)
     xs = jnp.ones((B, T, I))
     with pytest.raises(ValueError, match="method must be one of"):
-        L.run_linear(L.mingru_cell, params, None, xs, method="parallel")
+        linear.run_linear(linear.mingru_cell, params, None, xs, method="parallel")
     with pytest.raises(ValueError, match="needs a linear cell"):
-        L.run_linear(R.lstm_cell, R.lstm_init(jax.random.key(6), I, H), None, xs)
+        linear.run_linear(R.lstm_cell, R.lstm_init(jax.random.key(6), I, H), None, xs)
     with pytest.raises(ValueError, match="params expect I=4"):
-        L.run_linear(L.mingru_cell, params, None, jnp.ones((B, T, I + 1)))
+        linear.run_linear(linear.mingru_cell, params, None, jnp.ones((B, T, I + 1)))
     with pytest.raises(ValueError, match="hidden_size must be a positive integer"):
-        L.mingru_init(jax.random.key(7), I, 0)
+        linear.mingru_init(jax.random.key(7), I, 0)

@@ -524,7 +524,7 @@ def _user_run(cell, out, **kw):
     kw = dict(dict(layers=2, embed_size=4, hidden_size=5, batch_size=8, steps=3, eval_every=3, eval_size=8,
                    eval_batch_size=8, warmup_steps=1, verbose=False), **kw)  # fmt: skip
     config = S.Config(task="reverse", cell=cell, out=str(out), **kw)
-    task = P.make_reverse(n_train=40, n_val=8, n_test=8, max_len=4)
+    task = make_reverse(n_train=40, n_val=8, n_test=8, max_len=4)
     return S.train(config, task=task, log=lambda msg: None)
 
 

@@ -15,14 +15,14 @@ import textwrap
 import numpy as np
 import pytest
 
-from rnn_jax import train as T
+from rnn_jax import train as training
 
 CHILD = textwrap.dedent(
     """
     import json
     import jax, jax.numpy as jnp, numpy as np, optax
     import rnn_jax as R
-    from rnn_jax import train as T
+    from rnn_jax import train as training
     from rnn_jax.errors import UserError
 
     jax.config.update("jax_numpy_rank_promotion", "raise")
@@ -45,13 +45,13 @@ CHILD = textwrap.dedent(
     tx = optax.sgd(1.0)  # new params = params - grads: the update is the gradient itself
 
     def one_step(mesh, dtype=None):
-        state = T.init_state(params, tx, jax.random.key(3), carry=carry0)
-        step = T.make_train_step(loss_fn, tx, mesh=mesh, compute_dtype=dtype, has_carry=True)
+        state = training.init_state(params, tx, jax.random.key(3), carry=carry0)
+        step = training.make_train_step(loss_fn, tx, mesh=mesh, compute_dtype=dtype, has_carry=True)
         new, metrics = step(state, batch)
         grads = jax.tree.map(lambda a, b: np.asarray(a - b), state.params, new.params)
         return new, float(metrics["loss"]), grads
 
-    mesh = T.make_mesh(4)
+    mesh = training.make_mesh(4)
     out = {}
     for name, dtype in (("float32", None), ("bfloat16", jnp.bfloat16)):
         single, loss1, g1 = one_step(None, dtype)
@@ -77,9 +77,9 @@ CHILD = textwrap.dedent(
         return batch["scale"] * loss, {}
 
     scalar_batch = {"x": batch[0], "y": batch[1], "scale": np.float32(0.5)}
-    fresh = T.init_state(params, tx, jax.random.key(3))
+    fresh = training.init_state(params, tx, jax.random.key(3))
     out["scalar_leaf_losses"] = [
-        float(T.make_train_step(scaled_loss, tx, mesh=m)(fresh, scalar_batch)[1]["loss"]) for m in (None, mesh)
+        float(training.make_train_step(scaled_loss, tx, mesh=m)(fresh, scalar_batch)[1]["loss"]) for m in (None, mesh)
     ]
 
     # Three AdamW steps with dropout noise (which must not depend on the sharding) and an aux metric.
@@ -93,10 +93,10 @@ CHILD = textwrap.dedent(
     k = jax.random.split(jax.random.key(4), 3)
     lin = {"w": jax.random.normal(k[0], (3,)), "b": jnp.zeros(())}
     lin_batch = (jax.random.normal(k[1], (B, 3)), jax.random.normal(k[2], (B,)))
-    adam = T.make_optimizer(1e-2, total_steps=10, warmup_steps=0)
-    s1 = s4 = T.init_state(lin, adam, jax.random.key(3), carry=jnp.zeros((B,)))
-    one = T.make_train_step(noisy_loss, adam, has_carry=True)
-    many = T.make_train_step(noisy_loss, adam, has_carry=True, mesh=mesh)
+    adam = training.make_optimizer(1e-2, total_steps=10, warmup_steps=0)
+    s1 = s4 = training.init_state(lin, adam, jax.random.key(3), carry=jnp.zeros((B,)))
+    one = training.make_train_step(noisy_loss, adam, has_carry=True)
+    many = training.make_train_step(noisy_loss, adam, has_carry=True, mesh=mesh)
     for _ in range(3):
         s1, m1 = one(s1, lin_batch)
         s4, m4 = many(s4, lin_batch)
@@ -107,13 +107,13 @@ CHILD = textwrap.dedent(
         "steps": [int(s1.step), int(s4.step)],
     }
     try:
-        T.make_mesh(5)
+        training.make_mesh(5)
         out["too_many_devices_error"] = None
     except UserError as err:
         out["too_many_devices_error"] = str(err)
 
-    state = T.init_state(params, tx, jax.random.key(3), carry=carry0[:6])
-    step = T.make_train_step(loss_fn, tx, mesh=mesh, has_carry=True)
+    state = training.init_state(params, tx, jax.random.key(3), carry=carry0[:6])
+    step = training.make_train_step(loss_fn, tx, mesh=mesh, has_carry=True)
     try:
         step(state, (batch[0][:6], batch[1][:6]))
         out["indivisible_error"] = None
@@ -178,4 +178,4 @@ def test_more_devices_than_visible_is_a_clear_error(report):
 
 def test_shard_batch_is_a_no_op_without_mesh():
     x = np.ones((5, 2))
-    assert T.shard_batch(x, None) is x
+    assert training.shard_batch(x, None) is x

@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from rnn_jax import train as T
+from rnn_jax import train as training
 from rnn_jax.errors import UserError
 
 B, I = 6, 3
@@ -28,12 +28,12 @@ def _data(seed=0, n=B):
 
 def _state(lr=0.05, total=200, warmup=5):
     params = {"w": jnp.zeros((I,)), "b": jnp.zeros(())}
-    opt = T.make_optimizer(lr, total_steps=total, warmup_steps=warmup)
-    return T.init_state(params, opt, jax.random.key(1)), opt
+    opt = training.make_optimizer(lr, total_steps=total, warmup_steps=warmup)
+    return training.init_state(params, opt, jax.random.key(1)), opt
 
 
 def test_warmup_cosine_schedule():
-    f = lambda s, total=110: float(T.warmup_cosine(s, total, 1.0, 10, 0.1))  # noqa: E731
+    f = lambda s, total=110: float(training.warmup_cosine(s, total, 1.0, 10, 0.1))  # noqa: E731
     assert f(0) == pytest.approx(0.1)  # (0 + 1) / 10 of the peak
     assert f(9) == pytest.approx(1.0) and f(10) == pytest.approx(1.0)
     assert f(60) == pytest.approx(0.55)  # half way down the cosine: f + (1 - f) / 2
@@ -44,23 +44,23 @@ def test_warmup_cosine_schedule():
 
 def test_schedule_end_lives_in_the_state():
     state, _ = _state(lr=1.0, total=100, warmup=0)
-    assert T.current_learning_rate(state.opt_state, 1.0, 0) == pytest.approx(1.0)
-    moved = T.set_total_steps(state.opt_state, 4)
-    is_schedule = lambda s: isinstance(s, T.WarmupCosineState)  # noqa: E731
+    assert training.current_learning_rate(state.opt_state, 1.0, 0) == pytest.approx(1.0)
+    moved = training.set_total_steps(state.opt_state, 4)
+    is_schedule = lambda s: isinstance(s, training.WarmupCosineState)  # noqa: E731
     moved = jax.tree.map(lambda s: s._replace(count=jnp.int32(4)) if is_schedule(s) else s, moved, is_leaf=is_schedule)
-    assert T.current_learning_rate(moved, 1.0, 0, final_fraction=0.1) == pytest.approx(0.1)
+    assert training.current_learning_rate(moved, 1.0, 0, final_fraction=0.1) == pytest.approx(0.1)
 
 
 @pytest.mark.parametrize("bad", [dict(learning_rate=0.0), dict(learning_rate=float("nan")), dict(total_steps=0)])
 def test_make_optimizer_rejects_bad_values(bad):
     kwargs = dict(learning_rate=1e-3, total_steps=10) | bad
     with pytest.raises(UserError):
-        T.make_optimizer(**kwargs)
+        training.make_optimizer(**kwargs)
 
 
 def test_train_step_learns_and_reports_metrics():
     state, opt = _state()
-    step = T.make_train_step(_linear_loss, opt)
+    step = training.make_train_step(_linear_loss, opt)
     batch = _data()
     losses = []
     for _ in range(60):
@@ -74,7 +74,7 @@ def test_train_step_learns_and_reports_metrics():
 
 def test_nonfinite_loss_leaves_state_unchanged():
     state, opt = _state()
-    step = T.make_train_step(_linear_loss, opt)
+    step = training.make_train_step(_linear_loss, opt)
     x, y = _data()
     new, metrics = step(state, (x, y.at[0].set(jnp.nan)))
     assert not bool(metrics["finite"])
@@ -93,9 +93,9 @@ def _carry_loss(params, carry_B, batch, key):
 
 def test_carry_is_passed_on_without_gradient_and_kept_in_float32():
     params = {"w": jnp.ones(())}
-    opt = T.make_optimizer(1e-9, total_steps=10, warmup_steps=0)  # params barely move: check the carry only
-    state = T.init_state(params, opt, jax.random.key(0), carry=jnp.zeros((B,)))
-    step = T.make_train_step(_carry_loss, opt, has_carry=True, compute_dtype=jnp.bfloat16)
+    opt = training.make_optimizer(1e-9, total_steps=10, warmup_steps=0)  # params barely move: check the carry only
+    state = training.init_state(params, opt, jax.random.key(0), carry=jnp.zeros((B,)))
+    step = training.make_train_step(_carry_loss, opt, has_carry=True, compute_dtype=jnp.bfloat16)
     x = jnp.arange(B, dtype=jnp.float32)
     state, _ = step(state, (x, x))
     state, m = step(state, (x, x))
@@ -109,8 +109,8 @@ def test_carry_is_passed_on_without_gradient_and_kept_in_float32():
 def test_bfloat16_compute_matches_float32_loosely():
     state, opt = _state()
     batch = _data()
-    s32, m32 = T.make_train_step(_linear_loss, opt)(state, batch)
-    s16, m16 = T.make_train_step(_linear_loss, opt, compute_dtype=jnp.bfloat16)(state, batch)
+    s32, m32 = training.make_train_step(_linear_loss, opt)(state, batch)
+    s16, m16 = training.make_train_step(_linear_loss, opt, compute_dtype=jnp.bfloat16)(state, batch)
     assert s16.params["w"].dtype == jnp.float32  # master params stay float32
     np.testing.assert_allclose(m16["loss"], m32["loss"], rtol=2e-2)
     np.testing.assert_allclose(s16.params["w"], s32.params["w"], rtol=5e-2, atol=1e-3)

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import argparse
 
-from rnn_jax import harness as H
+from rnn_jax import harness
 from rnn_jax.apps.seq2seq.cli import print_translations
 from rnn_jax.apps.seq2seq.inference import Translation, load_model, translate_each
 from rnn_jax.errors import UserError
@@ -92,5 +92,5 @@ def cli_main(argv: list[str], prog: str = "rnn-jax g2p") -> int:
     parser.add_argument("words", nargs="+", metavar="WORD", help="the words to pronounce")
     parser.add_argument("--beam", type=int, default=5, help="beam width (1: greedy; default 5)")
     args = parser.parse_args(argv)
-    H.check_int("beam", args.beam)
+    harness.check_int("beam", args.beam)
     return print_translations(pronounce_each(args.words, args.beam), prog, "words could not be pronounced")

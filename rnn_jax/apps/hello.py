@@ -16,8 +16,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from rnn_jax import decode
-from rnn_jax import harness as H
+from rnn_jax import decode, harness
 from rnn_jax.cells import VanillaParams, vanilla_cell
 from rnn_jax.errors import UserError
 from rnn_jax.scan import run
@@ -31,11 +30,11 @@ VOCAB = "helo"
 class HelloConfig:
     """The lecture's settings: a word over ``h, e, l, o``, a vanilla RNN of 3 hidden units, plain Adam."""
 
-    word: str = H.field("hello", "a word over the letters h, e, l, o")
-    hidden_size: int = H.shared_field("hidden_size", 3)
-    steps: int = H.field(300, "training steps (the whole word each)")
-    learning_rate: float = H.field(0.1, "Adam's learning rate (constant)", aliases=("lr",))
-    seed: int = H.field(0, "seed of the init")
+    word: str = harness.field("hello", "a word over the letters h, e, l, o")
+    hidden_size: int = harness.shared_field("hidden_size", 3)
+    steps: int = harness.field(300, "training steps (the whole word each)")
+    learning_rate: float = harness.field(0.1, "Adam's learning rate (constant)", aliases=("lr",))
+    seed: int = harness.field(0, "seed of the init")
 
 
 class HelloResult(NamedTuple):
@@ -64,9 +63,9 @@ def _check(cfg: HelloConfig) -> None:
     if len(cfg.word) < 2:
         raise UserError(f"word needs at least two characters, got {cfg.word!r}")
     encode(cfg.word)
-    H.check_int("hidden_size", cfg.hidden_size)
-    H.check_int("steps", cfg.steps)
-    H.check_number("learning_rate", cfg.learning_rate)
+    harness.check_int("hidden_size", cfg.hidden_size)
+    harness.check_int("steps", cfg.steps)
+    harness.check_number("learning_rate", cfg.learning_rate)
 
 
 def train(cfg: HelloConfig = HelloConfig()) -> HelloResult:
@@ -74,7 +73,7 @@ def train(cfg: HelloConfig = HelloConfig()) -> HelloResult:
     _check(cfg)
     tokens = encode(cfg.word)
     inputs, targets = tokens[:-1], tokens[1:]
-    params = H.init_cell("vanilla", jax.random.key(cfg.seed), len(VOCAB), cfg.hidden_size, out_size=len(VOCAB))
+    params = harness.init_cell("vanilla", jax.random.key(cfg.seed), len(VOCAB), cfg.hidden_size, out_size=len(VOCAB))
     optimizer = optax.adam(cfg.learning_rate)
 
     @jax.jit
@@ -107,8 +106,8 @@ def sample(params: VanillaParams, first: str = "h", length: int = 4) -> str:
 
 def cli_main(argv: list[str], prog: str = "rnn-jax hello") -> int:
     parser = argparse.ArgumentParser(prog=prog, description=__doc__.splitlines()[0])
-    H.add_config_arguments(parser, HelloConfig)
-    cfg = H.config_from_args(HelloConfig, parser.parse_args(argv))
+    harness.add_config_arguments(parser, HelloConfig)
+    cfg = harness.config_from_args(HelloConfig, parser.parse_args(argv))
     result = train(cfg)
     generated = sample(result.params, cfg.word[0], len(cfg.word) - 1)
     print(f"input {cfg.word[:-1]!r} -> predicted next characters {result.predicted!r} (target {cfg.word[1:]!r})")

@@ -1,6 +1,6 @@
 """The trainer harness: everything an application needs besides its model, its data and its metrics.
 
-An application (``rnn_jax/apps/charlm.py`` is the worked example) is built from these parts:
+An application (``rnn_jax/apps/charlm/`` is the worked example) is built from these parts:
 
 1. **Config** (:mod:`~rnn_jax.harness.config`, :mod:`~rnn_jax.harness.common`): a frozen dataclass whose
    fields are :func:`field` / :func:`shared_field` (canonical names shared by every app: ``hidden_size``,

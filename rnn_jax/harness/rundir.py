@@ -87,9 +87,10 @@ def stored_config(config_type: type, meta: Mapping, where: str | os.PathLike | N
     try:
         config = migrate_config(config_type, meta.get("config", {}), meta.get("config_format"))
         check_field_types(config)
-        # A user's cell is stored by its import path (or name), which the app's load_model resolves (or asks
-        # for); the checks, which know cells by name, see the smallest built-in in its place.
-        user_cell = (meta.get("cell") or {}).get("builtin") is False
+        record = meta.get("cell")
+        user_cell = isinstance(record, Mapping) and record.get("builtin") is False
+        # A user's cell is stored by import path or name and resolved by the app when it loads; the shared
+        # checks, which know cells by name, see the smallest built-in in its place.
         check_config(dataclasses.replace(config, cell="vanilla") if user_cell else config, training=False)
     except UserError as err:
         raise UserError(f"the config stored in {where or 'the checkpoint'} is not valid: {err}") from None

@@ -1,4 +1,4 @@
-"""The anchor configurations of the GPU measurements (``rnn_anchor.py``, H100 numbers in issue 16).
+"""The anchor configurations of the GPU measurements (``rnn_anchor.py``; the H100 numbers: docs/bench.md, "GPU").
 
 Each is ``(name, B, T, I, H)``: one layer, fwd+bwd, loss ``mean(h^2)``. The kernels' lowering tests and
 the device check (``experiments/device_check.sh``) use exactly these, so their numbers line up with the

@@ -10,7 +10,7 @@ experiment              topology                         what the model does
 :func:`video`           many to many (synchronised)      labels every frame of a noisy, occluded video
 ======================  ===============================  ==================================================
 
-The package reads top to bottom in four files:
+The package reads top to bottom in five files; it re-exports the public names of all but plots:
 
 - :mod:`~rnn_jax.apps.digits.config`: one frozen dataclass config per experiment;
 - :mod:`~rnn_jax.apps.digits.models`: each model's params, init, logits and loss, on one example;
@@ -18,13 +18,95 @@ The package reads top to bottom in four files:
 - :mod:`~rnn_jax.apps.digits.plots`: the figures; :mod:`~rnn_jax.apps.digits.cli`: ``rnn-jax digits NAME``.
 """
 
-from rnn_jax.apps.digits import cli as _cli
-from rnn_jax.apps.digits import config as _config
-from rnn_jax.apps.digits import experiments as _experiments
-from rnn_jax.apps.digits import models as _models
-from rnn_jax.apps.digits.cli import *  # noqa: F403 (the package re-exports each module's __all__)
-from rnn_jax.apps.digits.config import *  # noqa: F403
-from rnn_jax.apps.digits.experiments import *  # noqa: F403
-from rnn_jax.apps.digits.models import *  # noqa: F403
+from rnn_jax.apps.digits.cli import EXPERIMENTS, cli_main
+from rnn_jax.apps.digits.config import (
+    CaptionConfig,
+    ClassifyConfig,
+    GenerateConfig,
+    GlimpseConfig,
+    Result,
+    TrainConfig,
+    VideoConfig,
+    check_config,
+)
+from rnn_jax.apps.digits.experiments import ImageBatches, caption, classify, generate, glimpse, train_classifier, video
+from rnn_jax.apps.digits.models import (
+    CaptionerParams,
+    ClassifierParams,
+    GeneratorParams,
+    GlimpseParams,
+    VideoParams,
+    as_sequence,
+    caption_greedy,
+    caption_logits,
+    caption_loss,
+    caption_start,
+    caption_step,
+    captioner_init,
+    classification_loss,
+    classifier_init,
+    classifier_logits,
+    classifier_loss,
+    generate_image,
+    generator_init,
+    generator_logits,
+    generator_loss,
+    generator_start,
+    glimpse_class_logits,
+    glimpse_init,
+    glimpse_logits,
+    image_windows,
+    prefix_logits,
+    video_init,
+    video_logits,
+    video_loss,
+)
 
-__all__ = [*_config.__all__, *_models.__all__, *_experiments.__all__, *_cli.__all__]
+__all__ = [
+    "TrainConfig",
+    "ClassifyConfig",
+    "CaptionConfig",
+    "GenerateConfig",
+    "GlimpseConfig",
+    "VideoConfig",
+    "Result",
+    "check_config",
+    "ClassifierParams",
+    "CaptionerParams",
+    "GeneratorParams",
+    "VideoParams",
+    "GlimpseParams",
+    "as_sequence",
+    "classifier_init",
+    "classifier_logits",
+    "prefix_logits",
+    "classification_loss",
+    "classifier_loss",
+    "captioner_init",
+    "caption_start",
+    "caption_step",
+    "caption_logits",
+    "caption_greedy",
+    "caption_loss",
+    "generator_init",
+    "generator_start",
+    "generator_logits",
+    "generate_image",
+    "generator_loss",
+    "glimpse_init",
+    "image_windows",
+    "glimpse_logits",
+    "glimpse_class_logits",
+    "video_init",
+    "video_logits",
+    "video_loss",
+    "classify",
+    "caption",
+    "generate",
+    "glimpse",
+    "video",
+    "train_classifier",
+    "ImageBatches",
+    "EXPERIMENTS",
+    "cli_main",
+]

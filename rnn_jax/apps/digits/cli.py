@@ -7,7 +7,7 @@ import json
 import time
 from typing import Any
 
-from rnn_jax import harness as H
+from rnn_jax import harness
 from rnn_jax.apps.digits.config import (
     CaptionConfig,
     ClassifyConfig,
@@ -36,12 +36,12 @@ def cli_main(argv: list[str], prog: str = "rnn-jax digits") -> int:
     )
     sub = parser.add_subparsers(dest="experiment", metavar="EXPERIMENT", required=True)
     for name, (fn, config_type) in EXPERIMENTS.items():
-        H.add_config_arguments(sub.add_parser(name, help=fn.__doc__.splitlines()[0]), config_type)
+        harness.add_config_arguments(sub.add_parser(name, help=fn.__doc__.splitlines()[0]), config_type)
     args = vars(parser.parse_args(argv))
     name = args.pop("experiment")
     fn, config_type = EXPERIMENTS[name]
     start = time.perf_counter()
-    result = fn(H.config_from_args(config_type, args))
+    result = fn(harness.config_from_args(config_type, args))
     metrics = {**result.metrics, "total_seconds": round(time.perf_counter() - start, 2)}
     summary = {k: v for k, v in metrics.items() if k != "config"}
     print(f"{name}: figure {result.png}, metrics {result.png.parent / (name + '.json')}")

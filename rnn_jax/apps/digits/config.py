@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from rnn_jax import harness as H
+from rnn_jax import harness
 from rnn_jax.errors import UserError
 from rnn_jax.harness import field, shared_field
 
@@ -96,8 +96,8 @@ class Result(NamedTuple):
 
 def check_config(cfg: TrainConfig, n_train: int) -> TrainConfig:
     """The settings every experiment shares (messages name the field), checked against ``n_train`` images."""
-    cfg = H.check_config(cfg)
-    H.check_int("steps", cfg.steps)
+    cfg = harness.check_config(cfg)
+    harness.check_int("steps", cfg.steps)
     if cfg.impl == "pallas":
         raise UserError(
             "impl='pallas' cannot train the digits models: they run one example at a time under jax.vmap, and "

@@ -17,8 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from rnn_jax import decode, losses, train
-from rnn_jax import harness as H
+from rnn_jax import decode, harness, losses, train
 from rnn_jax.apps.digits import plots
 from rnn_jax.apps.digits.config import (
     CaptionConfig,
@@ -50,7 +49,7 @@ from rnn_jax.apps.digits.models import (
     video_logits,
     video_loss,
 )
-from rnn_jax.data import images as D
+from rnn_jax.data import images as imagedata
 from rnn_jax.errors import UserError
 
 __all__ = ["classify", "caption", "generate", "glimpse", "video", "train_classifier", "ImageBatches"]
@@ -83,7 +82,7 @@ def _batches(cfg: TrainConfig, n: int, take) -> ImageBatches:
     return ImageBatches(n, cfg.batch_size, cfg.seed, take)
 
 
-def _fit(cfg: TrainConfig, params, loss_fn, batches: ImageBatches, out_dir) -> H.FitResult:
+def _fit(cfg: TrainConfig, params, loss_fn, batches: ImageBatches, out_dir) -> harness.FitResult:
     """AdamW (warm-up over the first tenth of the steps, at most 100) for ``cfg.steps`` on the harness's loop."""
     optimizer = train.make_optimizer(
         cfg.learning_rate,
@@ -92,13 +91,15 @@ def _fit(cfg: TrainConfig, params, loss_fn, batches: ImageBatches, out_dir) -> H
         weight_decay=cfg.weight_decay,
     )
     state = train.init_state(params, optimizer, jax.random.key(cfg.seed))
-    out = H.prepare(out_dir, resume=False) if out_dir is not None else None  # the first write, after the checks
-    options = H.FitOptions(steps=cfg.steps, log_every=100, item_name="images", verbose=cfg.verbose)
+    out = harness.prepare(out_dir, resume=False) if out_dir is not None else None  # the first write, after the checks
+    options = harness.FitOptions(steps=cfg.steps, log_every=100, item_name="images", verbose=cfg.verbose)
     loss_fn = partial(loss_fn, impl=cfg.impl, unroll=cfg.unroll)
-    return H.fit(state, train.make_train_step(loss_fn, optimizer), batches, options, out_dir=out)
+    return harness.fit(state, train.make_train_step(loss_fn, optimizer), batches, options, out_dir=out)
 
 
-def _finish(name: str, cfg: TrainConfig, params, metrics: dict, fitted: H.FitResult, png: Path, **extra) -> Result:
+def _finish(
+    name: str, cfg: TrainConfig, params, metrics: dict, fitted: harness.FitResult, png: Path, **extra
+) -> Result:
     metrics = {
         "experiment": name,
         **metrics,
@@ -116,7 +117,7 @@ def _accuracy(logits, labels) -> float:
     return float(losses.token_accuracy(jnp.asarray(logits), jnp.asarray(labels)))
 
 
-def _on_test_and_val(fn, params, splits: D.DigitSplits, view=lambda images: images):
+def _on_test_and_val(fn, params, splits: imagedata.DigitSplits, view=lambda images: images):
     """``vmap(fn)`` over the test and the validation images in one compiled call (one compile, not two).
 
     Returns ``(test_outputs, val_outputs)`` as numpy pytrees.
@@ -127,9 +128,9 @@ def _on_test_and_val(fn, params, splits: D.DigitSplits, view=lambda images: imag
     return jax.tree.map(lambda a: np.asarray(a[:n]), out), jax.tree.map(lambda a: np.asarray(a[n:]), out)
 
 
-def train_classifier(cfg: ClassifyConfig, splits: D.DigitSplits | None = None, out_dir=None):
+def train_classifier(cfg: ClassifyConfig, splits: imagedata.DigitSplits | None = None, out_dir=None):
     """Train the many-to-one classifier; returns ``(params, FitResult)`` (used by :func:`generate` too)."""
-    splits = D.split_digits(seed=cfg.seed) if splits is None else splits
+    splits = imagedata.split_digits(seed=cfg.seed) if splits is None else splits
     check_config(cfg, len(splits.train.labels))
     if cfg.train_lengths not in ("full", "random"):
         raise UserError(f"train_lengths must be 'full' or 'random', got {cfg.train_lengths!r}")
@@ -153,7 +154,7 @@ def classify(cfg: ClassifyConfig = ClassifyConfig()) -> Result:  # noqa: B008 (f
     head, summarising at an earlier step: ``many_to_one(..., lengths=k)``).
     """
     out = _out_dir(cfg, "classify")
-    splits = D.split_digits(seed=cfg.seed)
+    splits = imagedata.split_digits(seed=cfg.seed)
     params, fitted = train_classifier(cfg, splits, out)
     # The last row of prefix_logits is the many-to-one answer after the whole image (tests check it).
     test_prefix, val_prefix = _on_test_and_val(prefix_logits, params, splits, partial(as_sequence, read=cfg.read))
@@ -182,7 +183,7 @@ def caption(cfg: CaptionConfig = CaptionConfig()) -> Result:  # noqa: B008 (froz
     token right (a caption that stops early or runs on is wrong).
     """
     out = _out_dir(cfg, "caption")
-    splits = D.split_digits(seed=cfg.seed)
+    splits = imagedata.split_digits(seed=cfg.seed)
     check_config(cfg, len(splits.train.labels))
     params = captioner_init(
         jax.random.key(cfg.seed),
@@ -195,21 +196,25 @@ def caption(cfg: CaptionConfig = CaptionConfig()) -> Result:  # noqa: B008 (froz
     batches = _batches(
         cfg,
         len(train_split.labels),
-        lambda idx, rng: (train_split.images[idx], *D.caption_tokens(train_split.labels[idx])),
+        lambda idx, rng: (train_split.images[idx], *imagedata.caption_tokens(train_split.labels[idx])),
     )
     fitted = _fit(cfg, params, caption_loss, batches, out)
     params = fitted.state.params
 
-    max_len = D.caption_tokens(np.zeros(1, np.int32))[1].shape[1]
+    max_len = imagedata.caption_tokens(np.zeros(1, np.int32))[1].shape[1]
     decoded_test, decoded_val = _on_test_and_val(partial(caption_greedy, max_len=max_len), params, splits)
 
-    def exact(decoded: decode.Decoded, split: D.DigitSplit) -> float:
-        _, targets, lengths = D.caption_tokens(split.labels)  # the end token counts: no early stop, no run-on
+    def exact(decoded: decode.Decoded, split: imagedata.DigitSplit) -> float:
+        _, targets, lengths = imagedata.caption_tokens(split.labels)  # the end token counts: no early stop, no run-on
         return float(losses.exact_match(decoded.tokens, jnp.asarray(targets), lengths=jnp.asarray(lengths)))
 
     test_match, val_match = exact(decoded_test, splits.test), exact(decoded_val, splits.val)
-    captions = [D.decode_caption(t) for t in decoded_test.tokens]
-    wrong = [(D.CLASS_NAMES[y], c) for y, c in zip(splits.test.labels, captions, strict=True) if c != D.CLASS_NAMES[y]]
+    captions = [imagedata.decode_caption(t) for t in decoded_test.tokens]
+    wrong = [
+        (imagedata.CLASS_NAMES[y], c)
+        for y, c in zip(splits.test.labels, captions, strict=True)
+        if c != imagedata.CLASS_NAMES[y]
+    ]
     metrics = {
         "test_exact_match": test_match,
         "val_exact_match": val_match,
@@ -229,22 +234,22 @@ def generate(cfg: GenerateConfig = GenerateConfig()) -> Result:  # noqa: B008 (f
     log-likelihood of the real digits.
     """
     out = _out_dir(cfg, "generate")
-    splits = D.split_digits(seed=cfg.seed)
+    splits = imagedata.split_digits(seed=cfg.seed)
     check_config(cfg, len(splits.train.labels))
     if cfg.temperature < 0 or cfg.samples_per_class < 1:
         raise UserError(
             f"need temperature >= 0 and samples_per_class >= 1, got {cfg.temperature} and {cfg.samples_per_class}"
         )
     params = generator_init(jax.random.key(cfg.seed), hidden_size=cfg.hidden_size, levels=cfg.levels, cell=cfg.cell)
-    train_levels = D.quantize(splits.train.images, cfg.levels)
+    train_levels = imagedata.quantize(splits.train.images, cfg.levels)
     batches = _batches(cfg, len(train_levels), lambda idx, rng: (splits.train.labels[idx], train_levels[idx]))
     fitted = _fit(cfg, params, generator_loss, batches, out)
     params = fitted.state.params
 
-    test_levels = jnp.asarray(D.quantize(splits.test.images, cfg.levels))
+    test_levels = jnp.asarray(imagedata.quantize(splits.test.images, cfg.levels))
     test_loss, _ = jax.jit(generator_loss)(params, (jnp.asarray(splits.test.labels), test_levels), None)
 
-    wanted = np.repeat(np.arange(D.NUM_CLASSES), cfg.samples_per_class)
+    wanted = np.repeat(np.arange(imagedata.NUM_CLASSES), cfg.samples_per_class)
     keys = jax.random.split(jax.random.key(cfg.seed + 1), len(wanted))
     draw = partial(generate_image, temperature=cfg.temperature)
     drawn = jax.jit(jax.vmap(draw, (None, 0, 0)))(params, jnp.asarray(wanted), keys)
@@ -278,17 +283,17 @@ def glimpse(cfg: GlimpseConfig = GlimpseConfig()) -> Result:  # noqa: B008 (froz
     Reports the test accuracy and how the looks depend on the image; plots the glimpse path on a few.
     """
     out = _out_dir(cfg, "glimpse")
-    splits = D.split_digits(seed=cfg.seed)
+    splits = imagedata.split_digits(seed=cfg.seed)
     check_config(cfg, len(splits.train.labels))
-    if not 1 <= cfg.patch <= D.SIDE or cfg.glimpses < 1:
-        raise UserError(f"need a patch in 1..{D.SIDE} and glimpses >= 1, got {cfg.patch} and {cfg.glimpses}")
-    n = D.SIDE - cfg.patch + 1
+    if not 1 <= cfg.patch <= imagedata.SIDE or cfg.glimpses < 1:
+        raise UserError(f"need a patch in 1..{imagedata.SIDE} and glimpses >= 1, got {cfg.patch} and {cfg.glimpses}")
+    n = imagedata.SIDE - cfg.patch + 1
     params = glimpse_init(
         jax.random.key(cfg.seed),
         n_parts=n * n,
         part_size=cfg.patch**2,
         hidden_size=cfg.hidden_size,
-        n_classes=D.NUM_CLASSES,
+        n_classes=imagedata.NUM_CLASSES,
         cell=cfg.cell,
     )
     logits_fn = partial(glimpse_class_logits, patch=cfg.patch, glimpses=cfg.glimpses, hard=cfg.hard)
@@ -300,7 +305,7 @@ def glimpse(cfg: GlimpseConfig = GlimpseConfig()) -> Result:  # noqa: B008 (froz
 
     looks_fn = partial(glimpse_logits, patch=cfg.patch, glimpses=cfg.glimpses, hard=cfg.hard)
     (logits, looks), (val_logits, _) = _on_test_and_val(looks_fn, params, splits)
-    _, corners = D.sliding_patches(np.zeros((D.SIDE, D.SIDE)), cfg.patch)
+    _, corners = imagedata.sliding_patches(np.zeros((imagedata.SIDE, imagedata.SIDE)), cfg.patch)
     centres = looks @ corners + (cfg.patch - 1) / 2  # [N_test, G, 2] expected (row, col) of each look
     paths = [tuple(p) for p in looks.argmax(-1).tolist()]
     common = max(set(paths), key=paths.count)
@@ -323,9 +328,9 @@ def video(cfg: VideoConfig = VideoConfig()) -> Result:  # noqa: B008 (frozen, so
     with the frame index. Reports the test accuracy at every frame (fresh noise, fixed seed).
     """
     out = _out_dir(cfg, "video")
-    splits = D.split_digits(seed=cfg.seed)
+    splits = imagedata.split_digits(seed=cfg.seed)
     check_config(cfg, len(splits.train.labels))
-    make = partial(D.video_frames, n_frames=cfg.frames, noise=cfg.noise, occlusion=cfg.occlusion)
+    make = partial(imagedata.video_frames, n_frames=cfg.frames, noise=cfg.noise, occlusion=cfg.occlusion)
     try:
         make(splits.train.images[:1], seed=0)
     except ValueError as err:

@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from rnn_jax import decode, losses
-from rnn_jax.data import images as D
+from rnn_jax.data import images as imagedata
 from rnn_jax.errors import UserError
 from rnn_jax.scan import run
 from rnn_jax.topologies import (
@@ -87,7 +87,9 @@ class ClassifierParams(NamedTuple):
 
 def classifier_init(key, *, in_size: int, hidden_size: int, cell: str = "gru") -> ClassifierParams:
     k1, k2 = jax.random.split(key)
-    return ClassifierParams(cell_init(cell, k1, in_size, hidden_size), dense_init(k2, hidden_size, D.NUM_CLASSES))
+    return ClassifierParams(
+        cell_init(cell, k1, in_size, hidden_size), dense_init(k2, hidden_size, imagedata.NUM_CLASSES)
+    )
 
 
 def classifier_logits(params: ClassifierParams, xs_TI, length=None, *, impl: str = "auto", unroll=None) -> Array:
@@ -105,9 +107,9 @@ def prefix_logits(params: ClassifierParams, xs_TI) -> Array:
 def as_sequence(images, read: str) -> np.ndarray:
     """``[N, 8, 8]`` images as sequences: 8 rows of 8 pixels (``"rows"``) or 64 pixels of 1 (``"pixels"``)."""
     if read == "rows":
-        return D.as_rows(images)
+        return imagedata.as_rows(images)
     if read == "pixels":
-        return D.as_pixels(images)
+        return imagedata.as_pixels(images)
     raise UserError(f"read must be 'rows' or 'pixels', got {read!r}")
 
 
@@ -150,9 +152,9 @@ def captioner_init(
     key, *, hidden_size: int, feature_size: int = 128, embed_size: int = 16, cell: str = "gru"
 ) -> CaptionerParams:
     k = jax.random.split(key, 5)
-    V = len(D.CAPTION_VOCAB)
+    V = len(imagedata.CAPTION_VOCAB)
     return CaptionerParams(
-        encoder=dense_init(k[0], D.SIDE * D.SIDE, feature_size),
+        encoder=dense_init(k[0], imagedata.SIDE * imagedata.SIDE, feature_size),
         init=dense_init(k[1], feature_size, hidden_size),
         embed=jax.random.normal(k[2], (V, embed_size)),
         cell=cell_init(cell, k[3], embed_size, hidden_size),
@@ -182,8 +184,8 @@ def caption_logits(params: CaptionerParams, image_88, inputs_T, *, impl: str = "
 
 def caption_greedy(params: CaptionerParams, image_88, max_len: int) -> decode.Decoded:
     """Feed ``<start>``, then the most likely character each step until ``<end>`` (compiled, one scan)."""
-    carry, logits = caption_step(params, caption_start(params, image_88), jnp.int32(D.START))
-    return decode.greedy(caption_step, params, carry, logits, max_len=max_len, end_token=D.END)
+    carry, logits = caption_step(params, caption_start(params, image_88), jnp.int32(imagedata.START))
+    return decode.greedy(caption_step, params, carry, logits, max_len=max_len, end_token=imagedata.END)
 
 
 def caption_loss(params, batch, key, *, impl: str = "auto", unroll=None):
@@ -212,19 +214,19 @@ def generator_init(key, *, hidden_size: int, levels: int, cell: str = "gru") -> 
         raise UserError(f"levels must be at least 2, got {levels}")
     k = jax.random.split(key, 3)
     return GeneratorParams(
-        init=dense_init(k[0], D.NUM_CLASSES, hidden_size),
-        cell=cell_init(cell, k[1], D.SIDE, hidden_size),
-        head=dense_init(k[2], hidden_size, D.SIDE * levels),
+        init=dense_init(k[0], imagedata.NUM_CLASSES, hidden_size),
+        cell=cell_init(cell, k[1], imagedata.SIDE, hidden_size),
+        head=dense_init(k[2], hidden_size, imagedata.SIDE * levels),
     )
 
 
 def _levels(params: GeneratorParams) -> int:
-    return params.head.b.shape[0] // D.SIDE
+    return params.head.b.shape[0] // imagedata.SIDE
 
 
 def generator_start(params: GeneratorParams, label):
     """The class initialises the hidden state, as the image does for captioning."""
-    h0 = jnp.tanh(dense(params.init, jax.nn.one_hot(label, D.NUM_CLASSES, dtype=params.init.W.dtype)))
+    h0 = jnp.tanh(dense(params.init, jax.nn.one_hot(label, imagedata.NUM_CLASSES, dtype=params.init.W.dtype)))
     return carry_from_hidden(cell_of(params.cell), params.cell, h0)
 
 
@@ -239,7 +241,7 @@ def generator_logits(params: GeneratorParams, label, levels_88, *, impl: str = "
     inputs = jnp.concatenate([jnp.zeros_like(rows[:1]), rows[:-1]])
     start = generator_start(params, label)
     _, ys = run(cell_of(params.cell), params.cell, start, inputs, impl=impl, unroll=unroll)
-    return _heads(params.head, ys).reshape(D.SIDE, D.SIDE, K)
+    return _heads(params.head, ys).reshape(imagedata.SIDE, imagedata.SIDE, K)
 
 
 def generate_image(params: GeneratorParams, label, key, temperature: float) -> Array:
@@ -254,7 +256,7 @@ def generate_image(params: GeneratorParams, label, key, temperature: float) -> A
     def draw_row(p, state, row_in):
         c, k = state
         c, y = cell(p.cell, c, row_in)
-        logits = dense(p.head, y).reshape(D.SIDE, K)
+        logits = dense(p.head, y).reshape(imagedata.SIDE, K)
         k, sub = jax.random.split(k)
         if temperature == 0:
             level = jnp.argmax(logits, axis=-1)
@@ -263,7 +265,9 @@ def generate_image(params: GeneratorParams, label, key, temperature: float) -> A
         return (c, k), level.astype(row_in.dtype) / (K - 1)
 
     start = (generator_start(params, label), key)
-    _, rows = one_to_many(draw_row, params, start, jnp.zeros((D.SIDE,), params.init.W.dtype), steps=D.SIDE)
+    _, rows = one_to_many(
+        draw_row, params, start, jnp.zeros((imagedata.SIDE,), params.init.W.dtype), steps=imagedata.SIDE
+    )
     return rows
 
 
@@ -287,7 +291,7 @@ def generator_loss(params, batch, key, *, impl: str = "auto", unroll=None):
 def image_windows(image_88, patch: int) -> Array:
     """``[N, patch * patch]``: every window of the image at stride 1, in the order of
     :func:`rnn_jax.data.images.sliding_patches` (row-major top-left corners), as a jnp gather."""
-    n = D.SIDE - patch + 1
+    n = imagedata.SIDE - patch + 1
     rows = jnp.arange(n)[:, None] + jnp.arange(patch)[None, :]  # [n, p]: pixel rows of each window row
     windows = image_88[rows[:, None, :, None], rows[None, :, None, :]]  # [n, n, p, p]
     return windows.reshape(n * n, patch * patch)
@@ -321,7 +325,10 @@ class VideoParams(NamedTuple):
 
 def video_init(key, *, hidden_size: int, cell: str = "gru") -> VideoParams:
     k1, k2 = jax.random.split(key)
-    return VideoParams(cell_init(cell, k1, D.SIDE * D.SIDE, hidden_size), dense_init(k2, hidden_size, D.NUM_CLASSES))
+    return VideoParams(
+        cell_init(cell, k1, imagedata.SIDE * imagedata.SIDE, hidden_size),
+        dense_init(k2, hidden_size, imagedata.NUM_CLASSES),
+    )
 
 
 def video_logits(params: VideoParams, frames_F88, *, impl: str = "auto", unroll=None) -> Array:

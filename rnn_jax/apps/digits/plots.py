@@ -6,15 +6,15 @@ from pathlib import Path
 
 import numpy as np
 
-from rnn_jax import harness as H
+from rnn_jax import harness
 from rnn_jax.apps.digits.config import VideoConfig
-from rnn_jax.data import images as D
+from rnn_jax.data import images as imagedata
 
 __all__ = ["plot_accuracy_curve", "plot_captions", "plot_samples", "plot_glimpses", "plot_video"]
 
 
 def plot_accuracy_curve(path: Path, accuracy, *, xlabel: str, title: str) -> Path:
-    plt = H.pyplot()
+    plt = harness.pyplot()
     fig, ax = plt.subplots(figsize=(6, 3.5))
     steps = np.arange(1, len(accuracy) + 1)
     ax.plot(steps, accuracy, "o-", ms=3)
@@ -25,32 +25,32 @@ def plot_accuracy_curve(path: Path, accuracy, *, xlabel: str, title: str) -> Pat
     ax.set_title(title, fontsize=9)
     ax.grid(alpha=0.3)
     ax.legend(loc="upper left")
-    return H.save(fig, path, dpi=80)
+    return harness.save(fig, path, dpi=80)
 
 
-def plot_captions(path: Path, split: D.DigitSplit, captions: list[str], n: int = 16) -> Path:
+def plot_captions(path: Path, split: imagedata.DigitSplit, captions: list[str], n: int = 16) -> Path:
     """The first test images with their captions; wrong ones (in red) are shown first."""
-    plt = H.pyplot()
-    wrong = [i for i, c in enumerate(captions) if c != D.CLASS_NAMES[split.labels[i]]]
+    plt = harness.pyplot()
+    wrong = [i for i, c in enumerate(captions) if c != imagedata.CLASS_NAMES[split.labels[i]]]
     right = [i for i in range(len(captions)) if i not in set(wrong)]
     shown = (wrong[: n // 4] + right)[:n]
     fig, axes = plt.subplots(2, n // 2, figsize=(n * 0.6, 3.4))
     for ax, i in zip(axes.ravel(), shown, strict=False):
         ax.imshow(split.images[i], cmap="gray_r", vmin=0, vmax=1)
         bad = i in wrong
-        title = f'"{captions[i]}"' + (f"\n(true: {D.CLASS_NAMES[split.labels[i]]})" if bad else "\n")
+        title = f'"{captions[i]}"' + (f"\n(true: {imagedata.CLASS_NAMES[split.labels[i]]})" if bad else "\n")
         ax.set_title(title, fontsize=8, color="red" if bad else "black")
         ax.axis("off")
     fig.suptitle("One to many: image feature -> h0, greedy caption (red: wrong)", fontsize=9)
-    return H.save(fig, path, dpi=80)
+    return harness.save(fig, path, dpi=80)
 
 
 def plot_samples(path: Path, drawn, wanted, judged, columns: int) -> Path:
     """One row per class; a red frame where the classifier disagrees with the requested class."""
-    plt = H.pyplot()
-    fig, axes = plt.subplots(D.NUM_CLASSES, columns, figsize=(columns * 0.55, D.NUM_CLASSES * 0.55))
-    axes = np.asarray(axes).reshape(D.NUM_CLASSES, columns)
-    for c in range(D.NUM_CLASSES):
+    plt = harness.pyplot()
+    fig, axes = plt.subplots(imagedata.NUM_CLASSES, columns, figsize=(columns * 0.55, imagedata.NUM_CLASSES * 0.55))
+    axes = np.asarray(axes).reshape(imagedata.NUM_CLASSES, columns)
+    for c in range(imagedata.NUM_CLASSES):
         idx = np.flatnonzero(wanted == c)[:columns]
         for ax, i in zip(axes[c], idx, strict=False):
             ax.imshow(drawn[i], cmap="gray_r", vmin=0, vmax=1)
@@ -62,11 +62,13 @@ def plot_samples(path: Path, drawn, wanted, judged, columns: int) -> Path:
                 s.set_linewidth(2 if bad else 0.5)
         axes[c, 0].set_ylabel(str(c), rotation=0, labelpad=8, fontsize=9)
     fig.suptitle("Drawn row by row per class (red: classifier disagrees)", fontsize=8)
-    return H.save(fig, path, dpi=80)
+    return harness.save(fig, path, dpi=80)
 
 
-def plot_glimpses(path: Path, split: D.DigitSplit, predicted, centres, patch: int, *, hard: bool, n: int = 8) -> Path:
-    plt = H.pyplot()
+def plot_glimpses(
+    path: Path, split: imagedata.DigitSplit, predicted, centres, patch: int, *, hard: bool, n: int = 8
+) -> Path:
+    plt = harness.pyplot()
     from matplotlib.patches import Rectangle
 
     fig, axes = plt.subplots(2, n // 2, figsize=(n * 0.9, 4.2))
@@ -92,16 +94,16 @@ def plot_glimpses(path: Path, split: D.DigitSplit, predicted, centres, patch: in
             )
         ok = predicted[i] == split.labels[i]
         ax.set_title(f"label {split.labels[i]}, said {predicted[i]}", fontsize=8, color="black" if ok else "red")
-        ax.set_xlim(-0.5, D.SIDE - 0.5)
-        ax.set_ylim(D.SIDE - 0.5, -0.5)
+        ax.set_xlim(-0.5, imagedata.SIDE - 0.5)
+        ax.set_ylim(imagedata.SIDE - 0.5, -0.5)
         ax.axis("off")
     kind = "hard (one window)" if hard else "soft (expected centre)"
     fig.suptitle(f"Glimpses: {patch}x{patch} windows, {kind}, numbered in order", fontsize=9)
-    return H.save(fig, path, dpi=80)
+    return harness.save(fig, path, dpi=80)
 
 
 def plot_video(path: Path, by_frame, frames, predicted, labels, cfg: VideoConfig) -> Path:
-    plt = H.pyplot()
+    plt = harness.pyplot()
     F = len(by_frame)
     fig = plt.figure(figsize=(max(6.0, F * 0.75), 5.0))
     grid = fig.add_gridspec(2, F, height_ratios=[2.2, 1.2])
@@ -126,4 +128,4 @@ def plot_video(path: Path, by_frame, frames, predicted, labels, cfg: VideoConfig
         a.set_yticks([])
         if f == 0:
             a.set_ylabel(f"a {labels[i]}:\nguesses", fontsize=8)
-    return H.save(fig, path, dpi=80)
+    return harness.save(fig, path, dpi=80)
