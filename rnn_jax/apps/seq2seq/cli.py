@@ -13,8 +13,7 @@ import json
 import sys
 from pathlib import Path
 
-from rnn_jax import distributed as D
-from rnn_jax import harness as H
+from rnn_jax import distributed, harness
 from rnn_jax.apps.seq2seq.config import KIND, Config
 from rnn_jax.apps.seq2seq.inference import (
     EXPORT_DTYPES,
@@ -78,16 +77,16 @@ def _parser(prog: str) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog=prog, description="Sequence-to-sequence trainer and translator.")
     sub = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
     train_p = sub.add_parser("train", help="train on a task or a TSV file; the last stdout line is the test JSON")
-    H.add_config_arguments(train_p, Config, defaults=dataclasses.replace(Config(), out="runs/seq2seq-TASK"))
+    harness.add_config_arguments(train_p, Config, defaults=dataclasses.replace(Config(), out="runs/seq2seq-TASK"))
     train_p.add_argument("--unidirectional", dest="bidirectional", action="store_false", default=argparse.SUPPRESS,
                          help="a forward-only encoder (the same as --no-bidirectional)")  # fmt: skip
     translate_p = sub.add_parser("translate", help="decode inputs with a trained model")
-    H.add_config_arguments(translate_p, TranslateConfig)
+    harness.add_config_arguments(translate_p, TranslateConfig)
     translate_p.add_argument("inputs", nargs="+", metavar="WORD", help="the sources to translate")
     evaluate_p = sub.add_parser("evaluate", help="score a model on its task's test split (one JSON line)")
-    H.add_config_arguments(evaluate_p, EvaluateConfig)
+    harness.add_config_arguments(evaluate_p, EvaluateConfig)
     export_p = sub.add_parser("export", help="write a run's params alone in half precision (a shippable model)")
-    H.add_config_arguments(export_p, ExportConfig)
+    harness.add_config_arguments(export_p, ExportConfig)
     return parser
 
 
@@ -109,8 +108,8 @@ def config_from_args(given: dict | argparse.Namespace) -> Config:
         name = Path(given["pairs"]).stem if given.get("pairs") else given.get("task", Config.task)
         given["out"] = f"runs/seq2seq-{name}"
     if given.get("resume"):
-        return H.resumed_config(Config, given["out"], KIND, given)
-    return H.config_from_args(Config, given)
+        return harness.resumed_config(Config, given["out"], KIND, given)
+    return harness.config_from_args(Config, given)
 
 
 def cli_main(argv: list[str], prog: str = "rnn-jax seq2seq") -> int:
@@ -120,25 +119,25 @@ def cli_main(argv: list[str], prog: str = "rnn-jax seq2seq") -> int:
     args = _parser(prog).parse_args(argv)
     if args.action == "train":
         summary = train(config_from_args(args)).summary()
-        if D.is_main_process():  # several processes: process 0 alone prints
+        if distributed.is_main_process():  # several processes: process 0 alone prints
             print(json.dumps(summary))
         return 0
     if args.action == "evaluate":
-        ec = H.config_from_args(EvaluateConfig, args)
+        ec = harness.config_from_args(EvaluateConfig, args)
         if ec.limit is not None:
-            H.check_int("limit", ec.limit)
+            harness.check_int("limit", ec.limit)
         model = _load(ec)
         result = score_split(model, ec.split, ec.beam, ec.limit, pairs=ec.pairs)
         print(json.dumps({**result, "model": ec.model or ec.ckpt}))
         return 0
     if args.action == "export":
-        xc = H.config_from_args(ExportConfig, args)
+        xc = harness.config_from_args(ExportConfig, args)
         info = json.loads(Path(xc.info).read_text(encoding="utf-8")) if xc.info else {}
         path = export_model(load_model(xc.ckpt, xc.which), xc.to, dtype=xc.dtype, info=info)
         print(f"wrote {path} ({path.stat().st_size / 1e6:.2f} MB, params in {xc.dtype})")
         return 0
-    tc = H.config_from_args(TranslateConfig, args)
-    H.check_int("beam", tc.beam)
+    tc = harness.config_from_args(TranslateConfig, args)
+    harness.check_int("beam", tc.beam)
     return print_translations(translate_each(_load(tc), args.inputs, tc.beam), prog)
 
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 import dataclasses
 import os
 
-from rnn_jax import harness as H
-from rnn_jax import train as T
+from rnn_jax import harness
+from rnn_jax import train as training
 from rnn_jax.apps.seq2seq.tasks import TASKS
-from rnn_jax.data import pairs as P
+from rnn_jax.data import pairs as pairdata
 from rnn_jax.errors import UserError
 from rnn_jax.harness import field, shared_field
 from rnn_jax.harness.usercells import check_with_cell
@@ -43,8 +43,8 @@ class Config:
     source_unit: str = field("char", "pairs file: source tokens are characters or space-separated words",
                              choices=("char", "word"))  # fmt: skip
     target_unit: str = field("char", "pairs file: target tokens are characters or words", choices=("char", "word"))
-    max_source_len: int = field(P.MAX_SOURCE_LEN, "pairs file: the longest source in tokens (longer: an error)")
-    max_target_len: int = field(P.MAX_TARGET_LEN, "pairs file: the longest target in tokens (longer: an error)")
+    max_source_len: int = field(pairdata.MAX_SOURCE_LEN, "pairs file: the longest source in tokens (longer: an error)")
+    max_target_len: int = field(pairdata.MAX_TARGET_LEN, "pairs file: the longest target in tokens (longer: an error)")
     skip_long: bool = field(False, "pairs file: skip and count the lines over the length caps instead")
     keep_stress: bool = field(False, "g2p: keep the ARPAbet stress digits (AH0, OW1)")
     cell: str = shared_field("cell", "lstm")  # or, from Python, an rnn_jax.Cell with an init, or "module:attr"
@@ -98,7 +98,7 @@ def check_config(c: Config) -> Config:
     absolute (the checkpoints store it: evaluation from another directory finds the same file). ``cell`` comes
     back as a built-in's name or a user's :class:`rnn_jax.Cell` (one without ``init`` is refused).
     """
-    c = check_with_cell(c, H.check_config)
+    c = check_with_cell(c, harness.check_config)
     if c.pairs is not None:
         c = dataclasses.replace(c, task="pairs", pairs=os.path.abspath(c.pairs))
     elif c.task not in TASKS:
@@ -106,12 +106,12 @@ def check_config(c: Config) -> Config:
     if c.attention not in ATTENTIONS:
         raise UserError(f"attention must be one of {ATTENTIONS}, got {c.attention!r}")
     for name in _POSITIVE:
-        H.check_int(name, getattr(c, name))
-    H.check_int("teacher_forcing_decay_steps", c.teacher_forcing_decay_steps, 0)
-    H.check_number("teacher_forcing", c.teacher_forcing, low=0.0, high=1.0, closed="[]")
-    H.check_number("length_penalty", c.length_penalty, closed="[)")
+        harness.check_int(name, getattr(c, name))
+    harness.check_int("teacher_forcing_decay_steps", c.teacher_forcing_decay_steps, 0)
+    harness.check_number("teacher_forcing", c.teacher_forcing, low=0.0, high=1.0, closed="[]")
+    harness.check_number("length_penalty", c.length_penalty, closed="[)")
     if c.devices is not None:
-        T.check_device_count(c.devices)  # before the batch's divisibility: too few devices is the real problem
+        training.check_device_count(c.devices)  # before the batch's divisibility: too few devices is the real problem
     if c.devices is not None and c.batch_size % c.devices:
         raise UserError(f"devices must divide the batch size {c.batch_size}, got {c.devices!r}")
     return c

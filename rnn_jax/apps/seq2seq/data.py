@@ -10,7 +10,7 @@ import numpy as np
 
 from rnn_jax.apps.seq2seq import tasks
 from rnn_jax.apps.seq2seq.config import Config
-from rnn_jax.data import pairs as P
+from rnn_jax.data import pairs as pairdata
 
 __all__ = [
     "Prepared",
@@ -59,17 +59,17 @@ class LengthBudget(NamedTuple):
 
 
 class Prepared(NamedTuple):
-    task: P.Task
-    src_vocab: P.Vocab
-    tgt_vocab: P.Vocab
-    train: P.Encoded
-    val: P.Encoded  # every target (teacher-forced validation loss), unseen symbols as <unk>
+    task: pairdata.Task
+    src_vocab: pairdata.Vocab
+    tgt_vocab: pairdata.Vocab
+    train: pairdata.Encoded
+    val: pairdata.Encoded  # every target (teacher-forced validation loss), unseen symbols as <unk>
     max_len: int  # longest training target + </s> + slack (the fixed limit older releases decoded to)
     length_budget: LengthBudget  # the decoding limit for a source of each length
     max_source_len: int  # the longest training source: a longer input is beyond what the model learned
 
 
-def load_config_task(config: Config) -> P.Task:
+def load_config_task(config: Config) -> pairdata.Task:
     """The task ``config`` names (``task``, ``keep_stress``), or its ``pairs`` file read with its units."""
     return tasks.load_task(
         config.task,
@@ -84,7 +84,7 @@ def _pairs_options(config: Config) -> dict:
     return {name: getattr(config, name) for name in names}
 
 
-def prepare(config: Config, task: P.Task | None = None) -> Prepared:
+def prepare(config: Config, task: pairdata.Task | None = None) -> Prepared:
     """Load the task (unless given); build the vocabularies and the decoding length from the training split.
 
     Nothing about validation or test shapes the model: a symbol that only they hold is read as ``<unk>``
@@ -93,16 +93,16 @@ def prepare(config: Config, task: P.Task | None = None) -> Prepared:
     the :class:`LengthBudget` that decoding follows is fitted to the training pairs too.
     """
     task = load_config_task(config) if task is None else task
-    src_vocab = P.Vocab.build(p.source for p in task.train)
-    tgt_vocab = P.Vocab.build(t for p in task.train for t in p.targets)
+    src_vocab = pairdata.Vocab.build(p.source for p in task.train)
+    tgt_vocab = pairdata.Vocab.build(t for p in task.train for t in p.targets)
     longest = max(len(t) for p in task.train for t in p.targets)
     lengths = [(len(p.source), len(t)) for p in task.train for t in p.targets]
     return Prepared(
         task,
         src_vocab,
         tgt_vocab,
-        P.encode_pairs(task.train, src_vocab, tgt_vocab),
-        P.encode_pairs(task.val, src_vocab, tgt_vocab, unknown=True),
+        pairdata.encode_pairs(task.train, src_vocab, tgt_vocab),
+        pairdata.encode_pairs(task.val, src_vocab, tgt_vocab, unknown=True),
         longest + 1 + max(2, longest // 4),
         LengthBudget.fit(lengths),
         max(len(p.source) for p in task.train),
@@ -115,17 +115,17 @@ class EpochBatches:
     Epoch ``e = step // n`` is a fresh bucketed shuffle seeded by ``(seed, e)``; one epoch is cached.
     """
 
-    def __init__(self, data: P.Encoded, batch_size: int, seed: int, pad_multiple: int, tf_schedule):
+    def __init__(self, data: pairdata.Encoded, batch_size: int, seed: int, pad_multiple: int, tf_schedule):
         self.data, self.batch_size, self.seed, self.pad_multiple = data, batch_size, seed, pad_multiple
         self.tf_schedule = tf_schedule
         self.items_per_step = batch_size
         self._epoch, self._batches = None, []
         self.n = len(self._make(0))
 
-    def _make(self, epoch: int) -> list[P.Batch]:
+    def _make(self, epoch: int) -> list[pairdata.Batch]:
         if epoch != self._epoch:
             rng = np.random.default_rng([self.seed, epoch])
-            self._batches = list(P.batches(self.data, self.batch_size, rng=rng, pad_multiple=self.pad_multiple))
+            self._batches = list(pairdata.batches(self.data, self.batch_size, rng=rng, pad_multiple=self.pad_multiple))
             self._epoch = epoch
         return self._batches
 
@@ -134,7 +134,7 @@ class EpochBatches:
         return {**batch_arrays(b), "teacher_forcing": np.float32(self.tf_schedule(step))}
 
 
-def batch_arrays(b: P.Batch) -> dict:
+def batch_arrays(b: pairdata.Batch) -> dict:
     """The train step's batch dict of a padded :class:`~rnn_jax.data.pairs.Batch`."""
     return {"src": b.src, "src_len": b.src_len, "tgt_in": b.tgt_in, "tgt_out": b.tgt_out, "tgt_len": b.tgt_len}
 

@@ -13,7 +13,7 @@ import numpy as np
 
 from rnn_jax import decode, topologies
 from rnn_jax.apps.seq2seq.data import LengthBudget
-from rnn_jax.data import pairs as P
+from rnn_jax.data import pairs as pairdata
 from rnn_jax.errors import UserError
 
 __all__ = ["make_decoder", "decode_pairs", "check_vocab_fits_beam", "finished", "BATCH_TOKENS"]
@@ -24,23 +24,23 @@ the memory of a batch does not grow with the length of its sources."""
 
 
 def _start(params, src_S, src_len):
-    return topologies.decoder_start(params, src_S, src_len, P.BOS)
+    return topologies.decoder_start(params, src_S, src_len, pairdata.BOS)
 
 
 def _finished(tokens_L, length):
-    return (length > 0) & (tokens_L[jnp.maximum(length - 1, 0)] == P.EOS)
+    return (length > 0) & (tokens_L[jnp.maximum(length - 1, 0)] == pairdata.EOS)
 
 
 def _greedy_one(params, src_S, src_len, *, max_len: int):
     ctx, state, logits = _start(params, src_S, src_len)
-    out = decode.greedy(topologies.decoder_step_fn, ctx, state, logits, max_len=max_len, end_token=P.EOS)
+    out = decode.greedy(topologies.decoder_step_fn, ctx, state, logits, max_len=max_len, end_token=pairdata.EOS)
     return out.tokens, out.length, out.log_prob
 
 
 def _beam_one(params, src_S, src_len, *, max_len: int, beam: int, length_penalty: float):
     """The best finished hypothesis among the ``K`` beams and the greedy one (see the module docstring)."""
     ctx, state, logits = _start(params, src_S, src_len)
-    g = decode.greedy(topologies.decoder_step_fn, ctx, state, logits, max_len=max_len, end_token=P.EOS)
+    g = decode.greedy(topologies.decoder_step_fn, ctx, state, logits, max_len=max_len, end_token=pairdata.EOS)
     b = decode.beam_search(
         topologies.decoder_step_fn,
         ctx,
@@ -48,7 +48,7 @@ def _beam_one(params, src_S, src_len, *, max_len: int, beam: int, length_penalty
         logits,
         beam_width=beam,
         max_len=max_len,
-        end_token=P.EOS,
+        end_token=pairdata.EOS,
         length_penalty=length_penalty,
     )
     fin_b = jax.vmap(_finished)(b.tokens, b.lengths)
@@ -90,7 +90,7 @@ def _fixed_decoder(max_len: int, beam: int, length_penalty: float):
     return jax.jit(jax.vmap(one, in_axes=(None, 0, 0)))
 
 
-def check_vocab_fits_beam(beam: int, tgt_vocab: P.Vocab) -> None:
+def check_vocab_fits_beam(beam: int, tgt_vocab: pairdata.Vocab) -> None:
     """A beam no wider than the target vocabulary (``beam`` named as the config field), or a :class:`UserError`."""
     if isinstance(beam, int) and not isinstance(beam, bool) and beam > len(tgt_vocab):
         raise UserError(f"beam must be at most the target vocabulary size {len(tgt_vocab)}, got {beam}")
@@ -99,7 +99,7 @@ def check_vocab_fits_beam(beam: int, tgt_vocab: P.Vocab) -> None:
 
 def finished(ids: list[int]) -> bool:
     """Whether a decoded output (ids, ``</s>`` kept) ended with ``</s>``: ``False`` means decoding was cut."""
-    return bool(ids) and ids[-1] == P.EOS
+    return bool(ids) and ids[-1] == pairdata.EOS
 
 
 def _rows(batch_size: int, padded_len: int) -> int:
@@ -125,7 +125,7 @@ def decode_pairs(model_params, sources: list[list[int]], decoder, batch_size: in
         rows = _rows(batch_size, -(-longest // pad_multiple) * pad_multiple)
         idx = order[start : start + rows]
         start += rows
-        b = P.pad_batch([sources[i] for i in idx], None, batch_size=rows, pad_multiple=pad_multiple)
+        b = pairdata.pad_batch([sources[i] for i in idx], None, batch_size=rows, pad_multiple=pad_multiple)
         tokens, lengths, logp = jax.device_get(decoder(model_params, b.src, b.src_len))
         for r, i in enumerate(idx):
             out_tokens[i] = tokens[r, : lengths[r]].tolist()

@@ -20,15 +20,14 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from rnn_jax import checkpoint, topologies
-from rnn_jax import harness as H
+from rnn_jax import checkpoint, harness, topologies
 from rnn_jax.apps.seq2seq.config import KIND, Config
 from rnn_jax.apps.seq2seq.data import LengthBudget, load_config_task
 from rnn_jax.apps.seq2seq.decoding import check_vocab_fits_beam, decode_pairs, finished, make_decoder
 from rnn_jax.apps.seq2seq.evaluation import evaluate
 from rnn_jax.apps.seq2seq.model import init_params, make_optimizer, state_template
 from rnn_jax.cells import Cell, resolve_cell
-from rnn_jax.data import pairs as P
+from rnn_jax.data import pairs as pairdata
 from rnn_jax.errors import UserError
 from rnn_jax.harness.usercells import cell_record, loaded_cell, stored_cell_spec
 
@@ -125,8 +124,8 @@ class Model(NamedTuple):
 
     params: topologies.Seq2SeqParams
     config: Config
-    src_vocab: P.Vocab
-    tgt_vocab: P.Vocab
+    src_vocab: pairdata.Vocab
+    tgt_vocab: pairdata.Vocab
     source_unit: str
     target_unit: str
     max_len: int
@@ -142,7 +141,7 @@ class Model(NamedTuple):
         """``text`` as the model reads it: lower-cased when every cased symbol of the source vocabulary is
         lower-case (upper-cased when every one is upper-case), and without whitespace at either end when
         the vocabulary holds none. The command line and :func:`translate` both read inputs through it."""
-        cased = [s for s in self.src_vocab.symbols if s not in P.RESERVED and s.lower() != s.upper()]
+        cased = [s for s in self.src_vocab.symbols if s not in pairdata.RESERVED and s.lower() != s.upper()]
         if cased and all(s == s.lower() for s in cased):
             text = text.lower()
         elif cased and all(s == s.upper() for s in cased):
@@ -174,11 +173,11 @@ def load_model(
     """
     if (ckpt is None) == (name is None):
         raise UserError("give either a checkpoint (a run directory or a .ckpt file) or the name of a shipped model")
-    run = H.read_run(shipped_model_path(name) if name is not None else ckpt, which, KIND, Config)
+    run = harness.read_run(shipped_model_path(name) if name is not None else ckpt, which, KIND, Config)
     config = dataclasses.replace(run.config, cell=loaded_cell(run.meta, run.config.cell, ckpt or run.path, cell))
     shipped = SHIPPED_HEADER_EXTRAS.get(run.path.name, {}) if run.path.resolve().parent == MODELS_DIR else {}
     meta = {**shipped, **run.meta}
-    src_vocab, tgt_vocab = P.Vocab.from_json(meta["src_vocab"]), P.Vocab.from_json(meta["tgt_vocab"])
+    src_vocab, tgt_vocab = pairdata.Vocab.from_json(meta["src_vocab"]), pairdata.Vocab.from_json(meta["tgt_vocab"])
     if config.pairs is not None:
         config = dataclasses.replace(config, pairs=_find_pairs(config, run.path))
     if "param_dtype" in meta:  # an export: the params alone, in that dtype
@@ -189,7 +188,7 @@ def load_model(
         params = jax.tree.map(lambda a: a.astype(jnp.float32), stored)
     else:
         template = state_template(config, len(src_vocab), len(tgt_vocab), make_optimizer(config, 1))
-        params = H.load_params(run, template)
+        params = harness.load_params(run, template)
     # A checkpoint older than the stored budget: 2 S + max_len, at least the fixed limit it was decoded to.
     budget = LengthBudget(*meta.get("length_budget", (2.0, int(meta["max_len"]))))
     return Model(params, config, src_vocab, tgt_vocab, meta["source_unit"], meta["target_unit"], meta["max_len"],
@@ -218,7 +217,7 @@ def export_model(model: Model, path: str | os.PathLike, *, dtype: str = "float16
     metrics) in the header. A float16 file is a quarter of a training checkpoint (no optimiser moments)."""
     if dtype not in EXPORT_DTYPES:
         raise UserError(f"dtype must be one of {', '.join(EXPORT_DTYPES)}, got {dtype!r}")
-    meta = H.run_meta(
+    meta = harness.run_meta(
         KIND,
         dataclasses.replace(model.config, cell=stored_cell_spec(model.config.cell)),
         cell=cell_record(resolve_cell(model.config.cell)),
@@ -247,7 +246,7 @@ def score_split(
     """
     if split not in ("test", "val"):
         raise UserError(f"split must be 'test' or 'val', got {split!r}")
-    H.check_int("beam", beam)
+    harness.check_int("beam", beam)
     check_vocab_fits_beam(beam, model.tgt_vocab)
     scored = getattr(_scored_task(model, pairs), split)[:limit]
     if not scored:
@@ -260,7 +259,7 @@ def score_split(
     return {"split": split, "beam": beam, **scores.as_dict(), "decode_s": time.perf_counter() - t0}
 
 
-def _scored_task(model: Model, pairs: str | None) -> P.Task:
+def _scored_task(model: Model, pairs: str | None) -> pairdata.Task:
     """The model's own task, or the pairs file ``pairs`` read with the model's units."""
     config = model.config
     if pairs is not None:
@@ -277,16 +276,16 @@ def _encode(model: Model, text: str, max_input_len: int) -> list[int] | str:
     """The source ids of ``text`` (read through :meth:`Model.normalize`), or why it cannot be translated."""
     if not isinstance(text, str):
         return f"input {text!r} is not a string"
-    tokens = P.tokenize(model.normalize(text), model.source_unit)
+    tokens = pairdata.tokenize(model.normalize(text), model.source_unit)
     if not tokens:
         return f"input {text!r} is empty"
     if len(tokens) > max_input_len:
         unit = "characters" if model.source_unit == "char" else "words"
         return f"input {_shown(text)} has {len(tokens)} {unit}; this model reads at most {max_input_len}: split it"
-    known = set(model.src_vocab.symbols) - set(P.RESERVED)
+    known = set(model.src_vocab.symbols) - set(pairdata.RESERVED)
     missing = sorted({t for t in tokens if t not in known})
     if missing:
-        shown = " ".join(s for s in model.src_vocab.symbols if s not in P.RESERVED)
+        shown = " ".join(s for s in model.src_vocab.symbols if s not in pairdata.RESERVED)
         return f"input {_shown(text)} has symbols outside the vocabulary: {missing}; known: {shown}"
     return model.src_vocab.encode(tokens)
 
@@ -294,7 +293,7 @@ def _encode(model: Model, text: str, max_input_len: int) -> list[int] | str:
 def _check_call(model: Model, inputs, beam: int) -> None:
     if isinstance(inputs, str):
         raise TypeError(f"inputs must be a list of strings, got the string {inputs!r}; pass [{inputs!r}]")
-    H.check_int("beam", beam)
+    harness.check_int("beam", beam)
     check_vocab_fits_beam(beam, model.tgt_vocab)
     if not inputs:
         raise UserError("nothing to translate: give at least one input")
@@ -318,7 +317,7 @@ def translate_each(model: Model, inputs: list[str], beam: int = 1, *, max_input_
         ids, _ = decode_pairs(model.params, [encoded[i] for i in good], decoder, model.config.eval_batch_size,
                               model.config.pad_multiple)  # fmt: skip
         for i, out in zip(good, ids, strict=True):
-            text = P.detokenize(model.tgt_vocab.decode(out), model.target_unit)
+            text = pairdata.detokenize(model.tgt_vocab.decode(out), model.target_unit)
             unseen = model.max_source_len is not None and len(encoded[i]) > model.max_source_len
             results[i] = Translation(inputs[i], text, cut=not finished(out), unseen_length=unseen)
     return results

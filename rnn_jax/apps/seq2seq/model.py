@@ -5,9 +5,9 @@ from __future__ import annotations
 import jax
 
 from rnn_jax import topologies
-from rnn_jax import train as T
+from rnn_jax import train as training
 from rnn_jax.apps.seq2seq.config import Config
-from rnn_jax.data import pairs as P
+from rnn_jax.data import pairs as pairdata
 from rnn_jax.losses import sequence_cross_entropy, token_accuracy
 
 __all__ = ["init_params", "make_optimizer", "state_template", "loss_fn", "teacher_forced", "teacher_forced_batch"]
@@ -31,7 +31,7 @@ def init_params(config: Config, src_vocab_size: int, tgt_vocab_size: int, key) -
 
 def make_optimizer(config: Config, total_steps: int):
     """AdamW with warm-up and cosine decay to ``total_steps``, clipped at ``config.clip_norm``."""
-    return T.make_optimizer(
+    return training.make_optimizer(
         config.learning_rate,
         total_steps=total_steps,
         warmup_steps=config.warmup_steps,
@@ -40,10 +40,10 @@ def make_optimizer(config: Config, total_steps: int):
     )
 
 
-def state_template(config: Config, src_size: int, tgt_size: int, optimizer) -> T.TrainState:
+def state_template(config: Config, src_size: int, tgt_size: int, optimizer) -> training.TrainState:
     """A fresh train state of the config's model: the template a checkpoint restores into."""
     params = init_params(config, src_size, tgt_size, jax.random.key(config.seed))
-    return T.init_state(params, optimizer, jax.random.key(config.seed + 1))
+    return training.init_state(params, optimizer, jax.random.key(config.seed + 1))
 
 
 def loss_fn(params, batch: dict, key, *, scheduled: bool, dropout: float = 0.0, impl: str = "auto", unroll=None):
@@ -82,6 +82,6 @@ def teacher_forced(params, src, src_len, tgt_in, tgt_len, tgt_out):
     return loss.per_token_mean * loss.n_tokens, loss.n_tokens, out.attention, out.logits
 
 
-def teacher_forced_batch(params, b: P.Batch):
+def teacher_forced_batch(params, b: pairdata.Batch):
     """:func:`teacher_forced` of a padded batch."""
     return teacher_forced(params, b.src, b.src_len, b.tgt_in, b.tgt_len, b.tgt_out)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from rnn_jax import harness as H
+from rnn_jax import harness
 
 __all__ = ["plot_attention"]
 
@@ -12,7 +12,7 @@ __all__ = ["plot_attention"]
 def plot_attention(maps, path, title: str = "") -> Path:
     """One heat map per example: output step (rows) against source position (columns)."""
     n = len(maps)
-    fig, axes = H.figure(1, n, figsize=(3.2 * n, 3.4), squeeze=False)
+    fig, axes = harness.figure(1, n, figsize=(3.2 * n, 3.4), squeeze=False)
     for ax, (src, out, w) in zip(axes[0], maps, strict=True):
         ax.imshow(w, cmap="Greys", vmin=0.0, vmax=1.0, aspect="auto")
         ax.set_xticks(range(len(src)), [s if s != " " else "_" for s in src], fontsize=7)
@@ -21,4 +21,4 @@ def plot_attention(maps, path, title: str = "") -> Path:
     axes[0][0].set_ylabel("output", fontsize=8)
     if title:
         fig.suptitle(title, fontsize=9)
-    return H.save(fig, path)
+    return harness.save(fig, path)

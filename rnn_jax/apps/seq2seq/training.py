@@ -16,10 +16,9 @@ from typing import NamedTuple
 import jax
 import numpy as np
 
-from rnn_jax import checkpoint
-from rnn_jax import distributed as D
+from rnn_jax import checkpoint, distributed
 from rnn_jax import harness as H
-from rnn_jax import train as T
+from rnn_jax import train as training
 from rnn_jax.apps.seq2seq.config import KIND, MODEL_FIELDS, Config, check_config
 from rnn_jax.apps.seq2seq.data import EpochBatches, Prepared, prepare, teacher_forcing_schedule
 from rnn_jax.apps.seq2seq.decoding import check_vocab_fits_beam, make_decoder
@@ -28,7 +27,7 @@ from rnn_jax.apps.seq2seq.inference import Model
 from rnn_jax.apps.seq2seq.model import init_params, loss_fn, make_optimizer, state_template
 from rnn_jax.apps.seq2seq.plots import plot_attention
 from rnn_jax.cells import resolve_cell
-from rnn_jax.data import pairs as P
+from rnn_jax.data import pairs as pairdata
 from rnn_jax.errors import UserError
 from rnn_jax.harness.usercells import cell_record, stored_cell_spec
 
@@ -138,10 +137,10 @@ def _train_step(s: _StepSettings):
     config = Config(
         learning_rate=s.learning_rate, warmup_steps=s.warmup_steps, weight_decay=s.weight_decay, clip_norm=s.clip_norm
     )
-    return T.make_train_step(
+    return training.make_train_step(
         partial(loss_fn, scheduled=s.scheduled, dropout=s.dropout, impl=s.impl, unroll=s.unroll),
         make_optimizer(config, 1),
-        mesh=T.make_mesh(s.devices) if s.devices is not None or jax.process_count() > 1 else None,
+        mesh=training.make_mesh(s.devices) if s.devices is not None or jax.process_count() > 1 else None,
         compute_dtype=H.compute_dtype(s.dtype),
     )
 
@@ -156,7 +155,7 @@ def _check_resume(config: Config) -> None:
     H.check_resumable(stored, _as_stored(config), MODEL_FIELDS, config.out)
 
 
-def _initial_state(config: Config, prep: Prepared, out: Path | None, log) -> T.TrainState:
+def _initial_state(config: Config, prep: Prepared, out: Path | None, log) -> training.TrainState:
     """A fresh state, or the run's latest checkpoint with ``resume`` (its vocabularies must match)."""
     state = state_template(
         config, len(prep.src_vocab), len(prep.tgt_vocab), make_optimizer(config, config.steps or 10**9)
@@ -165,7 +164,7 @@ def _initial_state(config: Config, prep: Prepared, out: Path | None, log) -> T.T
         vocabs = {"src_vocab": prep.src_vocab.to_json(), "tgt_vocab": prep.tgt_vocab.to_json()}
         state, _ = H.restore_latest(out, state, expect=vocabs)
         if config.steps is not None:  # a new step budget moves the schedule's end
-            state = state._replace(opt_state=T.set_total_steps(state.opt_state, config.steps))
+            state = state._replace(opt_state=training.set_total_steps(state.opt_state, config.steps))
         log(f"resumed from {checkpoint.latest(out)} at step {int(state.step)}")
     return state
 
@@ -173,7 +172,7 @@ def _initial_state(config: Config, prep: Prepared, out: Path | None, log) -> T.T
 def _validation(config: Config, prep: Prepared, greedy):
     """``evaluate(state) -> metrics`` on the first ``eval_size`` validation pairs (the fit loop's hook)."""
     val_pairs = prep.task.val[: config.eval_size]
-    val_data = P.encode_pairs(val_pairs, prep.src_vocab, prep.tgt_vocab, unknown=True)
+    val_data = pairdata.encode_pairs(val_pairs, prep.src_vocab, prep.tgt_vocab, unknown=True)
 
     def evaluate_val(st) -> dict:
         scores, hyps, _ = evaluate(
@@ -195,13 +194,13 @@ def _fit(config: Config, prep: Prepared, out: Path | None, log) -> H.FitResult:
     batches = EpochBatches(
         prep.train, config.batch_size, config.seed, config.pad_multiple, teacher_forcing_schedule(config)
     )
-    main = D.is_main_process()  # several processes: process 0 alone prints and writes
+    main = distributed.is_main_process()  # several processes: process 0 alone prints and writes
     if jax.process_count() > 1:  # each process feeds its own rows of every batch
-        batches = D.ProcessBatches(batches, config.batch_size, T.make_mesh(config.devices))
+        batches = distributed.ProcessBatches(batches, config.batch_size, training.make_mesh(config.devices))
     options = H.fit_options(config, log_every=50, best_metric="val_wer", item_name="examples")
     options = options._replace(verbose=options.verbose and main)
     ckpt = checkpoint.Checkpointer(out, checkpoint_meta(config, prep)) if out is not None else None
-    ckpt, out = D.for_processes(ckpt), out if main else None
+    ckpt, out = distributed.for_processes(ckpt), out if main else None
     evaluate_val = _validation(config, prep, make_decoder(prep.length_budget))
     step = _train_step(_StepSettings.of(config))
     return H.fit(state, step, batches, options, evaluate=evaluate_val, checkpointer=ckpt, out_dir=out)
@@ -255,7 +254,7 @@ def _result(config: Config, prep: Prepared, fitted: H.FitResult, test: dict, out
     )
 
 
-def train(config: Config, task: P.Task | None = None, log=None) -> TrainResult:
+def train(config: Config, task: pairdata.Task | None = None, log=None) -> TrainResult:
     """Train on ``config`` (or on ``task``, a :class:`rnn_jax.data.pairs.Task`), then score the test split.
 
     Nothing is written when the config or the data is refused (a :class:`UserError` naming the field or
@@ -264,13 +263,13 @@ def train(config: Config, task: P.Task | None = None, log=None) -> TrainResult:
     """
     config = check_config(config)
     _check_resume(config)
-    verbose = config.verbose and D.is_main_process()
+    verbose = config.verbose and distributed.is_main_process()
     log = log or ((lambda msg: print(msg, file=sys.stderr, flush=True)) if verbose else (lambda msg: None))
     prep = prepare(config, task)
     check_vocab_fits_beam(config.beam, prep.tgt_vocab)
     # The model's shapes (nothing computed): a user's cell that does not fit the model is refused here.
     jax.eval_shape(lambda: init_params(config, len(prep.src_vocab), len(prep.tgt_vocab), jax.random.key(0)))
-    main = D.is_main_process()  # several processes: process 0 alone writes (the others read on resume)
+    main = distributed.is_main_process()  # several processes: process 0 alone writes (the others read on resume)
     out = H.prepare(config.out, resume=config.resume) if config.out is not None and main else None  # first write
     out = Path(config.out) if config.out is not None and not main else out
     log(
