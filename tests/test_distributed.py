@@ -35,6 +35,9 @@ import pytest
 from rnn_jax import distributed
 from rnn_jax.errors import UserError
 
+# Its module-scoped fixtures train or compile once: under pytest-xdist the file stays on one worker.
+pytestmark = pytest.mark.xdist_group("distributed")
+
 WORKER = textwrap.dedent(
     """
     import json, os, signal, sys

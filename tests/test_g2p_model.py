@@ -12,6 +12,9 @@ from rnn_jax.apps.seq2seq import LengthBudget, inference, prepare
 from rnn_jax.apps.seq2seq.config import Config
 from rnn_jax.errors import UserError
 
+# Its module-scoped fixtures train or compile once: under pytest-xdist the file stays on one worker.
+pytestmark = pytest.mark.xdist_group("g2p_model")
+
 README = Path(__file__).resolve().parents[1] / "README.md"
 
 # Common words, the reference pronunciation from CMUdict (stress stripped) beside each; where CMUdict has

@@ -4,7 +4,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import rnn_jax as R
@@ -143,6 +143,7 @@ _jit_run = jax.jit(R.run, static_argnums=0, static_argnames="reverse")
 
 
 @pytest.mark.slow
+@settings(max_examples=30)  # every example compiles a new shape; 30 cover batch ranks, both directions, 3 cells
 @given(_masking_case())
 def test_masking_matches_each_sequence_run_alone(case):
     """Past each length outputs are zero; the final carry is the carry of the unpadded sequence alone,

@@ -171,8 +171,9 @@ def test_scheduled_sampling_loss(key):
     grad_fn = jax.jit(
         jax.value_and_grad(lambda p, r: S.loss_fn(p, {**batch, "teacher_forcing": r}, key, scheduled=True)[0])
     )
+    forced_loss = jax.jit(lambda p, b: S.loss_fn(p, b, key, scheduled=False)[0])
     # Ratio 1 reads the target at every step: the teacher-forced loss, per token.
-    forced, _ = S.loss_fn(params, {**batch}, key, scheduled=False)
+    forced = forced_loss(params, batch)
     np.testing.assert_allclose(grad_fn(params, 1.0)[0], forced, rtol=1e-5)
     # Ratio 0 reads the model's own argmax at every step after <s>: the teacher-forced loss of the inputs
     # that a greedy Python loop feeds itself (not stopping at </s>: the loss masks by the target lengths).
@@ -182,7 +183,7 @@ def test_scheduled_sampling_loss(key):
         [P.BOS] + _greedy_reference(params, list(src[:n]), T - 1, stop=False) for src, n in zip(b.src, b.src_len)
     ]
     free = {**batch, "tgt_in": jnp.asarray(free_in, jnp.int32)}
-    np.testing.assert_allclose(loss, S.loss_fn(params, free, key, scheduled=False)[0], rtol=1e-5)
+    np.testing.assert_allclose(loss, forced_loss(params, free), rtol=1e-5)
     assert not np.allclose(loss, forced)  # the free-running inputs differ from the targets here
     assert all(np.all(np.isfinite(g)) for g in jax.tree.leaves(grads))
     schedule = S.teacher_forcing_schedule(S.Config(teacher_forcing=0.5, teacher_forcing_decay_steps=100))
