@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import rnn_jax as R
-from rnn_jax import decode as D
+from rnn_jax import decode
 from rnn_jax import losses as Ls
 from rnn_jax import topologies as Tp
 from rnn_jax.errors import UserError
@@ -160,8 +160,8 @@ def test_decoder_step_fn_agrees_with_teacher_forcing_and_decodes():
 
     def decode_one(src_S, n):
         ctx, state, logits = Tp.decoder_start(params, src_S, n, bos)
-        g = D.greedy(Tp.decoder_step_fn, ctx, state, logits, max_len=max_len)
-        b = D.beam_search(Tp.decoder_step_fn, ctx, state, logits, beam_width=3, max_len=max_len, end_token=eos)
+        g = decode.greedy(Tp.decoder_step_fn, ctx, state, logits, max_len=max_len)
+        b = decode.beam_search(Tp.decoder_step_fn, ctx, state, logits, beam_width=3, max_len=max_len, end_token=eos)
         return g, b
 
     g, b = jax.jit(jax.vmap(decode_one))(src, SRC_LEN)
@@ -267,8 +267,8 @@ def test_stacked_encoder_decoder_equals_a_hand_written_loop(attention, cell, bid
     # of one teacher-forced batch); beam search reorders the stacked carries with its beams: each beam's
     # log-probability is the one teacher forcing gives its tokens (rows 1-3).
     ctx, state, first = Tp.decoder_start(params, src[0], SRC_LEN[0], 1)
-    g = D.greedy(Tp.decoder_step_fn, ctx, state, first, max_len=4)
-    beams = D.beam_search(Tp.decoder_step_fn, ctx, state, first, beam_width=3, max_len=4, end_token=None)
+    g = decode.greedy(Tp.decoder_step_fn, ctx, state, first, max_len=4)
+    beams = decode.beam_search(Tp.decoder_step_fn, ctx, state, first, beam_width=3, max_len=4, end_token=None)
     tokens = jnp.concatenate([g.tokens[None], beams.tokens])
     tgt = jnp.concatenate([jnp.ones((4, 1), int), tokens[:, :-1]], 1)
     forced = apply(params, jnp.repeat(src[:1], 4, 0), jnp.repeat(SRC_LEN[:1], 4), tgt)

