@@ -14,9 +14,9 @@ import numpy as np
 from rnn_jax import decode, harness, losses
 from rnn_jax.apps.charlm.config import KIND, CharLMConfig
 from rnn_jax.apps.charlm.model import LMParams, build_state, model_cfg, token_step, zero_carries
-from rnn_jax.cells import CELLS, Cell, resolve_cell
+from rnn_jax.cells import Cell
 from rnn_jax.data import text as textdata
-from rnn_jax.errors import UserError
+from rnn_jax.harness.usercells import loaded_cell
 from rnn_jax.train import cast_floating
 
 __all__ = ["LoadedModel", "load_model", "generate", "default_prime"]
@@ -105,26 +105,8 @@ def load_model(ckpt: str, which: str = "best", cell: Cell | str | None = None) -
     The returned ``config.cell`` is then the :class:`Cell` itself.
     """
     run = harness.read_run(ckpt, which, KIND, CharLMConfig)
-    config = dataclasses.replace(run.config, cell=_loaded_cell(run, ckpt, cell))
+    config = dataclasses.replace(run.config, cell=loaded_cell(run.meta, run.config.cell, ckpt, cell))
     vocab = textdata.Vocab(run.meta["vocab"])
     template, _ = build_state(config, vocab.size, 1)
     params = harness.load_params(run, template, expect={"vocab": vocab.chars})
     return LoadedModel(params, config, vocab, run.meta)
-
-
-def _loaded_cell(run, ckpt, given) -> str | Cell:
-    """The cell a checkpoint needs: ``given`` when the caller passes one, else the one it records."""
-    if given is not None:
-        return resolve_cell(given)
-    record = run.meta.get("cell") or {"name": run.config.cell, "builtin": run.config.cell in CELLS}
-    if record["builtin"]:
-        return record["name"]
-    path = record.get("import_path")
-    how = f"pass it: load_model({str(ckpt)!r}, cell=<that Cell>)"
-    if path is None:
-        where = record.get("module") or "a place no other process can import"
-        raise UserError(f"{ckpt} was trained with the user cell {record['name']!r} defined in {where}; {how}")
-    try:
-        return resolve_cell(path)
-    except UserError as err:
-        raise UserError(f"{ckpt} was trained with the cell {record['name']!r} from {path}: {err}; {how}") from None
