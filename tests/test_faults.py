@@ -155,7 +155,8 @@ def _interrupt(argv, env, delay):
 @pytest.mark.slow
 def test_ctrl_c_during_compilation_exits_130_cleanly(tmp_path, text_file):
     env = dict(os.environ, PYTHONPATH=str(REPO), JAX_PLATFORMS="cpu")
-    argv = [sys.executable, "-m", "rnn_jax.cli", *_charlm(text_file, tmp_path / "run", 50)]
+    # steps enough that every SIGINT lands before the run ends (50 steps ended within 0.5 s on the native kernels)
+    argv = [sys.executable, "-m", "rnn_jax.cli", *_charlm(text_file, tmp_path / "run", 20000)]
     argv = [a for a in argv if a != "--no-progress"] + ["--hidden", "64", "--layers", "3"]
     for delay in (0.5, 1.0, 1.5):  # before, during and after the first step's compilation (loaded 2-core box)
         code, err = _interrupt(argv, env, delay)
