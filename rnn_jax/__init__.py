@@ -11,6 +11,7 @@ jit at the edges of your program (the train step, evaluation, sampling).
 """
 
 from rnn_jax import checkpoint, decode, losses, topologies
+from rnn_jax.allocator import keep_freed_memory
 from rnn_jax.cells import (
     CELLS,
     Cell,
@@ -57,6 +58,7 @@ from rnn_jax.train import TrainState, init_state, make_optimizer, make_train_ste
 __version__ = "0.1.0"
 
 __all__ = [
+    "keep_freed_memory",
     "BeamResult",
     "Decoded",
     "SequenceLoss",

@@ -14,6 +14,7 @@ import signal
 import sys
 import threading
 
+from rnn_jax.allocator import keep_freed_memory
 from rnn_jax.errors import UserError
 
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -55,6 +56,7 @@ def main(argv: list[str] | None = None, *, exit_on_interrupt: bool | None = None
     the command (``argv`` from ``sys.argv``, or ``exit_on_interrupt``); called with ``argv`` it returns 130."""
     exit_on_interrupt = argv is None if exit_on_interrupt is None else exit_on_interrupt
     argv = sys.argv[1:] if argv is None else list(argv)
+    keep_freed_memory()  # before XLA's first call: freed temporaries stay mapped (see rnn_jax.allocator)
     parser = argparse.ArgumentParser(
         prog="rnn-jax", description="Recurrent networks as pure JAX functions (cs231n Lecture 10)."
     )

@@ -2,6 +2,9 @@
 params, initial carry and inputs, with and without lengths, both directions, under jit and eagerly; forward
 mode refused; vmap; bfloat16; and the fallback when the native part is unavailable."""
 
+import os
+import subprocess
+import sys
 from functools import partial
 
 import jax
@@ -65,8 +68,9 @@ def _assert_trees_close(got, want, rtol=1e-5, atol=1e-6):
         np.testing.assert_allclose(np.asarray(g, np.float32), w, rtol=rtol, atol=atol * scale)
 
 
-# (N, T, I, H, lengths, reverse, threads): odd sizes; H = 37 spans three blocks of 16 units with a tail and
-# N = 13 three row blocks; threads=2 runs the two-thread path (the size alone would pick one thread).
+# (N, T, I, H, lengths, reverse, threads): odd sizes; H = 37 spans blocks of 32 units (AVX-512; 16 on AVX2)
+# with a tail, N = 13 two or three row blocks; threads=2 runs the two-thread path (the size alone would pick
+# one thread).
 CASES = {
     "forward": (3, 7, 4, 5, None, False, None),
     "reverse": (3, 7, 4, 5, None, True, None),
@@ -91,6 +95,19 @@ def test_native_equals_scan_values_and_gradients(name, case, key, monkeypatch):
     if lengths is not None:  # past the end: zero outputs
         mask = np.arange(T)[:, None] < np.asarray(lengths)[None, :]
         assert np.all(np.asarray(got[0][1][1])[~mask] == 0)
+
+
+@needs_native
+@pytest.mark.skipif("avx512f" not in native._cpu_flags(), reason="this CPU runs the AVX2 build already")
+def test_native_avx2_build_on_an_avx512_cpu():
+    """The AVX2 build (8-lane vectors, 6 x 16 microkernel) against the scan, on a CPU that would get the
+    AVX-512 one: in a fresh process, since the FFI targets are registered once per process."""
+    selected = "equals_scan and (blocks_two_threads or reverse_lengths)"
+    env = dict(os.environ, RNN_JAX_NATIVE_AVX512="0")
+    cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "no:xdist", __file__, "-k", selected]
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-2000:]
+    assert "6 passed" in done.stdout, done.stdout[-1000:]
 
 
 @needs_native

@@ -7,10 +7,11 @@ One layer is one call per direction; only the sequential part runs in C++::
     backward (inside the call), t reversed: dA_t from dh, dc and the saved gates;  dh_{t-1} = direct + dR_t W_h^T
     dW_h = H_prev^T dR,  dW_x = X^T dU,  db = sum dU,  dX = dU W_x^T      large matmuls in XLA, outside
 
-The step GEMM runs on an AVX2/FMA microkernel over ``W_h`` packed once per call, split over the CPUs this
-process may use (``sched_getaffinity``) by blocks of hidden units. No BLAS: the library needs g++ (or ``$CXX``)
-and an AVX2+FMA CPU. It is compiled on first use into a per-user cache keyed by the source, the jax version,
-the compiler and its flags, and renamed into place atomically, so concurrent first uses do not race.
+The step GEMM runs on an FMA microkernel (AVX-512 where the CPU has it, else AVX2) over ``W_h`` packed once
+per call, split over the CPUs this process may use (``sched_getaffinity``) by blocks of hidden units. No
+BLAS: the library needs g++ (or ``$CXX``) and an AVX2+FMA CPU. It is compiled on first use into a per-user
+cache keyed by the source, the jax version, the compiler and its flags, and renamed into place atomically, so
+concurrent first uses do not race.
 ``RNN_JAX_NATIVE=0`` turns the native part off (``available()`` then says so).
 
 float32 inside; bfloat16 (or any float) params and inputs are cast to float32 at the boundary and the
@@ -37,14 +38,16 @@ import numpy as np
 from jax.extend.core import Primitive
 from jax.interpreters import ad, batching, mlir
 
-from rnn_jax.cells import LSTMState
+from rnn_jax.cells import LSTMState, gru_cell, lstm_cell, vanilla_cell
 from rnn_jax.errors import UserError
-from rnn_jax.kernels import kernel_cell_name
+from rnn_jax.kernels import kernel_cell_name, recurrent_weight
 
 __all__ = ["available", "unsupported_reason", "run_native", "build"]
 
 SOURCE = Path(__file__).with_name("rnn_native.cc")
 FLAGS = ("-O3", "-mavx2", "-mfma", "-std=c++17", "-shared", "-fPIC", "-pthread", "-fno-math-errno")
+AVX512_FLAGS = ("-mavx512f",)
+"""Added where the CPU has AVX-512F: the microkernel and gate math then run on 16-lane registers."""
 _CELL_CODES = {"vanilla": 0, "lstm": 1, "gru": 2}
 _GATES = {"vanilla": 1, "lstm": 4, "gru": 3}
 _FORWARD, _BACKWARD = "rnn_jax_native_forward", "rnn_jax_native_backward"
@@ -63,12 +66,23 @@ def _compiler() -> str | None:
     return os.environ.get("CXX") or shutil.which("g++") or shutil.which("c++")
 
 
-def _cpu_has_avx2_fma() -> bool:
+def _cpu_flags() -> set[str]:
     try:
         flags = next(line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("flags"))
     except (OSError, StopIteration):
-        return False
-    return {"avx2", "fma"} <= set(flags.split(":", 1)[1].split())
+        return set()
+    return set(flags.split(":", 1)[1].split())
+
+
+def _cpu_has_avx2_fma() -> bool:
+    return {"avx2", "fma"} <= _cpu_flags()
+
+
+def compile_flags() -> tuple[str, ...]:
+    """The compiler flags for this CPU: AVX2 and FMA always, AVX-512F where the CPU has it (unless
+    ``RNN_JAX_NATIVE_AVX512=0``, which the tests use to run the AVX2 build on an AVX-512 machine)."""
+    avx512 = "avx512f" in _cpu_flags() and os.environ.get("RNN_JAX_NATIVE_AVX512", "1") != "0"
+    return FLAGS + (AVX512_FLAGS if avx512 else ())
 
 
 def _cache_dir() -> Path:
@@ -80,7 +94,7 @@ def _library_path(cxx: str) -> Path:
     """Where the library built from this source, jax version, compiler and flags lives."""
     version = subprocess.run([cxx, "--version"], capture_output=True, text=True).stdout
     key = hashlib.sha256(
-        b"\0".join(s.encode() for s in (SOURCE.read_text(), jax.__version__, version, *FLAGS, sys.platform))
+        b"\0".join(s.encode() for s in (SOURCE.read_text(), jax.__version__, version, *compile_flags(), sys.platform))
     ).hexdigest()[:20]
     return _cache_dir() / f"rnn_native-{key}.so"
 
@@ -93,7 +107,7 @@ def build(cxx: str) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".so.tmp")
     os.close(fd)
-    cmd = [cxx, *FLAGS, "-I", jax.ffi.include_dir(), str(SOURCE), "-o", tmp]
+    cmd = [cxx, *compile_flags(), "-I", jax.ffi.include_dir(), str(SOURCE), "-o", tmp]
     try:
         done = subprocess.run(cmd, capture_output=True, text=True)
         if done.returncode != 0:
@@ -138,8 +152,13 @@ def available() -> str | None:
 # ---------------------------------------------------------------------------------------------------
 
 
-def _recurrent_weight(name, params):
-    return params.W_hh if name == "vanilla" else params.W_h
+def _input_weight_and_bias(name, cell, params):
+    """``(W_x, b)`` when ``cell`` projects its input with the built-in ``x W_x + b`` (the kernel then fuses
+    it into the step's GEMM), else ``None`` (a projection of the user's own: XLA computes it)."""
+    known = {"vanilla": vanilla_cell, "lstm": lstm_cell, "gru": gru_cell}[name]
+    if cell.project is not known.project:
+        return None
+    return (params.W_xh, params.b_h) if name == "vanilla" else (params.W_x, params.b)
 
 
 def unsupported_reason(cell, params, xs_TNI, *, lengths=None, reverse=False, remat=False, return_carries=False):
@@ -158,7 +177,7 @@ def unsupported_reason(cell, params, xs_TNI, *, lengths=None, reverse=False, rem
         return f"remat={remat!r} is not supported by the native kernels"
     if return_carries:
         return "return_carries is not supported by the native kernels"
-    W = _recurrent_weight(name, params)
+    W = recurrent_weight(name, params)
     if not jnp.issubdtype(W.dtype, jnp.floating):
         return f"dtype {jnp.dtype(W.dtype).name} is not supported by the native kernels (a float dtype)"
     if any(jnp.dtype(a.dtype).itemsize > 4 for a in (W, *jax.tree.leaves(xs_TNI))):
@@ -212,48 +231,60 @@ def _f32(shape):
     return jax.ShapeDtypeStruct(shape, jnp.float32)
 
 
-def _forward_call(name, reverse, save, u, W, extra, h0, c0, lengths):
-    T, N, _ = u.shape
-    H = W.shape[0]
+def _forward_call(name, reverse, save, x, Wx, Wh, b, extra, h0, c0, lengths):
+    T, N, _ = x.shape
+    H = Wh.shape[0]
     out = (_f32((T, N, H)), _f32((T, N, H) if name == "lstm" else (0,)), _f32((T, N, 4 * H) if save else (0,)))
     call = jax.ffi.ffi_call(_FORWARD, out, vmap_method="sequential")
-    return call(u, W, extra, h0, c0, lengths, cell=np.int64(_CELL_CODES[name]), reverse=bool(reverse))
+    return call(x, Wx, Wh, b, extra, h0, c0, lengths, cell=np.int64(_CELL_CODES[name]), reverse=bool(reverse))
+
+
+def _final_c(name, reverse, cseq):
+    return cseq[0 if reverse else -1] if name == "lstm" else jnp.zeros((0,), jnp.float32)
 
 
 @partial(jax.custom_vjp, nondiff_argnums=(0, 1))
-def _layer(name, reverse, u, W, extra, h0, c0, lengths):
-    """``(hseq [T,N,H], cseq)``: the carry after every step (``cseq`` is ``[0]`` but for the LSTM)."""
-    hseq, cseq, _ = _forward_call(name, reverse, False, u, W, extra, h0, c0, lengths)
-    return hseq, cseq
+def _layer(name, reverse, x, Wx, Wh, b, extra, h0, c0, lengths):
+    """``(hseq [T,N,H], c_T)``: ``h`` after every step and the LSTM's final ``c`` (``[0]`` for the others).
+
+    ``x`` is the input ``[T,N,I]`` with ``W_x [I,G*H]`` (fused), or the projected input ``[T,N,G*H]`` with an
+    empty ``W_x [0,G*H]`` and a zero ``b``."""
+    hseq, cseq, _ = _forward_call(name, reverse, False, x, Wx, Wh, b, extra, h0, c0, lengths)
+    return hseq, _final_c(name, reverse, cseq)
 
 
-def _layer_fwd(name, reverse, u, W, extra, h0, c0, lengths):
-    hseq, cseq, acts = _forward_call(name, reverse, name != "vanilla", u, W, extra, h0, c0, lengths)
-    return (hseq, cseq), (W, extra, h0, c0, lengths, hseq, cseq, acts)
-
-
-def _previous_h(hseq, h0, reverse):
-    """``h_{t-1}`` of every step in the loop's order: ``h0`` then ``hseq`` shifted by one step."""
-    if reverse:
-        return jnp.concatenate([hseq[1:], h0[None]])
-    return jnp.concatenate([h0[None], hseq[:-1]])
+def _layer_fwd(name, reverse, x, Wx, Wh, b, extra, h0, c0, lengths):
+    hseq, cseq, acts = _forward_call(name, reverse, name != "vanilla", x, Wx, Wh, b, extra, h0, c0, lengths)
+    return (hseq, _final_c(name, reverse, cseq)), (x, Wx, Wh, h0, c0, lengths, hseq, cseq, acts)
 
 
 def _layer_bwd(name, reverse, res, cts):
-    W, extra, h0, c0, lengths, hseq, cseq, acts = res
-    dhseq, dcseq = cts
+    x, Wx, Wh, h0, c0, lengths, hseq, cseq, acts = res
+    dhseq, dc_last = cts
     T, N, H = hseq.shape
-    GH = W.shape[1]
-    out = (_f32((T, N, GH)), _f32((T, N, GH) if name == "gru" else (0,)), _f32((N, H)), _f32(c0.shape))
-    call = jax.ffi.ffi_call(_BACKWARD, out, vmap_method="sequential")
-    du, dr, dh0, dc0 = call(
-        W, acts, hseq, h0, cseq, c0, dhseq, dcseq, lengths, cell=np.int64(_CELL_CODES[name]), reverse=bool(reverse)
+    I, GH = Wx.shape
+    fused = I > 0
+    out = (
+        _f32((T, N, GH)),
+        _f32((T, N, GH) if name == "gru" else (0,)),
+        _f32((N, H)),
+        _f32(c0.shape),
+        _f32((I, GH)),
+        _f32((H, GH)),
+        _f32((GH,)),
+        _f32((H,)),
     )
-    dr = dr if name == "gru" else du
-    # the weight gradients: one large matmul each
-    dW = jnp.einsum("tnh,tng->hg", _previous_h(hseq, h0, reverse), dr)
-    dextra = jnp.sum(dr[:, :, 2 * H :], axis=(0, 1)) if name == "gru" else jnp.zeros_like(extra)
-    return du, dW, dextra, dh0, dc0, None
+    call = jax.ffi.ffi_call(_BACKWARD, out, vmap_method="sequential")
+    du, _, dh0, dc0, dWx, dWh, db, dextra = call(
+        x if fused else jnp.zeros((0,), jnp.float32), Wh, acts, hseq, h0, cseq, c0, dhseq,
+        dc_last if name == "lstm" else jnp.zeros((0,), jnp.float32), lengths,
+        cell=np.int64(_CELL_CODES[name]), reverse=bool(reverse),
+    )  # fmt: skip
+    # the input's gradient: one large matmul in XLA, dropped by XLA when nobody asks for it
+    dx = jnp.einsum("tng,ig->tni", du, Wx) if fused else du
+    if name != "gru":
+        dextra = jnp.zeros_like(dextra)
+    return dx, dWx, dWh, db, dextra, dh0, dc0, None
 
 
 _layer.defvjp(_layer_fwd, _layer_bwd)
@@ -292,20 +323,25 @@ def run_native(cell, params, carry_N, xs_TNI, lengths_N=None, *, reverse=False):
     if reason is not None:
         raise UserError(f'impl="native" cannot run this layer: {reason}; use impl="scan"')
     T, N = jax.tree.leaves(xs_TNI)[0].shape[:2]
-    W = _recurrent_weight(name, params)
-    H = W.shape[0]
+    Wh = recurrent_weight(name, params)
+    H, GH = Wh.shape
     if carry_N is None:
         carry_N = jax.tree.map(lambda z: jnp.zeros((N, *z.shape), z.dtype), cell.init_carry(params))
-    u = jax.vmap(jax.vmap(lambda x: cell.project(params, x)))(xs_TNI)  # [T, N, G*H]: one large matmul
+    projection = _input_weight_and_bias(name, cell, params)
+    if projection is not None:  # fused into the step's GEMM
+        x, (Wx, b) = xs_TNI, projection
+    else:  # the cell's own projection, one large matmul (or whatever it is) in XLA
+        x = jax.vmap(jax.vmap(lambda x: cell.project(params, x)))(xs_TNI)
+        Wx, b = jnp.zeros((0, GH), jnp.float32), jnp.zeros((GH,), jnp.float32)
     h0, c0 = (carry_N.h, carry_N.c) if name == "lstm" else (carry_N, jnp.zeros((0,), jnp.float32))
     extra = params.b_hn if name == "gru" else jnp.zeros((H,), jnp.float32)
     lengths = jnp.full((N,), T, jnp.int32) if lengths_N is None else jnp.asarray(lengths_N, jnp.int32)
-    f32 = [_reverse_mode_only(jnp.asarray(a, jnp.float32)) for a in (u, W, extra, h0, c0)]
-    hseq, cseq = _layer(name, bool(reverse), *f32, lengths)
-    last = 0 if reverse else T - 1
+    f32 = [_reverse_mode_only(jnp.asarray(a, jnp.float32)) for a in (x, Wx, Wh, b, extra, h0, c0)]
+    hseq, c_last = _layer(name, bool(reverse), *f32, lengths)
     h_dtype = jnp.result_type(h0)
+    last = 0 if reverse else T - 1
     if name == "lstm":
-        final = LSTMState(hseq[last].astype(h_dtype), cseq[last].astype(jnp.result_type(carry_N.c)))
+        final = LSTMState(hseq[last].astype(h_dtype), c_last.astype(jnp.result_type(carry_N.c)))
     else:
         final = hseq[last].astype(h_dtype)
     ys = jax.vmap(jax.vmap(lambda h: cell.readout(params, h)))(hseq.astype(h_dtype))
