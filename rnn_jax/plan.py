@@ -58,14 +58,15 @@ vanilla step is faster hoisted (the same section, finding 4, and the vanilla rer
 current default")."""
 
 AUTO_ORDER: dict[str, tuple[str, ...]] = {
-    "cpu": ("custom_jvp", "native", "scan"),
+    "cpu": ("native", "custom_jvp", "scan"),
     "default": ("scan",),
 }
 """What ``impl="auto"`` tries, in order, per lowering platform (``"default"``: any platform not named); the first
-that is available and accepts the call wins. CPU: the vanilla ``custom_jvp`` path beats autodiff of the scan
-(docs/bench.md, "The vanilla RNN's fast path (default on CPU)"), and the native kernels beat the scan for LSTM
-and GRU at every size timed (docs/bench.md, "The current default: native kernels for LSTM and GRU on CPU");
-elsewhere the scan, since neither cuDNN nor the Pallas kernels have been measured on a GPU (docs/kernels.md)."""
+that is available and accepts the call wins. CPU: the native kernels beat the scan and the vanilla ``custom_jvp``
+path for all three cells at every size timed (docs/bench.md, "The current default: native kernels on CPU"); where
+they are not built or refuse a call (float64, remat), the vanilla ``custom_jvp`` path, which beats autodiff of
+the scan (docs/bench.md, "The vanilla RNN's fast path"); elsewhere the scan, since neither cuDNN nor the Pallas
+kernels have been measured on a GPU (docs/kernels.md)."""
 
 PLAN_PLATFORMS: tuple[str, ...] = ("cpu", *(p for p in AUTO_ORDER if p not in ("cpu", "default")))
 """Platforms with a plan of their own; every other platform follows the ``"default"`` one."""

@@ -113,9 +113,12 @@ def test_auto_plan_takes_the_fast_path_only_where_it_applies():
     def impl(cell, platform="cpu", **kw):
         return plan(cell, platform, **kw).impl
 
-    native = "native" if R.available_impls("cpu")["native"] is None else "scan"  # no compiler: the scan
+    built = R.available_impls("cpu")["native"] is None
+    native = "native" if built else "scan"  # no compiler: the scan
+    vanilla = "native" if built else "custom_jvp"  # no compiler: the fast path
     head_free = dataclasses.replace(R.vanilla_cell, readout=lambda p, h: h)  # another head: still the vanilla step
-    assert impl(R.vanilla_cell) == impl(head_free) == "custom_jvp"
+    assert impl(R.vanilla_cell) == impl(head_free) == vanilla
+    assert impl(R.vanilla_cell, impl="custom_jvp") == "custom_jvp"
     assert impl(R.vanilla_cell, "cuda") == impl(R.vanilla_cell, "default") == impl(R.lstm_cell, "cuda") == "scan"
     assert impl(R.lstm_cell) == native
     for kw in (dict(lengths=jnp.ones(B, int)), dict(reverse=True)):  # the custom_jvp path's refusals
@@ -124,8 +127,8 @@ def test_auto_plan_takes_the_fast_path_only_where_it_applies():
         assert impl(R.vanilla_cell, **kw) == impl(R.lstm_cell, **kw) == "scan", kw
     # speed knobs never change the algorithm (and so the gradient rule)
     for kw in (dict(unroll=1), dict(hoist=True), dict(hoist=False), dict(unroll=3, hoist=False)):
-        assert impl(R.vanilla_cell, **kw) == "custom_jvp", kw
-    assert plan(R.vanilla_cell, unroll=3) == R.Plan("custom_jvp", True, 3, ())
+        assert impl(R.vanilla_cell, **kw) == vanilla, kw
+    assert plan(R.vanilla_cell, unroll=3, impl="custom_jvp") == R.Plan("custom_jvp", True, 3, ())
     assert impl(R.vanilla_cell, impl="scan") == "scan"
     assert plan(R.lstm_cell, "cuda") == R.Plan("scan", True, 8, ())
     assert plan(R.lstm_cell, "cpu", impl="scan") == R.Plan("scan", False, 4, ())
@@ -155,23 +158,25 @@ def test_vanilla_fast_path_equals_the_scan_in_values_gradients_and_forward_mode(
     np.testing.assert_allclose(jvp_fast, jvp_plain, rtol=1e-10)
 
 
-def test_auto_takes_the_fast_path_whatever_unroll_says():
-    """impl="auto" with unroll=1 (a speed knob) is impl="custom_jvp" with unroll=1, bit for bit; the fast
-    path honours unroll (unroll 3 agrees to rounding)."""
+def test_auto_follows_its_plan_whatever_unroll_says():
+    """impl="auto" with unroll=1 (a speed knob) is the planned implementation with unroll=1, bit for bit: the
+    native kernels where built, else the fast path; the fast path honours unroll (unroll 3 agrees to rounding)."""
     k = jax.random.split(jax.random.key(12), 2)
     params = R.vanilla_init(k[0], I, H, 6)
     xs = jax.random.normal(k[1], (B, T, I))
+    planned = R.auto_plan(R.vanilla_cell, params, None, jnp.swapaxes(xs, 0, 1), platform="cpu", unroll=1).impl
+    assert planned in ("native", "custom_jvp")
 
     def loss(p, xs, impl, unroll):
         final, ys = R.run(R.vanilla_cell, p, None, xs, impl=impl, unroll=unroll)
         return jnp.sum(jnp.sin(ys)) + jnp.sum(final**2)
 
     value_and_grad = jax.jit(jax.value_and_grad(loss, argnums=(0, 1)), static_argnums=(2, 3))
-    auto, fast = value_and_grad(params, xs, "auto", 1), value_and_grad(params, xs, "custom_jvp", 1)
-    jax.tree.map(np.testing.assert_array_equal, auto, fast)
-    unrolled = value_and_grad(params, xs, "custom_jvp", 3)
+    auto, chosen = value_and_grad(params, xs, "auto", 1), value_and_grad(params, xs, planned, 1)
+    jax.tree.map(np.testing.assert_array_equal, auto, chosen)
+    fast, unrolled = value_and_grad(params, xs, "custom_jvp", 1), value_and_grad(params, xs, "custom_jvp", 3)
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6), unrolled, fast)
-    assert "custom_jvp_call" in str(jax.make_jaxpr(partial(loss, impl="auto", unroll=1))(params, xs))
+    assert "custom_jvp_call" in str(jax.make_jaxpr(partial(loss, impl="custom_jvp", unroll=1))(params, xs))
 
 
 @pytest.mark.parametrize(

@@ -288,14 +288,16 @@ struct PhaseQueue {
   alignas(64) std::atomic<int> helpers_running{0};
 };
 
-// Claim and run items until none is left; item(phase, block, scratch) with per-thread scratch floats.
-template <class F>
-void drain(PhaseQueue& q, size_t scratch_floats, F& item) {
+// Claim and run items until none is left: early(phase, block, scratch) before the wait (work that needs
+// nothing from the phase before), then item(phase, block, scratch); per-thread scratch floats.
+template <class E, class F>
+void drain(PhaseQueue& q, size_t scratch_floats, E& early, F& item) {
   AlignedBuf scratch(scratch_floats);
   for (;;) {
     const int64_t idx = q.next.fetch_add(1, std::memory_order_relaxed);
     if (idx >= q.phases * q.blocks) return;
     const int64_t phase = idx / q.blocks;
+    early(phase, idx % q.blocks, scratch.p);
     wait_until(q.done, phase * q.blocks);
     item(phase, idx % q.blocks, scratch.p);
     q.done.fetch_add(1, std::memory_order_acq_rel);
@@ -321,15 +323,15 @@ int team_size(int64_t N, int64_t H, int G, int64_t blocks) {
 
 // Run every item of q on this thread and up to `threads - 1` helpers (XLA's pool where it has one, else
 // threads of our own); returns when all items are done and every helper has left.
-template <class F>
-void run_phases(PhaseQueue& q, int threads, size_t scratch_floats, ffi::ThreadPool* pool, F item) {
+template <class E, class F>
+void run_phases(PhaseQueue& q, int threads, size_t scratch_floats, ffi::ThreadPool* pool, E early, F item) {
   // the pool only where it has a worker for every helper even when this thread is one of its own
   const bool use_pool = pool != nullptr && pool->num_threads() >= threads;
   std::vector<std::thread> own;
   for (int i = 1; i < threads; ++i) {
     q.helpers_running.fetch_add(1, std::memory_order_relaxed);
-    auto helper = [&q, &item, scratch_floats] {
-      drain(q, scratch_floats, item);
+    auto helper = [&q, &early, &item, scratch_floats] {
+      drain(q, scratch_floats, early, item);
       q.helpers_running.fetch_sub(1, std::memory_order_acq_rel);
     };
     if (use_pool)
@@ -337,7 +339,7 @@ void run_phases(PhaseQueue& q, int threads, size_t scratch_floats, ffi::ThreadPo
     else
       own.emplace_back(helper);
   }
-  drain(q, scratch_floats, item);
+  drain(q, scratch_floats, early, item);
   for (auto& t : own) t.join();
   // helpers still queued in the pool find nothing to claim and leave at once; they hold references to q
   while (q.helpers_running.load(std::memory_order_acquire) > 0) std::this_thread::yield();
@@ -426,31 +428,40 @@ void forward(const FwdArgs& a, ffi::ThreadPool* pool) {
   const auto rows = row_blocks(a.N);
   const int slots = a.cell == kGru ? 4 : static_cast<int>(G);
   PhaseQueue q{blocks, 1 + a.T};
-  auto step = [&](int64_t phase, int64_t j, float* tile) {
+  auto time_of = [&](int64_t phase) { return a.reverse ? a.T - phase : phase - 1; };
+  // before the wait: x_t W_x (it needs nothing from the step before)
+  auto input_part = [&](int64_t phase, int64_t j, float* tile) {
+    if (phase == 0 || I == 0) return;
+    wait_until(q.done, blocks);  // the panels are packed
+    const float* wx_panels = packed.p + j * panel_floats;
+    const float* xt = a.x + time_of(phase) * a.N * I;
+    for (int g = 0; g < G; ++g) {
+      const int64_t slot = a.cell == kGru && g == 2 ? 3 : g;  // the GRU's n gate keeps x_t W_x apart
+      for (size_t b = 0; b + 1 < rows.size(); ++b)
+        micro_any(static_cast<int>(rows[b + 1] - rows[b]), xt + rows[b] * I, I, wx_panels + g * I * kNR, I,
+                  tile + (rows[b] * slots + slot) * kNR, slots * kNR);
+    }
+  };
+  auto recurrent_part = [&](int64_t phase, int64_t j, float* tile) {
     float* wx_panels = packed.p + j * panel_floats;
     float* wh_panels = wx_panels + I * kNR * G;
     if (phase == 0) {
       pack_panels(a.wx, I, H, G, j, wx_panels);
       return pack_panels(a.wh, H, H, G, j, wh_panels);
     }
-    const int64_t s = phase - 1;
-    const int64_t t = a.reverse ? a.T - 1 - s : s;
+    const int64_t s = phase - 1, t = time_of(phase);
     const int64_t tp = a.reverse ? t + 1 : t - 1;
     const float* hprev = s == 0 ? a.h0 : a.hseq + tp * a.N * H;
     const float* cprev = a.cell != kLstm ? nullptr : s == 0 ? a.c0 : a.cseq + tp * a.N * H;
-    const float* xt = a.x + t * a.N * I;
-    for (int g = 0; g < G; ++g)
-      for (size_t b = 0; b + 1 < rows.size(); ++b) {
-        const int mr = static_cast<int>(rows[b + 1] - rows[b]);
-        float* c = tile + (rows[b] * slots + g) * kNR;
-        const bool apart = a.cell == kGru && g == 2;  // x_t W_x of the GRU's n gate goes to slot 3
-        if (I > 0)
-          micro_any(mr, xt + rows[b] * I, I, wx_panels + g * I * kNR, I, apart ? c + kNR : c, slots * kNR);
-        micro_any(mr, hprev + rows[b] * H, H, wh_panels + g * H * kNR, H, c, slots * kNR, I > 0 && !apart);
-      }
+    for (int g = 0; g < G; ++g) {
+      const bool accumulate = I > 0 && !(a.cell == kGru && g == 2);
+      for (size_t b = 0; b + 1 < rows.size(); ++b)
+        micro_any(static_cast<int>(rows[b + 1] - rows[b]), hprev + rows[b] * H, H, wh_panels + g * H * kNR, H,
+                  tile + (rows[b] * slots + g) * kNR, slots * kNR, accumulate);
+    }
     forward_epilogue(a, t, hprev, cprev, j * kNR, static_cast<int>(std::min<int64_t>(kNR, H - j * kNR)), tile);
   };
-  run_phases(q, team_size(a.N, H, G, blocks), a.N * slots * kNR, pool, step);
+  run_phases(q, team_size(a.N, H, G, blocks), a.N * slots * kNR, pool, input_part, recurrent_part);
 }
 
 // ---------------------------------------------------------------------------------------------------
@@ -624,7 +635,8 @@ void backward(const BwdArgs& a, ffi::ThreadPool* pool) {
       }
     }
   };
-  run_phases(q, team_size(N, H, static_cast<int>(G), blocks), N * kNR + 2 * panels, pool, step);
+  auto nothing_early = [](int64_t, int64_t, float*) {};
+  run_phases(q, team_size(N, H, static_cast<int>(G), blocks), N * kNR + 2 * panels, pool, nothing_early, step);
 }
 
 // ---------------------------------------------------------------------------------------------------
