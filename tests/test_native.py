@@ -2,6 +2,7 @@
 params, initial carry and inputs, with and without lengths, both directions, under jit and eagerly; forward
 mode refused; vmap; bfloat16; and the fallback when the native part is unavailable."""
 
+import dataclasses
 import os
 import subprocess
 import sys
@@ -95,6 +96,54 @@ def test_native_equals_scan_values_and_gradients(name, case, key, monkeypatch):
     if lengths is not None:  # past the end: zero outputs
         mask = np.arange(T)[:, None] < np.asarray(lengths)[None, :]
         assert np.all(np.asarray(got[0][1][1])[~mask] == 0)
+
+
+@needs_native
+@pytest.mark.parametrize("name", list(CELL))
+def test_a_projection_of_its_own_runs_unfused(name, key):
+    """A cell whose project is not the built-in one (here the same math, another function): XLA projects the
+    input and the call adds it (the path an embedding as project takes); values and gradients as the scan."""
+    own = dataclasses.replace(CELL[name], project=lambda p, x: x @ (p.W_xh if name == "vanilla" else p.W_x)
+                              + (p.b_h if name == "vanilla" else p.b))  # fmt: skip
+    assert native._input_weight_and_bias(name, own, _params(name, key, 4, 5)) is None
+    params, carry, xs = _problem(name, key, 3, 7, 4, 5)
+    lengths = jnp.asarray([7, 3, 0])
+
+    def loss(impl, params, carry, xs):
+        if impl == "native":
+            final, ys = native.run_native(own, params, carry, xs, lengths)
+        else:
+            final, ys = rnn_jax.run(own, params, carry, xs, lengths=lengths, time_major=True, impl="scan")
+        return jnp.sum(ys * jnp.sin(ys)) + sum(jnp.sum(jnp.cos(c)) for c in jax.tree.leaves(final))
+
+    grads = {impl: jax.jit(jax.value_and_grad(partial(loss, impl), argnums=(0, 1, 2))) for impl in ("native", "scan")}
+    _assert_trees_close(grads["native"](params, carry, xs), grads["scan"](params, carry, xs))
+
+
+BOTH_DIRECTIONS = """
+import jax, jax.numpy as jnp, numpy as np, rnn_jax
+params = (rnn_jax.lstm_init(jax.random.key(0), 8, 40), rnn_jax.lstm_init(jax.random.key(1), 8, 40))
+xs = jax.random.normal(jax.random.key(2), (16, 9, 8))
+
+def loss(params, impl):
+    _, ys = rnn_jax.bidirectional(rnn_jax.lstm_cell, params, None, xs, impl=impl)
+    return jnp.sum(ys**2)
+
+grads = {impl: jax.jit(jax.grad(loss), static_argnums=1)(params, impl) for impl in ("native", "scan")}
+jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5), grads["native"], grads["scan"])
+print("ok")
+"""
+
+
+@needs_native
+def test_two_calls_at_once_finish():
+    """A bidirectional layer, two threads forced: XLA may run the two directions' calls at once on its two pool
+    threads, each giving a helper task to that pool. A call that waited for its helper to leave could wait
+    forever (the G2P recipe hung once, at step 10-300 of 300, not reproduced at will); the calls now wait for
+    their items only. In a process of its own, under a timeout; values as the scan."""
+    env = dict(os.environ, RNN_JAX_NATIVE_THREADS="2", XLA_FLAGS="--xla_force_host_platform_device_count=1")
+    done = subprocess.run([sys.executable, "-c", BOTH_DIRECTIONS], env=env, capture_output=True, text=True, timeout=240)
+    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-2000:]
 
 
 @needs_native

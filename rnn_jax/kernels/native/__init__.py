@@ -1,18 +1,19 @@
 """Native CPU kernels for the vanilla, LSTM and GRU layers: an XLA FFI custom call in C++ (``rnn_native.cc``).
 
-One layer is one call per direction; only the sequential part runs in C++::
+One layer is one call per direction, forward and backward (docs/kernels.md, "Native CPU kernels")::
 
-    U = X W_x + b                               one large matmul in XLA (any input projection)
-    for t (inside the call):  A_t = U_t + h_{t-1} W_h,  gate math fused, write h_t (c_t, saved gates)
-    backward (inside the call), t reversed: dA_t from dh, dc and the saved gates;  dh_{t-1} = direct + dR_t W_h^T
-    dW_h = H_prev^T dR,  dW_x = X^T dU,  db = sum dU,  dX = dU W_x^T      large matmuls in XLA, outside
+    forward, for t:   A_t = [x_t, h_{t-1}] [W_x; W_h] + b, gate math fused, write h_t (c_t, saved gates)
+    backward, t reversed: dA_t from dh, dc and the saved gates;  dh_{t-1} = direct + dR_t W_h^T;
+                      dW_h += h_{t-1}^T dR_t,  dW_x += x_t^T dU_t,  db += sum dU_t   (step by step, in cache)
+    dX = dU W_x^T     one large matmul in XLA, dropped when nothing asks for it
 
-The step GEMM runs on an FMA microkernel (AVX-512 where the CPU has it, else AVX2) over ``W_h`` packed once
-per call, split over the CPUs this process may use (``sched_getaffinity``) by blocks of hidden units. No
-BLAS: the library needs g++ (or ``$CXX``) and an AVX2+FMA CPU. It is compiled on first use into a per-user
-cache keyed by the source, the jax version, the compiler and its flags, and renamed into place atomically, so
-concurrent first uses do not race.
-``RNN_JAX_NATIVE=0`` turns the native part off (``available()`` then says so).
+A cell whose ``project`` is not the built-in ``x W_x + b`` keeps its own: XLA computes ``U = project(x)``
+and the call adds it. The GEMMs run on an FMA microkernel (AVX-512 where the CPU has it, else AVX2); the
+work is a phase-ordered queue drained by the calling thread and helpers from XLA's intra-op pool. No BLAS:
+the library needs g++ (or ``$CXX``) and an AVX2+FMA CPU. It is compiled on first use into a per-user cache
+keyed by the source, the jax version, the compiler and its flags, and renamed into place atomically, so
+concurrent first uses do not race. ``RNN_JAX_NATIVE=0`` turns the native part off (``available()`` then says
+so).
 
 float32 inside; bfloat16 (or any float) params and inputs are cast to float32 at the boundary and the
 results back to the carry's dtype. Reverse mode goes through the backward call (``jax.custom_vjp``);

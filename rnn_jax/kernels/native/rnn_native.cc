@@ -23,6 +23,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <functional>
+#include <memory>
 #include <thread>
 #include <utility>
 #include <vector>
@@ -282,14 +283,15 @@ void wait_until(const std::atomic<int64_t>& counter, int64_t target) {
 }
 
 struct PhaseQueue {
+  PhaseQueue(int64_t blocks, int64_t phases) : blocks(blocks), phases(phases) {}
   int64_t blocks, phases;
   alignas(64) std::atomic<int64_t> next{0};  // the next item to claim: phase * blocks + block
   alignas(64) std::atomic<int64_t> done{0};  // items finished, in claim order per phase
-  alignas(64) std::atomic<int> helpers_running{0};
 };
 
 // Claim and run items until none is left: early(phase, block, scratch) before the wait (work that needs
-// nothing from the phase before), then item(phase, block, scratch); per-thread scratch floats.
+// nothing from the phase before, only phase 0: the packed weights), then item(phase, block, scratch); per-thread
+// scratch floats.
 template <class E, class F>
 void drain(PhaseQueue& q, size_t scratch_floats, E& early, F& item) {
   AlignedBuf scratch(scratch_floats);
@@ -297,7 +299,10 @@ void drain(PhaseQueue& q, size_t scratch_floats, E& early, F& item) {
     const int64_t idx = q.next.fetch_add(1, std::memory_order_relaxed);
     if (idx >= q.phases * q.blocks) return;
     const int64_t phase = idx / q.blocks;
-    early(phase, idx % q.blocks, scratch.p);
+    if (phase > 0) {
+      wait_until(q.done, q.blocks);
+      early(phase, idx % q.blocks, scratch.p);
+    }
     wait_until(q.done, phase * q.blocks);
     item(phase, idx % q.blocks, scratch.p);
     q.done.fetch_add(1, std::memory_order_acq_rel);
@@ -323,26 +328,26 @@ int team_size(int64_t N, int64_t H, int G, int64_t blocks) {
 
 // Run every item of q on this thread and up to `threads - 1` helpers (XLA's pool where it has one, else
 // threads of our own); returns when all items are done and every helper has left.
+// The queue is shared with the helpers: one still waiting in XLA's pool when every item is done (its workers
+// were all busy, say with the other direction of a bidirectional layer, each waiting the same way) runs
+// later, finds nothing to claim and leaves; so the call waits for the items, never for the helpers.
 template <class E, class F>
-void run_phases(PhaseQueue& q, int threads, size_t scratch_floats, ffi::ThreadPool* pool, E early, F item) {
+void run_phases(int64_t blocks, int64_t phases, int threads, size_t scratch_floats, ffi::ThreadPool* pool, E early,
+                F item) {
+  auto q = std::make_shared<PhaseQueue>(blocks, phases);
   // the pool only where it has a worker for every helper even when this thread is one of its own
   const bool use_pool = pool != nullptr && pool->num_threads() >= threads;
   std::vector<std::thread> own;
   for (int i = 1; i < threads; ++i) {
-    q.helpers_running.fetch_add(1, std::memory_order_relaxed);
-    auto helper = [&q, &early, &item, scratch_floats] {
-      drain(q, scratch_floats, early, item);
-      q.helpers_running.fetch_sub(1, std::memory_order_acq_rel);
-    };
+    auto helper = [q, &early, &item, scratch_floats] { drain(*q, scratch_floats, early, item); };
     if (use_pool)
       pool->Schedule(std::function<void()>(helper));
     else
       own.emplace_back(helper);
   }
-  drain(q, scratch_floats, early, item);
+  drain(*q, scratch_floats, early, item);
+  wait_until(q->done, blocks * phases);  // items claimed by helpers finish (they touch early and item)
   for (auto& t : own) t.join();
-  // helpers still queued in the pool find nothing to claim and leave at once; they hold references to q
-  while (q.helpers_running.load(std::memory_order_acquire) > 0) std::this_thread::yield();
 }
 
 // ---------------------------------------------------------------------------------------------------
@@ -427,12 +432,10 @@ void forward(const FwdArgs& a, ffi::ThreadPool* pool) {
   AlignedBuf packed(blocks * panel_floats);
   const auto rows = row_blocks(a.N);
   const int slots = a.cell == kGru ? 4 : static_cast<int>(G);
-  PhaseQueue q{blocks, 1 + a.T};
   auto time_of = [&](int64_t phase) { return a.reverse ? a.T - phase : phase - 1; };
   // before the wait: x_t W_x (it needs nothing from the step before)
   auto input_part = [&](int64_t phase, int64_t j, float* tile) {
-    if (phase == 0 || I == 0) return;
-    wait_until(q.done, blocks);  // the panels are packed
+    if (I == 0) return;
     const float* wx_panels = packed.p + j * panel_floats;
     const float* xt = a.x + time_of(phase) * a.N * I;
     for (int g = 0; g < G; ++g) {
@@ -461,7 +464,7 @@ void forward(const FwdArgs& a, ffi::ThreadPool* pool) {
     }
     forward_epilogue(a, t, hprev, cprev, j * kNR, static_cast<int>(std::min<int64_t>(kNR, H - j * kNR)), tile);
   };
-  run_phases(q, team_size(a.N, H, G, blocks), a.N * slots * kNR, pool, input_part, recurrent_part);
+  run_phases(blocks, 1 + a.T, team_size(a.N, H, G, blocks), a.N * slots * kNR, pool, input_part, recurrent_part);
 }
 
 // ---------------------------------------------------------------------------------------------------
@@ -585,7 +588,6 @@ void backward(const BwdArgs& a, ffi::ThreadPool* pool) {
   const auto rows = row_blocks(N);
   const int64_t panels = G * N * kNR;  // scratch: dh tile [N][kNR], dR panels, dU panels (GRU)
   const int64_t last_phase = 1 + 2 * a.T;
-  PhaseQueue q{blocks, last_phase + 1};
   auto step = [&](int64_t phase, int64_t j, float* scratch) {
     const int nu = static_cast<int>(std::min<int64_t>(kNR, H - j * kNR));
     const int64_t col = j * kNR;
@@ -636,7 +638,8 @@ void backward(const BwdArgs& a, ffi::ThreadPool* pool) {
     }
   };
   auto nothing_early = [](int64_t, int64_t, float*) {};
-  run_phases(q, team_size(N, H, static_cast<int>(G), blocks), N * kNR + 2 * panels, pool, nothing_early, step);
+  run_phases(blocks, last_phase + 1, team_size(N, H, static_cast<int>(G), blocks), N * kNR + 2 * panels, pool,
+             nothing_early, step);
 }
 
 // ---------------------------------------------------------------------------------------------------
