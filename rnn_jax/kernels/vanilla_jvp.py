@@ -4,7 +4,7 @@ The tangent takes every term that does not pass through the recurrence out of th
 reverse mode (its transpose) does one ``[N, H] @ [H, H]`` product per step and ``dW_h``, ``dW_x`` as one
 matmul each after the loop; forward mode (``jax.jvp``) keeps working, unlike a ``custom_vjp``. It runs the
 vanilla recurrence (any output head) forward over every step: no ``lengths``, ``reverse``, ``remat`` or
-``return_carries``. Measurements: ``docs/bench.md``, "The vanilla RNN's fast path (default on CPU)".
+``return_carries``. Measurements: ``docs/bench.md``, "The vanilla RNN's fast path".
 """
 
 from __future__ import annotations
