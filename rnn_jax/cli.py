@@ -51,6 +51,13 @@ def _on_interrupt(prog: str, signum, frame) -> None:
     raise KeyboardInterrupt
 
 
+def _quiet_unraisable_interrupt(unraisable) -> None:
+    """Ctrl-C that lands in a callback Python cannot raise from (XLA's garbage-collection hook, often in a
+    training loop): no traceback, the timer of :func:`_on_interrupt` ends the process with 130."""
+    if not issubclass(unraisable.exc_type, KeyboardInterrupt):
+        sys.__unraisablehook__(unraisable)
+
+
 def main(argv: list[str] | None = None, *, exit_on_interrupt: bool | None = None) -> int:
     """Run ``rnn-jax COMMAND ...``; the exit status. On Ctrl-C the process ends at once with 130 when it runs as
     the command (``argv`` from ``sys.argv``, or ``exit_on_interrupt``); called with ``argv`` it returns 130."""
@@ -67,6 +74,7 @@ def main(argv: list[str] | None = None, *, exit_on_interrupt: bool | None = None
         parser.parse_args(argv)  # prints usage or the "invalid choice" error and exits
     if exit_on_interrupt and argv[0] != "launch":  # launch stops its children on Ctrl-C itself
         signal.signal(signal.SIGINT, functools.partial(_on_interrupt, f"rnn-jax {argv[0]}"))
+        sys.unraisablehook = _quiet_unraisable_interrupt
     from rnn_jax import distributed
 
     try:

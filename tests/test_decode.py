@@ -9,8 +9,7 @@ import optax
 import pytest
 
 import rnn_jax as R
-from rnn_jax import decode
-from rnn_jax import losses as Ls
+from rnn_jax import decode, losses
 from rnn_jax.errors import UserError
 
 V, L = 4, 5  # vocabulary, steps of the table model
@@ -189,7 +188,7 @@ def test_the_lecture_hello_example():
 
     def loss(p):  # the lecture's loss: the sum over steps of the per-step cross-entropy
         _, logits = R.run(R.vanilla_cell, p, None, jax.nn.one_hot(ids[:-1], len(vocab)))
-        return Ls.sequence_cross_entropy(logits[None], ids[None, 1:]).sum_over_steps, logits
+        return losses.sequence_cross_entropy(logits[None], ids[None, 1:]).sum_over_steps, logits
 
     @jax.jit
     def train(p):
@@ -199,12 +198,12 @@ def test_the_lecture_hello_example():
             updates, opt = optimizer.update(g, opt, p)
             return (optax.apply_updates(p, updates), opt), value
 
-        (p, _), losses = jax.lax.scan(update, (p, optimizer.init(p)), length=300)
-        return p, losses
+        (p, _), curve = jax.lax.scan(update, (p, optimizer.init(p)), length=300)
+        return p, curve
 
-    params, losses = train(params)
+    params, curve = train(params)
     final, logits = loss(params)
-    assert float(final) < 0.05 * float(losses[0])
+    assert float(final) < 0.05 * float(curve[0])
     assert jnp.argmax(logits, -1).tolist() == ids[1:].tolist()  # "hell" -> "ello": the l's are told apart
     step = decode.one_hot_step(R.vanilla_cell, len(vocab))
     carry, first = decode.prime(step, params, jnp.zeros((8,)), decode.check_prime("h", vocab))

@@ -53,10 +53,14 @@ def test_vanilla_run_gets_the_accelerator_choices(platform):
     text = _lowered(f, *args, platform=platform)
     assert _hoisted(text, H) and _unrolled_by(text, 8)
     assert "_run_vanilla_fast" not in text and "_run_scan" in text  # the plain scan, not the custom_jvp path
-    cpu = _lowered(f, *args, platform="cpu")  # CPU: the custom_jvp fast path, weight gradient after the loop
-    assert "_run_vanilla_fast" in cpu and "_run_scan" not in cpu
-    assert f"(tensor<{T}x{B}x{H}xf32>, tensor<{T}x{B}x{H}xf32>) -> tensor<{H}x{H}xf32>" in cpu
-    assert not _hoisted(cpu, H) and not _unrolled_by(cpu, 8)
+    cpu = _lowered(f, *args, platform="cpu")  # CPU: the native kernels where they build, else the custom_jvp path
+    native = R.available_impls("cpu")["native"] is None
+    assert ("rnn_jax_native_forward" in cpu) == native and "rnn_jax_native" not in text
+    assert ("_run_vanilla_fast" in cpu) != native and "_run_scan" not in cpu
+    f_fast, args = _grad_of_run("vanilla", impl="custom_jvp")
+    fast = _lowered(f_fast, *args, platform="cpu")  # the custom_jvp path: the weight gradient after the loop
+    assert f"(tensor<{T}x{B}x{H}xf32>, tensor<{T}x{B}x{H}xf32>) -> tensor<{H}x{H}xf32>" in fast
+    assert "_run_vanilla_fast" in fast and not _hoisted(fast, H) and not _unrolled_by(fast, 8)
 
 
 @pytest.mark.parametrize("platform", ACCELERATORS)
@@ -97,7 +101,8 @@ def test_train_step_lowered_for_accelerators_gets_their_choices():
     for platform in ACCELERATORS:
         text = lowered[platform]
         assert _hoisted(text, H) and _unrolled_by(text, 8) and "_run_vanilla_fast" not in text, platform
-    assert "_run_vanilla_fast" in lowered["cpu"] and not _unrolled_by(lowered["cpu"], 8)
+    cpu_impl = "rnn_jax_native_forward" if R.available_impls("cpu")["native"] is None else "_run_vanilla_fast"
+    assert cpu_impl in lowered["cpu"] and not _unrolled_by(lowered["cpu"], 8)
 
 
 def test_equal_plans_need_no_platform_switch():

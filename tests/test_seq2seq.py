@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 
 from rnn_jax import checkpoint, cli, topologies
-from rnn_jax.apps import seq2seq as S
+from rnn_jax.apps import seq2seq
 from rnn_jax.apps.seq2seq.tasks import make_reverse
 from rnn_jax.cells import Cell, identity_readout
-from rnn_jax.data import pairs as P
+from rnn_jax.data import pairs as pairdata
 from rnn_jax.errors import UserError
 from rnn_jax.losses import token_cross_entropy
 
@@ -23,12 +23,12 @@ TINY = dict(embed_size=8, hidden_size=24, batch_size=32, eval_batch_size=32, war
 def _greedy_reference(params, src_ids: list[int], max_len: int, stop: bool = True) -> list[int]:
     """Greedy decoding as a plain Python loop over the decoder's token step: ``argmax`` fed back each step."""
     src = jnp.asarray(src_ids, jnp.int32)
-    ctx, state, logits = topologies.decoder_start(params, src, jnp.int32(len(src_ids)), P.BOS)
+    ctx, state, logits = topologies.decoder_start(params, src, jnp.int32(len(src_ids)), pairdata.BOS)
     out = []
     for _ in range(max_len):
         token = int(jnp.argmax(logits))
         out.append(token)
-        if stop and token == P.EOS:
+        if stop and token == pairdata.EOS:
             break
         state, logits = topologies.decoder_step_fn(ctx, state, jnp.int32(token))
     return out
@@ -42,8 +42,8 @@ def _tiny_reverse():
 def trained(tmp_path_factory):
     """Reversal of strings up to length 5, learned in a few hundred steps; kept for the other tests."""
     out = tmp_path_factory.mktemp("reverse")
-    config = S.Config(task="reverse", steps=400, learning_rate=1e-2, beam=3, out=str(out), verbose=False, **TINY)
-    return S.train(config, task=_tiny_reverse(), log=lambda msg: None), out
+    config = seq2seq.Config(task="reverse", steps=400, learning_rate=1e-2, beam=3, out=str(out), verbose=False, **TINY)
+    return seq2seq.train(config, task=_tiny_reverse(), log=lambda msg: None), out
 
 
 @pytest.mark.slow
@@ -60,41 +60,41 @@ def test_learns_reversal_and_writes_the_run(trained):
     assert evals and "val_token_error_rate" in evals[-1]
     # From Python: the result carries the final model, the best one's validation WER is what best.ckpt holds.
     assert result.best_val_wer <= result.final_val_wer and 0 <= result.best_step <= 400
-    assert S.translate(result.model, ["abcde"]) == ["edcba"]
+    assert seq2seq.translate(result.model, ["abcde"]) == ["edcba"]
     assert json.loads((out / "summary.json").read_text())["exact_match"] == result.exact_match
 
 
 @pytest.mark.slow
 def test_translate_from_checkpoint(trained):
     _, out = trained
-    model = S.load_model(str(out))
-    assert S.translate(model, ["abcde", "ba"]) == ["edcba", "ab"]
-    assert S.translate(model, ["abcde"], beam=3) == ["edcba"]
+    model = seq2seq.load_model(str(out))
+    assert seq2seq.translate(model, ["abcde", "ba"]) == ["edcba", "ab"]
+    assert seq2seq.translate(model, ["abcde"], beam=3) == ["edcba"]
     with pytest.raises(UserError, match=r"input 'aA#' has symbols outside the vocabulary: \['#'\]"):
-        S.translate(model, ["aA#"])  # the vocabulary is lower-case letters: 'A' reads as 'a'
-    assert S.translate(model, ["ABcDe"]) == S.translate(model, ["abcde"]) == ["edcba"]
+        seq2seq.translate(model, ["aA#"])  # the vocabulary is lower-case letters: 'A' reads as 'a'
+    assert seq2seq.translate(model, ["ABcDe"]) == seq2seq.translate(model, ["abcde"]) == ["edcba"]
     with pytest.raises(UserError, match="beam must be an integer >= 1, got 0"):
-        S.translate(model, ["abc"], beam=0)
+        seq2seq.translate(model, ["abc"], beam=0)
 
 
 @pytest.mark.slow
 def test_export_to_float16_loads_back_and_translates_the_same(trained, tmp_path):
     _, out = trained
-    model = S.load_model(str(out))
-    path = S.export_model(model, tmp_path / "m.ckpt", info={"command": "rnn-jax seq2seq train ..."})
+    model = seq2seq.load_model(str(out))
+    path = seq2seq.export_model(model, tmp_path / "m.ckpt", info={"command": "rnn-jax seq2seq train ..."})
     assert path.stat().st_size < (out / "best.ckpt").stat().st_size / 3  # no optimiser moments, half the bytes
     meta = checkpoint.read_meta(path)
     assert meta["param_dtype"] == "float16" and meta["info"] == {"command": "rnn-jax seq2seq train ..."}
-    loaded = S.load_model(path)
+    loaded = seq2seq.load_model(path)
     # float32 params back: exactly the float32 model's rounded to float16
     for got, want in zip(jax.tree.leaves(loaded.params), jax.tree.leaves(model.params), strict=True):
         assert got.dtype == jnp.float32
         np.testing.assert_array_equal(got, np.asarray(want).astype(np.float16).astype(np.float32))
     assert (loaded.src_vocab, loaded.tgt_vocab, loaded.max_len) == (model.src_vocab, model.tgt_vocab, model.max_len)
     words = ["abcde", "ba", "cab", "edd"]
-    assert S.translate(loaded, words, beam=3) == S.translate(model, words, beam=3)
+    assert seq2seq.translate(loaded, words, beam=3) == seq2seq.translate(model, words, beam=3)
     with pytest.raises(UserError, match="dtype must be one of float16, bfloat16, float32, got 'int8'"):
-        S.export_model(model, tmp_path / "x.ckpt", dtype="int8")
+        seq2seq.export_model(model, tmp_path / "x.ckpt", dtype="int8")
 
 
 @pytest.mark.slow
@@ -111,8 +111,8 @@ def test_cli_export_evaluate_and_translate_a_file(trained, tmp_path, capsys):
     argv = ["seq2seq", "evaluate", "--ckpt", str(tmp_path / "m.ckpt"), "--limit", "40", "--beam", "1"]
     assert cli.main(argv) == 0
     printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    model = S.load_model(tmp_path / "m.ckpt")
-    expected = S.score_split(model, "test", beam=1, limit=40)  # the same pairs through the library
+    model = seq2seq.load_model(tmp_path / "m.ckpt")
+    expected = seq2seq.score_split(model, "test", beam=1, limit=40)  # the same pairs through the library
     assert printed["n"] == 40 and printed["split"] == "test" and printed["beam"] == 1
     for name in ("wer", "token_error_rate", "exact_match"):
         assert printed[name] == expected[name]
@@ -136,9 +136,11 @@ def _fresh_model(key):
     """An untrained model with the trained one's shapes (its compiled decoders are reused); sharper output
     (W_out x 3) and an end-token bias (+1) make most hypotheses finish within max_len, and greedy often
     miss the likeliest output."""
-    prep = S.prepare(S.Config(**TINY), _tiny_reverse())
-    params = S.init_params(S.Config(**TINY), len(prep.src_vocab), len(prep.tgt_vocab), key)
-    return prep, params._replace(out=params.out._replace(W=3.0 * params.out.W, b=params.out.b.at[P.EOS].add(1.0)))
+    prep = seq2seq.prepare(seq2seq.Config(**TINY), _tiny_reverse())
+    params = seq2seq.init_params(seq2seq.Config(**TINY), len(prep.src_vocab), len(prep.tgt_vocab), key)
+    return prep, params._replace(
+        out=params.out._replace(W=3.0 * params.out.W, b=params.out.b.at[pairdata.EOS].add(1.0))
+    )
 
 
 @pytest.mark.slow
@@ -147,16 +149,18 @@ def test_beam_never_scores_worse_than_greedy_and_log_probs_are_the_models(traine
     prep, params = _fresh_model(key)
     rng = np.random.default_rng(0)
     sources = [list(rng.integers(3, len(prep.src_vocab), rng.integers(1, 6))) for _ in range(32)]
-    g_ids, g_logp = S.decode_pairs(params, sources, S.make_decoder(prep.max_len), 32)
-    b_ids, b_logp = S.decode_pairs(params, sources, S.make_decoder(prep.max_len, 3, 0.0), 32)
+    g_ids, g_logp = seq2seq.decode_pairs(params, sources, seq2seq.make_decoder(prep.max_len), 32)
+    b_ids, b_logp = seq2seq.decode_pairs(params, sources, seq2seq.make_decoder(prep.max_len, 3, 0.0), 32)
     assert np.all(b_logp >= g_logp - 1e-5)
     assert np.any(b_logp > g_logp + 1e-3)  # the beam does find likelier outputs on some inputs
     # The reported log-probability is the model's: recompute it teacher-forced.
     for ids, logp in ((g_ids, g_logp), (b_ids, b_logp)):
-        finished = [bool(t) and t[-1] == P.EOS for t in ids]
+        finished = [bool(t) and t[-1] == pairdata.EOS for t in ids]
         assert sum(finished) >= 16
-        b = P.pad_batch(sources, [t[:-1] if f else t[:7] for t, f in zip(ids, finished, strict=True)], batch_size=32)
-        logits = S.teacher_forced_batch(params, b)[3]
+        b = pairdata.pad_batch(
+            sources, [t[:-1] if f else t[:7] for t, f in zip(ids, finished, strict=True)], batch_size=32
+        )
+        logits = seq2seq.teacher_forced_batch(params, b)[3]
         ce = np.asarray(token_cross_entropy(logits, jnp.asarray(b.tgt_out)))
         for r, t in enumerate(ids):
             if finished[r]:  # every generated token is in tgt_out
@@ -165,13 +169,13 @@ def test_beam_never_scores_worse_than_greedy_and_log_probs_are_the_models(traine
 
 @pytest.mark.slow
 def test_scheduled_sampling_loss(key):
-    params = S.init_params(S.Config(**TINY), 6, 7, key)
-    b = P.pad_batch([[3, 4], [5, 3, 4]], [[4, 5, 6], [6]])
-    batch = {**S.batch_arrays(b), "teacher_forcing": jnp.float32(1.0)}
+    params = seq2seq.init_params(seq2seq.Config(**TINY), 6, 7, key)
+    b = pairdata.pad_batch([[3, 4], [5, 3, 4]], [[4, 5, 6], [6]])
+    batch = {**seq2seq.batch_arrays(b), "teacher_forcing": jnp.float32(1.0)}
     grad_fn = jax.jit(
-        jax.value_and_grad(lambda p, r: S.loss_fn(p, {**batch, "teacher_forcing": r}, key, scheduled=True)[0])
+        jax.value_and_grad(lambda p, r: seq2seq.loss_fn(p, {**batch, "teacher_forcing": r}, key, scheduled=True)[0])
     )
-    forced_loss = jax.jit(lambda p, b: S.loss_fn(p, b, key, scheduled=False)[0])
+    forced_loss = jax.jit(lambda p, b: seq2seq.loss_fn(p, b, key, scheduled=False)[0])
     # Ratio 1 reads the target at every step: the teacher-forced loss, per token.
     forced = forced_loss(params, batch)
     np.testing.assert_allclose(grad_fn(params, 1.0)[0], forced, rtol=1e-5)
@@ -180,13 +184,13 @@ def test_scheduled_sampling_loss(key):
     loss, grads = grad_fn(params, 0.0)
     T = b.tgt_in.shape[1]
     free_in = [
-        [P.BOS] + _greedy_reference(params, list(src[:n]), T - 1, stop=False) for src, n in zip(b.src, b.src_len)
+        [pairdata.BOS] + _greedy_reference(params, list(src[:n]), T - 1, stop=False) for src, n in zip(b.src, b.src_len)
     ]
     free = {**batch, "tgt_in": jnp.asarray(free_in, jnp.int32)}
     np.testing.assert_allclose(loss, forced_loss(params, free), rtol=1e-5)
     assert not np.allclose(loss, forced)  # the free-running inputs differ from the targets here
     assert all(np.all(np.isfinite(g)) for g in jax.tree.leaves(grads))
-    schedule = S.teacher_forcing_schedule(S.Config(teacher_forcing=0.5, teacher_forcing_decay_steps=100))
+    schedule = seq2seq.teacher_forcing_schedule(seq2seq.Config(teacher_forcing=0.5, teacher_forcing_decay_steps=100))
     assert [schedule(0), schedule(50), schedule(100), schedule(1000)] == [1.0, 0.75, 0.5, 0.5]
 
 
@@ -217,36 +221,38 @@ def test_cli_pairs_file_with_word_targets_resume_and_evaluate_from_elsewhere(tmp
         "run",
         "--no-progress",
     ]
-    assert S.cli_main(argv) == 0
+    assert seq2seq.cli_main(argv) == 0
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert summary["steps"] == 4 and {"exact_match", "wer", "token_error_rate", "elapsed_s"} <= set(summary)
     argv[argv.index("4")] = "6"
-    assert S.cli_main(argv + ["--resume"]) == 0
+    assert seq2seq.cli_main(argv + ["--resume"]) == 0
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["steps"] == 6
-    assert S.cli_main(["translate", "--ckpt", str(out), "abc"]) == 0
+    assert seq2seq.cli_main(["translate", "--ckpt", str(out), "abc"]) == 0
     src, output = capsys.readouterr().out.rstrip("\n").split("\t")
     # The printed output is the greedy decoding of the restored params, read back through the target words.
-    model = S.load_model(str(out))
+    model = seq2seq.load_model(str(out))
     ids = _greedy_reference(model.params, model.src_vocab.encode(tuple("abc")), model.length_budget(8))
     assert src == "abc" and output == " ".join(model.tgt_vocab.decode(ids))
-    assert model.tgt_vocab.symbols[P.UNK_ID + 1 :] == ("A", "B", "C") and model.source_unit == "char"
+    assert model.tgt_vocab.symbols[pairdata.UNK_ID + 1 :] == ("A", "B", "C") and model.source_unit == "char"
     # The run stores the pairs file's absolute path: evaluate finds it from any directory.
     assert model.config.pairs == str(tsv) and checkpoint.read_meta(out / "best.ckpt")["config"]["pairs"] == str(tsv)
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     monkeypatch.chdir(elsewhere)
-    assert S.cli_main(["evaluate", "--ckpt", str(out), "--beam", "1"]) == 0
+    assert seq2seq.cli_main(["evaluate", "--ckpt", str(out), "--beam", "1"]) == 0
     first = json.loads(capsys.readouterr().out)
     assert first["n"] == 1 and first["model"] == str(out)
     # A checkpoint that stored the path relative to where training ran (older runs) is found there.
-    old = S.export_model(model._replace(config=dataclasses.replace(model.config, pairs="spell.tsv")), out / "old.ckpt")
-    assert S.load_model(old).config.pairs == str(tsv)
+    old = seq2seq.export_model(
+        model._replace(config=dataclasses.replace(model.config, pairs="spell.tsv")), out / "old.ckpt"
+    )
+    assert seq2seq.load_model(old).config.pairs == str(tsv)
     # A moved file: one line that says to give --pairs, and --pairs scores it.
     tsv.rename(tmp_path / "moved.tsv")
     assert cli.main(["seq2seq", "evaluate", "--ckpt", str(out), "--beam", "1"]) == 2
     err = capsys.readouterr().err
     assert len(err.splitlines()) == 1 and str(tsv) in err and "give it with --pairs FILE" in err
-    assert S.cli_main(["evaluate", "--ckpt", str(out), "--beam", "1", "--pairs", "../moved.tsv"]) == 0
+    assert seq2seq.cli_main(["evaluate", "--ckpt", str(out), "--beam", "1", "--pairs", "../moved.tsv"]) == 0
     second = json.loads(capsys.readouterr().out)
     assert [second[k] for k in ("n", "wer", "token_error_rate")] == [first[k] for k in ("n", "wer", "token_error_rate")]
 
@@ -256,15 +262,15 @@ def test_cli_stacked_layers_with_dropout_train_resume_and_translate(tmp_path, ca
     out = tmp_path / "deep"
     argv = ["train", "--task", "reverse", "--steps", "3", "--batch", "8", "--hidden", "8", "--embed", "4"]
     argv += ["--layers", "2", "--dropout", "0.2", "--eval-every", "3", "--eval-size", "8", "--out", str(out)]
-    assert S.cli_main(argv + ["--no-progress"]) == 0
+    assert seq2seq.cli_main(argv + ["--no-progress"]) == 0
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["steps"] == 3
-    model = S.load_model(str(out))
+    model = seq2seq.load_model(str(out))
     assert model.config.layers == 2 and len(model.params.encoder) == 2 and len(model.params.decoder) == 2
     # The depth is part of the model: resuming it as a one-layer model is refused, not half-loaded.
     shallow = [a if a != "2" else "1" for a in argv]
     with pytest.raises(UserError, match="layers"):
-        S.cli_main(shallow + ["--resume", "--no-progress"])
-    assert S.cli_main(["translate", "--ckpt", str(out), "abc"]) == 0
+        seq2seq.cli_main(shallow + ["--resume", "--no-progress"])
+    assert seq2seq.cli_main(["translate", "--ckpt", str(out), "abc"]) == 0
     assert capsys.readouterr().out.startswith("abc\t")
 
 
@@ -291,36 +297,38 @@ def test_cli_stacked_layers_with_dropout_train_resume_and_translate(tmp_path, ca
 )
 def test_cli_bad_input(argv, message, tmp_path):
     with pytest.raises(UserError, match=message):
-        S.cli_main(argv)
+        seq2seq.cli_main(argv)
 
 
 def test_cli_bad_pairs_files(tmp_path):
     empty = tmp_path / "empty.tsv"
     empty.write_text("")
     with pytest.raises(UserError, match="has no pairs"):
-        S.cli_main(["train", "--pairs", str(empty), "--steps", "1", "--out", str(tmp_path / "o")])
+        seq2seq.cli_main(["train", "--pairs", str(empty), "--steps", "1", "--out", str(tmp_path / "o")])
     bad = tmp_path / "bad.tsv"
     bad.write_text("ab\tba\nno tab here\n")
     with pytest.raises(UserError, match=r"bad.tsv:2: .*'no tab here'"):
-        S.cli_main(["train", "--pairs", str(bad), "--steps", "1", "--out", str(tmp_path / "o")])
+        seq2seq.cli_main(["train", "--pairs", str(bad), "--steps", "1", "--out", str(tmp_path / "o")])
     with pytest.raises(UserError, match="nothing to resume: .*fresh holds no checkpoint"):
-        S.train(S.Config(steps=1, resume=True, out=str(tmp_path / "fresh"), **TINY), task=_tiny_reverse())
+        seq2seq.train(seq2seq.Config(steps=1, resume=True, out=str(tmp_path / "fresh"), **TINY), task=_tiny_reverse())
 
 
 @pytest.mark.slow
 def test_vocabulary_and_max_len_come_from_the_training_split(trained):
     """A symbol that only validation or test holds reads as <unk> and counts as an error."""
-    train = [P.Pair(tuple(w), (tuple(w[::-1]),)) for w in ("ab", "ba", "abb", "bab")]
-    test = [P.Pair(tuple("abz"), (tuple("zba"),)), P.Pair(tuple("xyzxyzxyz"), (tuple("zyxzyxzyx"),))]
-    prep = S.prepare(S.Config(**TINY), P.Task("t", train, test[:1], test))
-    assert prep.src_vocab.symbols == (*P.SPECIALS, P.UNK, "a", "b") == prep.tgt_vocab.symbols
+    train = [pairdata.Pair(tuple(w), (tuple(w[::-1]),)) for w in ("ab", "ba", "abb", "bab")]
+    test = [pairdata.Pair(tuple("abz"), (tuple("zba"),)), pairdata.Pair(tuple("xyzxyzxyz"), (tuple("zyxzyxzyx"),))]
+    prep = seq2seq.prepare(seq2seq.Config(**TINY), pairdata.Task("t", train, test[:1], test))
+    assert prep.src_vocab.symbols == (*pairdata.SPECIALS, pairdata.UNK, "a", "b") == prep.tgt_vocab.symbols
     assert prep.max_len == 3 + 1 + 2  # the longest training target, </s>, slack; not the 9-token test target
-    assert prep.val.sources == [[4, 5, P.UNK_ID]] and prep.val.targets == [[P.UNK_ID, 5, 4]]
+    assert prep.val.sources == [[4, 5, pairdata.UNK_ID]] and prep.val.targets == [[pairdata.UNK_ID, 5, 4]]
     # The trained reversal model reverses "ab"; "ab#" has a symbol it never saw: an error, not a crash.
     _, out = trained
-    model = S.load_model(str(out))
-    pairs = [P.Pair(tuple("ab#"), (tuple("#ba"),)), P.Pair(tuple("ab"), (tuple("ba"),))]
-    scores, hyps, _ = S.evaluate(model.params, pairs, model.src_vocab, model.tgt_vocab, S.make_decoder(model.max_len))
+    model = seq2seq.load_model(str(out))
+    pairs = [pairdata.Pair(tuple("ab#"), (tuple("#ba"),)), pairdata.Pair(tuple("ab"), (tuple("ba"),))]
+    scores, hyps, _ = seq2seq.evaluate(
+        model.params, pairs, model.src_vocab, model.tgt_vocab, seq2seq.make_decoder(model.max_len)
+    )
     assert hyps[1] == ("b", "a") and "#" not in hyps[0]
     assert scores.exact_match == 0.5 and scores.n == 2
 
@@ -336,59 +344,59 @@ def test_cli_pairs_file_not_utf8_is_one_line_exit_2_and_writes_nothing(tmp_path,
 
 
 def test_documented_commands_parse_to_the_configs_they_mean_old_spellings_included():
-    parser = S.cli._parser("rnn-jax seq2seq")
+    parser = seq2seq.cli._parser("rnn-jax seq2seq")
     argv = "train --task g2p --minutes 78 --beam 5 --hidden 256 --embed 64 --batch 128 --lr 3e-3 --eval-every 1500"
-    cfg = S.config_from_args(parser.parse_args([*argv.split(), "--eval-size", "3000", "--out", "runs/g2p"]))
-    assert cfg == S.Config(task="g2p", minutes=78.0, beam=5, hidden_size=256, embed_size=64, batch_size=128,
+    cfg = seq2seq.config_from_args(parser.parse_args([*argv.split(), "--eval-size", "3000", "--out", "runs/g2p"]))
+    assert cfg == seq2seq.Config(task="g2p", minutes=78.0, beam=5, hidden_size=256, embed_size=64, batch_size=128,
                            learning_rate=3e-3, eval_every=1500, eval_size=3000, out="runs/g2p")  # fmt: skip
     argv = ["train", "--pairs", "my.tsv", "--steps", "30", "--unidirectional", "--no-progress", "--warmup", "7"]
-    cfg = S.config_from_args(parser.parse_args(argv))
+    cfg = seq2seq.config_from_args(parser.parse_args(argv))
     assert (cfg.pairs, cfg.steps, cfg.minutes, cfg.out) == ("my.tsv", 30, None, "runs/seq2seq-my")
     assert not cfg.bidirectional and not cfg.verbose and cfg.warmup_steps == 7
 
 
-_ACTION_CONFIGS = {"train": S.Config, "translate": S.TranslateConfig, "evaluate": S.EvaluateConfig,
-                   "export": S.ExportConfig}  # fmt: skip
+_ACTION_CONFIGS = {"train": seq2seq.Config, "translate": seq2seq.TranslateConfig, "evaluate": seq2seq.EvaluateConfig,
+                   "export": seq2seq.ExportConfig}  # fmt: skip
 
 
 @pytest.mark.parametrize("action", list(_ACTION_CONFIGS))
 def test_help_shows_a_default_or_required_for_every_flag(action, capsys):
-    sub = S.cli._parser("rnn-jax seq2seq")._subparsers._group_actions[0].choices[action]
+    sub = seq2seq.cli._parser("rnn-jax seq2seq")._subparsers._group_actions[0].choices[action]
     flags = [f for f in sub._actions if f.option_strings and f.option_strings[0] not in ("-h", "--unidirectional")]
     assert len(flags) == len(dataclasses.fields(_ACTION_CONFIGS[action]))
     for flag in flags:
         assert flag.help.endswith(")") and ("(default " in flag.help or "(required)" in flag.help), flag.help
     with pytest.raises(SystemExit):
-        S.cli_main([action, "--help"])
+        seq2seq.cli_main([action, "--help"])
     printed = " ".join(capsys.readouterr().out.split())  # help lines wrap
     assert printed.count("(default ") + printed.count("(required)") == len(flags)
 
 
 def test_a_beam_wider_than_the_target_vocabulary_names_the_field():
-    S.decoding.check_vocab_fits_beam(7, P.Vocab.build(["abc"]))  # 3 specials, <unk>, a b c
+    seq2seq.decoding.check_vocab_fits_beam(7, pairdata.Vocab.build(["abc"]))  # 3 specials, <unk>, a b c
     with pytest.raises(UserError, match="beam must be at most the target vocabulary size 7, got 8"):
-        S.decoding.check_vocab_fits_beam(8, P.Vocab.build(["abc"]))
+        seq2seq.decoding.check_vocab_fits_beam(8, pairdata.Vocab.build(["abc"]))
 
 
 def test_impl_and_unroll_flags_reach_the_config():
-    parser = S.cli._parser("rnn-jax seq2seq")
-    cfg = S.config_from_args(parser.parse_args(["train", "--impl", "pallas", "--unroll", "3"]))
+    parser = seq2seq.cli._parser("rnn-jax seq2seq")
+    cfg = seq2seq.config_from_args(parser.parse_args(["train", "--impl", "pallas", "--unroll", "3"]))
     assert (cfg.impl, cfg.unroll) == ("pallas", 3)
-    cfg = S.config_from_args(parser.parse_args(["train", "--unroll", "auto"]))
-    assert (cfg.impl, cfg.unroll) == ("auto", None) == (S.Config().impl, S.Config().unroll)
+    cfg = seq2seq.config_from_args(parser.parse_args(["train", "--unroll", "auto"]))
+    assert (cfg.impl, cfg.unroll) == ("auto", None) == (seq2seq.Config().impl, seq2seq.Config().unroll)
     with pytest.raises(UserError, match="impl must be one of"):
-        S.check_config(S.Config(impl="fast"))
+        seq2seq.check_config(seq2seq.Config(impl="fast"))
 
 
 def test_attention_flag_takes_the_topologies_spelling():
     """One table of attention names: the flag's choices are ``topologies.ATTENTIONS``, and its ``none`` builds
     the model without attention."""
-    parser = S.cli._parser("rnn-jax seq2seq")
-    assert S.ATTENTIONS is topologies.ATTENTIONS
-    cfg = S.config_from_args(parser.parse_args(["train", "--attention", "none"]))
-    assert cfg.attention == "none" and S.init_params(cfg, 5, 6, jax.random.key(0)).attention is None
+    parser = seq2seq.cli._parser("rnn-jax seq2seq")
+    assert seq2seq.ATTENTIONS is topologies.ATTENTIONS
+    cfg = seq2seq.config_from_args(parser.parse_args(["train", "--attention", "none"]))
+    assert cfg.attention == "none" and seq2seq.init_params(cfg, 5, 6, jax.random.key(0)).attention is None
     with pytest.raises(UserError, match="attention must be one of"):
-        S.check_config(S.Config(attention="dot"))
+        seq2seq.check_config(seq2seq.Config(attention="dot"))
 
 
 @pytest.mark.slow
@@ -396,10 +404,10 @@ def test_train_step_with_pallas_lowers_for_cuda():
     """seq2seq's own train step (2 bidirectional LSTM encoder layers, Luong attention, dropout, scheduled
     sampling) with ``impl="pallas"`` lowers for CUDA from this CPU machine: a forward and a backward Triton
     kernel per encoder layer and direction; the attention decoder stays on the scan."""
-    config = S.Config(**{**TINY, "hidden_size": 16}, layers=2, dropout=0.1, teacher_forcing=0.5, impl="pallas")
-    settings = S.training._StepSettings.of(config)
-    step = S.training._train_step(settings)
-    state = S.state_template(config, 11, 13, S.make_optimizer(config, 1))
+    config = seq2seq.Config(**{**TINY, "hidden_size": 16}, layers=2, dropout=0.1, teacher_forcing=0.5, impl="pallas")
+    settings = seq2seq.training._StepSettings.of(config)
+    step = seq2seq.training._train_step(settings)
+    state = seq2seq.state_template(config, 11, 13, seq2seq.make_optimizer(config, 1))
     B, S_, T_ = 4, 6, 5
     batch = {
         "src": jnp.zeros((B, S_), jnp.int32),
@@ -411,63 +419,66 @@ def test_train_step_with_pallas_lowers_for_cuda():
     }
     text = step.trace(state, batch).lower(lowering_platforms=("cuda",)).as_text()
     assert text.count("__gpu$xla.gpu.triton") == 2 * 2 * 2
-    scan_step = S.training._train_step(settings._replace(impl="scan"))
+    scan_step = seq2seq.training._train_step(settings._replace(impl="scan"))
     assert "__gpu$xla.gpu.triton" not in scan_step.trace(state, batch).lower(lowering_platforms=("cuda",)).as_text()
 
 
 def test_length_budget_fits_every_training_pair_with_the_slope_of_long_sources():
     rng = np.random.default_rng(3)
     lengths = [(int(s), int(t)) for s, t in zip(rng.integers(1, 12, 57), rng.integers(1, 20, 57), strict=True)]
-    budget = S.LengthBudget.fit(lengths)
+    budget = seq2seq.LengthBudget.fit(lengths)
     median = sorted(s for s, _ in lengths)[len(lengths) // 2]  # 57 pairs: the middle one
     slope = max(t / s for s, t in lengths if s >= median)
     assert slope <= budget.ratio < slope + 0.01 + 1e-9 and round(budget.ratio * 100) == budget.ratio * 100
     assert all(budget(s) >= t + 1 for s, t in lengths)  # every target and its </s> fit
     assert any(budget(s) - 2 == t + 1 for s, t in lengths)  # ... and the constant is the smallest with 2 spare
-    assert S.LengthBudget(1.43, 13)(60) == 99 and S.LengthBudget(1.0, 3)(8) == 11
+    assert seq2seq.LengthBudget(1.43, 13)(60) == 99 and seq2seq.LengthBudget(1.0, 3)(8) == 11
 
 
 def _biased(model, eos_bias: float):
     """``model`` with ``eos_bias`` added to the end token's logit: -1e4 never ends, +1e4 ends at once."""
     out = model.params.out
-    return model._replace(params=model.params._replace(out=out._replace(b=out.b.at[P.EOS].add(eos_bias))))
+    return model._replace(params=model.params._replace(out=out._replace(b=out.b.at[pairdata.EOS].add(eos_bias))))
 
 
 def test_decoding_length_follows_the_input_and_a_cut_output_is_flagged(trained):
     _, out = trained
-    model = S.load_model(str(out))
-    assert model.length_budget == S.LengthBudget(1.0, 3) and model.max_source_len == 5 and model.max_len == 8
+    model = seq2seq.load_model(str(out))
+    assert model.length_budget == seq2seq.LengthBudget(1.0, 3) and model.max_source_len == 5 and model.max_len == 8
     never = _biased(model, -1e4)
     # alone, a source padded to 8 decodes 11 tokens, one of 30 (padded to 32) 35: far past the old limit of 8
     # (in one batch, both would run to the budget of the longer)
-    (short,), (long,) = S.translate_each(never, ["abc"], beam=2), S.translate_each(never, ["abcde" * 6], beam=2)
+    (short,), (long,) = (
+        seq2seq.translate_each(never, ["abc"], beam=2),
+        seq2seq.translate_each(never, ["abcde" * 6], beam=2),
+    )
     assert (len(short.output), len(long.output)) == (model.length_budget(8), model.length_budget(32)) == (11, 35)
     assert short.cut and long.cut and long.unseen_length and not short.unseen_length and short.error is None
     assert "cut at the length limit" in short.notice()
-    with pytest.warns(S.TranslationWarning, match=r"output for 'abc' cut at the length limit"):
-        assert S.translate(never, ["abc"], beam=2) == [short.output]
-    (empty,) = S.translate_each(_biased(model, 1e4), ["abc"])
+    with pytest.warns(seq2seq.TranslationWarning, match=r"output for 'abc' cut at the length limit"):
+        assert seq2seq.translate(never, ["abc"], beam=2) == [short.output]
+    (empty,) = seq2seq.translate_each(_biased(model, 1e4), ["abc"])
     assert empty.empty and not empty.cut and empty.output == "" and "empty output for 'abc'" in empty.notice()
-    with pytest.warns(S.TranslationWarning, match="empty output"):
-        assert S.translate(_biased(model, 1e4), ["abc"]) == [""]
-    good = S.translate_each(model, ["abcde"])[0]
-    assert good == S.Translation("abcde", "edcba") and good.notice() is None
+    with pytest.warns(seq2seq.TranslationWarning, match="empty output"):
+        assert seq2seq.translate(_biased(model, 1e4), ["abc"]) == [""]
+    good = seq2seq.translate_each(model, ["abcde"])[0]
+    assert good == seq2seq.Translation("abcde", "edcba") and good.notice() is None
 
 
 def test_inputs_are_refused_one_by_one_with_the_reason_and_a_length_cap(trained, capsys):
     _, out = trained
-    model = S.load_model(str(out))
+    model = seq2seq.load_model(str(out))
     huge = "ab" * 50_000
-    results = S.translate_each(model, ["abc", "a#c", "", huge, "CBA"])
+    results = seq2seq.translate_each(model, ["abc", "a#c", "", huge, "CBA"])
     assert [r.output for r in results] == ["cba", "", "", "", "abc"]
     assert results[1].error.startswith("input 'a#c' has symbols outside the vocabulary: ['#']; known: a b c")
     assert results[2].error == "input '' is empty"
     assert results[3].error == (
         "input 'abababababababababababab'... (100000 characters) has 100000 characters; this model reads at "
-        f"most {S.MAX_INPUT_LEN}: split it"
+        f"most {seq2seq.MAX_INPUT_LEN}: split it"
     )
     with pytest.raises(UserError, match="reads at most 4: split it"):
-        S.translate(model, ["abcde"], max_input_len=4)
+        seq2seq.translate(model, ["abcde"], max_input_len=4)
     # the command line prints every input it can translate and names each other on stderr
     assert cli.main(["seq2seq", "translate", "--ckpt", str(out), "abc", "a#c", huge, "CBA"]) == 1
     captured = capsys.readouterr()
@@ -482,13 +493,13 @@ def test_checkpoints_store_the_length_budget_and_older_ones_get_a_generous_one(t
     _, out = trained
     meta = checkpoint.read_meta(out / "best.ckpt")
     assert meta["length_budget"] == [1.0, 3] and meta["max_source_len"] == 5
-    model = S.load_model(str(out))
-    path = S.export_model(model, tmp_path / "m.ckpt")
-    assert S.load_model(path)[7:] == model[7:]  # max_len, length_budget, max_source_len
-    older = S.export_model(model._replace(length_budget=None, max_source_len=None), tmp_path / "old.ckpt")
+    model = seq2seq.load_model(str(out))
+    path = seq2seq.export_model(model, tmp_path / "m.ckpt")
+    assert seq2seq.load_model(path)[7:] == model[7:]  # max_len, length_budget, max_source_len
+    older = seq2seq.export_model(model._replace(length_budget=None, max_source_len=None), tmp_path / "old.ckpt")
     assert "length_budget" not in checkpoint.read_meta(older)
-    loaded = S.load_model(older)
-    assert loaded.length_budget == S.LengthBudget(2.0, model.max_len) and loaded.max_source_len is None
+    loaded = seq2seq.load_model(older)
+    assert loaded.length_budget == seq2seq.LengthBudget(2.0, model.max_len) and loaded.max_source_len is None
 
 
 # A user's cell (an IndRNN: each unit recurs on itself alone), importable as "tests.test_seq2seq:indrnn_cell".
@@ -524,15 +535,15 @@ def _user_run(cell, out, **kw):
     """A few steps of reversal with ``cell``: tiny sizes, by default two layers, bidirectional, Luong attention."""
     kw = dict(dict(layers=2, embed_size=4, hidden_size=5, batch_size=8, steps=3, eval_every=3, eval_size=8,
                    eval_batch_size=8, warmup_steps=1, verbose=False), **kw)  # fmt: skip
-    config = S.Config(task="reverse", cell=cell, out=str(out), **kw)
+    config = seq2seq.Config(task="reverse", cell=cell, out=str(out), **kw)
     task = make_reverse(n_train=40, n_val=8, n_test=8, max_len=4)
-    return S.train(config, task=task, log=lambda msg: None)
+    return seq2seq.train(config, task=task, log=lambda msg: None)
 
 
 def _assert_translates_greedily(model, params):
     """``translate`` of ``model`` is the greedy decoding (a Python loop over the decoder step) of ``params``."""
     words = ["abc", "d", "dcba"]
-    got = S.translate_each(model, words)
+    got = seq2seq.translate_each(model, words)
     for word, result in zip(words, got, strict=True):
         ids = _greedy_reference(params, model.src_vocab.encode(tuple(word)), model.length_budget(8))
         assert result.output == "".join(model.tgt_vocab.decode(ids))
@@ -549,17 +560,17 @@ def test_user_cell_trains_checkpoints_its_import_path_and_loads_back(tmp_path, c
     assert meta["config"]["cell"] == "tests.test_seq2seq:indrnn_cell"
     assert meta["cell"] == {"name": "indrnn", "builtin": False, "import_path": "tests.test_seq2seq:indrnn_cell",
                             "module": "tests.test_seq2seq"}  # fmt: skip
-    model = S.load_model(result.out, "latest")  # found by its import path
+    model = seq2seq.load_model(result.out, "latest")  # found by its import path
     assert model.config.cell is indrnn_cell
     jax.tree.map(np.testing.assert_array_equal, model.params, params)
     _assert_translates_greedily(model, params)
-    given = S.load_model(result.out, "latest", cell=indrnn_cell)
+    given = seq2seq.load_model(result.out, "latest", cell=indrnn_cell)
     jax.tree.map(np.testing.assert_array_equal, given.params, params)
-    exported = S.load_model(S.export_model(model, tmp_path / "ind.ckpt", dtype="float32"))
+    exported = seq2seq.load_model(seq2seq.export_model(model, tmp_path / "ind.ckpt", dtype="float32"))
     assert exported.config.cell is indrnn_cell
     jax.tree.map(np.testing.assert_array_equal, exported.params, params)
-    assert S.cli_main(["translate", "--ckpt", result.out, "--which", "latest", "abc"]) == 0  # imports the cell
-    assert capsys.readouterr().out.split("\t")[1].rstrip("\n") == S.translate_each(model, ["abc"])[0].output
+    assert seq2seq.cli_main(["translate", "--ckpt", result.out, "--which", "latest", "abc"]) == 0  # imports the cell
+    assert capsys.readouterr().out.split("\t")[1].rstrip("\n") == seq2seq.translate_each(model, ["abc"])[0].output
     assert _user_run(indrnn_cell, tmp_path / "ind", steps=5, resume=True).steps == 5
 
 
@@ -569,9 +580,9 @@ def test_user_cell_without_import_path_is_passed_to_load_model(tmp_path):
     result = _user_run(local, tmp_path / "local", layers=1, bidirectional=False, attention="bahdanau")
     with pytest.raises(UserError, match=r"trained with the user cell 'local_ind' defined in tests.test_seq2seq; "
                                         r"pass it: load_model\(.*, cell=<that Cell>\)") as err:  # fmt: skip
-        S.load_model(result.out, "latest")
+        seq2seq.load_model(result.out, "latest")
     assert "\n" not in str(err.value)
-    model = S.load_model(result.out, "latest", cell=local)
+    model = seq2seq.load_model(result.out, "latest", cell=local)
     jax.tree.map(np.testing.assert_array_equal, model.params, result.model.params)
     _assert_translates_greedily(model, result.model.params)
 

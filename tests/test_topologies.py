@@ -8,9 +8,7 @@ import numpy as np
 import pytest
 
 import rnn_jax as R
-from rnn_jax import decode
-from rnn_jax import losses as Ls
-from rnn_jax import topologies as Tp
+from rnn_jax import decode, losses, topologies
 from rnn_jax.errors import UserError
 from rnn_jax.scan import IMPLS
 from rnn_jax.topologies.seq2seq import _layers
@@ -27,12 +25,12 @@ def test_one_to_one_and_one_to_many_equal_python_loops():
     params = R.vanilla_init(jax.random.key(1), I, H, I)  # O = I so that outputs can be fed back
     x_BI = jax.random.normal(jax.random.key(2), (B, I))
     h0 = jnp.full((B, H), 0.2)
-    c, y = Tp.one_to_one(R.vanilla_cell, params, h0, x_BI)
+    c, y = topologies.one_to_one(R.vanilla_cell, params, h0, x_BI)
     c_ref, y_ref = jax.vmap(R.vanilla_cell, (None, 0, 0))(params, h0, x_BI)
     _close((c, y), (c_ref, y_ref))
 
     feedback = jnp.tanh
-    c, ys = Tp.one_to_many(R.vanilla_cell, params, h0, x_BI, steps=4, feedback=feedback)
+    c, ys = topologies.one_to_many(R.vanilla_cell, params, h0, x_BI, steps=4, feedback=feedback)
     assert ys.shape == (B, 4, I)
     for b in range(B):
         h, x = h0[b], x_BI[b]
@@ -48,7 +46,7 @@ def test_many_to_one_with_lengths_equals_each_sequence_alone():
     params = R.lstm_init(jax.random.key(3), I, H)
     xs = jax.random.normal(jax.random.key(4), (B, T, I))
     lengths = jnp.array([7, 3, 1])
-    summarise = jax.jit(Tp.many_to_one, static_argnums=0, static_argnames="pool")
+    summarise = jax.jit(topologies.many_to_one, static_argnums=0, static_argnames="pool")
     carry, last = summarise(R.lstm_cell, params, None, xs, lengths=lengths, pool="last")
     _, mean = summarise(R.lstm_cell, params, None, xs, lengths=lengths, pool="mean")
     assert last.shape == mean.shape == (B, H)
@@ -77,12 +75,12 @@ def test_run_is_the_synchronised_many_to_many():
 # ---------------------------------------------------------------------------------------------------
 
 SRC_LEN = jnp.array([6, 2, 4])
-apply = jax.jit(Tp.encoder_decoder_apply)  # one module-level jit: tests of one configuration share a compile
+apply = jax.jit(topologies.encoder_decoder_apply)  # one module-level jit: tests of one configuration share a compile
 
 
 def _init(seed=0, **kw):
     """An encoder-decoder of the test sizes; ``kw`` goes to ``encoder_decoder_init``."""
-    return Tp.encoder_decoder_init(
+    return topologies.encoder_decoder_init(
         jax.random.key(seed), src_vocab=V_SRC, tgt_vocab=V_TGT, embed_size=E, hidden_size=H, **kw
     )
 
@@ -108,7 +106,7 @@ def test_attention_is_masked_by_source_length_and_padding_is_ignored(attention, 
         assert float(jnp.abs(out.attention[b, :, n:]).max(initial=0.0)) == 0.0  # exactly zero
         np.testing.assert_allclose(out.attention[b, :, :n].sum(-1), 1.0, rtol=1e-5)
     # Whatever sits in the padding changes nothing.
-    scrambled = jnp.where(Ls.length_mask(SRC_LEN, S), src, (src + 3) % V_SRC)
+    scrambled = jnp.where(losses.length_mask(SRC_LEN, S), src, (src + 3) % V_SRC)
     _close(apply(params, scrambled, SRC_LEN, tgt_in), out)
 
 
@@ -119,7 +117,7 @@ def test_attention_gradient_is_finite_and_ignores_padding():
     query = jax.random.normal(jax.random.key(10), (H,))
 
     def f(att, m):
-        context, weights = Tp.attend(att, query, m, 2)
+        context, weights = topologies.attend(att, query, m, 2)
         return jnp.sum(context**2) + weights[0]
 
     g_att, g_mem = jax.jit(jax.grad(f, argnums=(0, 1)))(params.attention, memory)  # jit: one compile, not per op
@@ -146,7 +144,7 @@ def test_teacher_forcing_ratio_and_scheduled_sampling():
     again = apply(params, src, SRC_LEN, tgt_in, teacher_forcing=0.5, key=jax.random.key(3))
     assert again.inputs.tolist() == mixed.inputs.tolist()
     # scheduled="sample": the fed-back token is drawn from the model's softmax, not its argmax.
-    sampling = jax.jit(Tp.encoder_decoder_apply, static_argnames="scheduled")
+    sampling = jax.jit(topologies.encoder_decoder_apply, static_argnames="scheduled")
     drawn = sampling(params, src, SRC_LEN, tgt_in, teacher_forcing=0.0, key=jax.random.key(4), scheduled="sample")
     assert drawn.inputs[:, 0].tolist() == tgt_in[:, 0].tolist()
     assert bool(jnp.any(drawn.inputs[:, 1:] != jnp.argmax(drawn.logits[:, :-1], -1)))
@@ -159,9 +157,11 @@ def test_decoder_step_fn_agrees_with_teacher_forcing_and_decodes():
     bos, eos, max_len = 1, 2, 5
 
     def decode_one(src_S, n):
-        ctx, state, logits = Tp.decoder_start(params, src_S, n, bos)
-        g = decode.greedy(Tp.decoder_step_fn, ctx, state, logits, max_len=max_len)
-        b = decode.beam_search(Tp.decoder_step_fn, ctx, state, logits, beam_width=3, max_len=max_len, end_token=eos)
+        ctx, state, logits = topologies.decoder_start(params, src_S, n, bos)
+        g = decode.greedy(topologies.decoder_step_fn, ctx, state, logits, max_len=max_len)
+        b = decode.beam_search(
+            topologies.decoder_step_fn, ctx, state, logits, beam_width=3, max_len=max_len, end_token=eos
+        )
         return g, b
 
     g, b = jax.jit(jax.vmap(decode_one))(src, SRC_LEN)
@@ -175,8 +175,8 @@ def test_decoder_step_fn_agrees_with_teacher_forcing_and_decodes():
 
 def _reference_seq2seq_one(params, src_S, n_src, tgt_T):
     """One example of a (stacked) encoder-decoder by hand: Python loops over steps and layers."""
-    cell = Tp.cell_of(_layers(params.decoder)[0])
-    hid = Tp.hidden_of
+    cell = topologies.cell_of(_layers(params.decoder)[0])
+    hid = topologies.hidden_of
 
     def over(layer, xs):  # one direction of one layer over the real steps, in order
         c, out = cell.init_carry(layer), []
@@ -187,7 +187,7 @@ def _reference_seq2seq_one(params, src_S, n_src, tgt_T):
 
     xs = [params.src_embed[src_S[s]] for s in range(n_src)]
     for layer in _layers(params.encoder):
-        if isinstance(layer, Tp.Bidirectional):
+        if isinstance(layer, topologies.Bidirectional):
             c_fw, fw = over(layer.fw, xs)
             c_bw, bw = over(layer.bw, xs[::-1])
             xs = [jnp.concatenate([f, b]) for f, b in zip(fw, bw[::-1], strict=True)]
@@ -199,7 +199,7 @@ def _reference_seq2seq_one(params, src_S, n_src, tgt_T):
 
     def attend(q):
         att = params.attention
-        if isinstance(att, Tp.BahdanauParams):
+        if isinstance(att, topologies.BahdanauParams):
             scores = jnp.tanh(memory @ att.W_m + (q @ att.W_q)[None, :]) @ att.v
         else:
             scores = memory @ (q @ att.W)
@@ -208,7 +208,8 @@ def _reference_seq2seq_one(params, src_S, n_src, tgt_T):
 
     layers, bridges = _layers(params.decoder), _layers(params.bridge)
     carries = [
-        Tp.carry_from_hidden(cell, l, jnp.tanh(summary @ b.W + b.b)) for l, b in zip(layers, bridges, strict=True)
+        topologies.carry_from_hidden(cell, l, jnp.tanh(summary @ b.W + b.b))
+        for l, b in zip(layers, bridges, strict=True)
     ]
     feed = jnp.zeros((H,))
     logits, weights = [], []
@@ -216,7 +217,7 @@ def _reference_seq2seq_one(params, src_S, n_src, tgt_T):
         e = params.tgt_embed[tgt_T[t]]
         if params.attention is None:
             x = e
-        elif isinstance(params.attention, Tp.BahdanauParams):
+        elif isinstance(params.attention, topologies.BahdanauParams):
             ctx, w = attend(hid(carries[-1]))
             x = jnp.concatenate([e, ctx])
         else:
@@ -225,7 +226,7 @@ def _reference_seq2seq_one(params, src_S, n_src, tgt_T):
             carries[i], x = cell(layer, carries[i], x)
         if params.attention is None:
             out, w = x @ params.out.W + params.out.b, None
-        elif isinstance(params.attention, Tp.BahdanauParams):
+        elif isinstance(params.attention, topologies.BahdanauParams):
             out = jnp.concatenate([x, ctx]) @ params.out.W + params.out.b
         else:
             ctx, w = attend(x)
@@ -266,9 +267,9 @@ def test_stacked_encoder_decoder_equals_a_hand_written_loop(attention, cell, bid
     # Greedy decoding through the stacked decoder_step_fn agrees with teacher forcing on its own tokens (row 0
     # of one teacher-forced batch); beam search reorders the stacked carries with its beams: each beam's
     # log-probability is the one teacher forcing gives its tokens (rows 1-3).
-    ctx, state, first = Tp.decoder_start(params, src[0], SRC_LEN[0], 1)
-    g = decode.greedy(Tp.decoder_step_fn, ctx, state, first, max_len=4)
-    beams = decode.beam_search(Tp.decoder_step_fn, ctx, state, first, beam_width=3, max_len=4, end_token=None)
+    ctx, state, first = topologies.decoder_start(params, src[0], SRC_LEN[0], 1)
+    g = decode.greedy(topologies.decoder_step_fn, ctx, state, first, max_len=4)
+    beams = decode.beam_search(topologies.decoder_step_fn, ctx, state, first, beam_width=3, max_len=4, end_token=None)
     tokens = jnp.concatenate([g.tokens[None], beams.tokens])
     tgt = jnp.concatenate([jnp.ones((4, 1), int), tokens[:, :-1]], 1)
     forced = apply(params, jnp.repeat(src[:1], 4, 0), jnp.repeat(SRC_LEN[:1], 4), tgt)
@@ -280,8 +281,8 @@ def test_stacked_encoder_decoder_equals_a_hand_written_loop(attention, cell, bid
 def test_one_layer_is_a_stack_of_one_with_the_bottom_layers_of_deeper_models():
     """Every depth gives tuples; the bottom layers' init does not depend on the depth."""
     one = _init(3, bidirectional=True)
-    assert type(one.encoder) is tuple and len(one.encoder) == 1 and isinstance(one.encoder[0], Tp.Bidirectional)
-    assert type(one.bridge) is tuple and isinstance(one.bridge[0], Tp.Dense)
+    assert type(one.encoder) is tuple and len(one.encoder) == 1 and isinstance(one.encoder[0], topologies.Bidirectional)
+    assert type(one.bridge) is tuple and isinstance(one.bridge[0], topologies.Dense)
     assert type(one.decoder) is tuple and isinstance(one.decoder[0], R.LSTMParams)
     two = _init(3, bidirectional=True, encoder_layers=2, decoder_layers=2)
     _close(two.encoder[0], one.encoder[0])
@@ -298,7 +299,7 @@ def test_dropout_draws_from_the_key_and_is_off_without_it():
     params = _init(5, attention="luong", encoder_layers=2, decoder_layers=2)
     _, src, tgt_in = _seq2seq("luong")
     plain = apply(params, src, SRC_LEN, tgt_in)
-    dropped = jax.jit(Tp.encoder_decoder_apply, static_argnames="dropout")
+    dropped = jax.jit(topologies.encoder_decoder_apply, static_argnames="dropout")
     a = dropped(params, src, SRC_LEN, tgt_in, dropout=0.3, key=jax.random.key(1))
     assert float(jnp.abs(a.logits - plain.logits).max()) > 1e-3
     _close(dropped(params, src, SRC_LEN, tgt_in, dropout=0.3, key=jax.random.key(1)), a)
@@ -311,14 +312,14 @@ def test_dropout_draws_from_the_key_and_is_off_without_it():
     _close(dropped(params, src, SRC_LEN, tgt_in, dropout=0.0, key=jax.random.key(1)), plain)
 
     def loss(p):
-        out = Tp.encoder_decoder_apply(p, src, SRC_LEN, tgt_in, dropout=0.3, key=jax.random.key(1))
+        out = topologies.encoder_decoder_apply(p, src, SRC_LEN, tgt_in, dropout=0.3, key=jax.random.key(1))
         return jnp.mean(out.logits**2)
 
     assert all(bool(jnp.all(jnp.isfinite(g))) for g in jax.tree.leaves(jax.jit(jax.grad(loss))(params)))
     with pytest.raises(UserError, match="pass a PRNG key"):
-        Tp.encoder_decoder_apply(params, src, SRC_LEN, tgt_in, dropout=0.3)
+        topologies.encoder_decoder_apply(params, src, SRC_LEN, tgt_in, dropout=0.3)
     with pytest.raises(UserError, match=r"dropout must lie in \[0, 1\)"):
-        Tp.encoder_decoder_apply(params, src, SRC_LEN, tgt_in, dropout=1.0, key=jax.random.key(1))
+        topologies.encoder_decoder_apply(params, src, SRC_LEN, tgt_in, dropout=1.0, key=jax.random.key(1))
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -328,15 +329,17 @@ def test_dropout_draws_from_the_key_and_is_off_without_it():
 
 def test_image_patches_are_row_major_blocks():
     img = jnp.arange(16.0).reshape(4, 4)
-    p = Tp.image_patches(img, 2)
+    p = topologies.image_patches(img, 2)
     assert p.shape == (4, 4)
     assert p[1].tolist() == [2.0, 3.0, 6.0, 7.0] and p[2].tolist() == [8.0, 9.0, 12.0, 13.0]
 
 
 def test_glimpses_look_somewhere_each_step_and_decide_at_the_end():
-    params = Tp.glimpse_init(jax.random.key(7), n_parts=4, part_size=16, hidden_size=H, n_classes=10, cell="gru")
-    parts = Tp.image_patches(jax.random.normal(jax.random.key(8), (B, 8, 8)), 4)
-    glimpse = jax.jit(Tp.glimpse_apply, static_argnames=("steps", "hard"))
+    params = topologies.glimpse_init(
+        jax.random.key(7), n_parts=4, part_size=16, hidden_size=H, n_classes=10, cell="gru"
+    )
+    parts = topologies.image_patches(jax.random.normal(jax.random.key(8), (B, 8, 8)), 4)
+    glimpse = jax.jit(topologies.glimpse_apply, static_argnames=("steps", "hard"))
     soft = glimpse(params, parts, steps=3)
     out = glimpse(params, parts, steps=3, hard=True)
     for o in (soft, out):
@@ -347,8 +350,8 @@ def test_glimpses_look_somewhere_each_step_and_decide_at_the_end():
     labels = jnp.array([1, 4, 7])
 
     def loss(p):
-        logits = Tp.glimpse_apply(p, parts, steps=3, hard=True).logits
-        return Ls.sequence_cross_entropy(logits[:, None], labels[:, None]).per_token_mean
+        logits = topologies.glimpse_apply(p, parts, steps=3, hard=True).logits
+        return losses.sequence_cross_entropy(logits[:, None], labels[:, None]).per_token_mean
 
     g = jax.jit(jax.grad(loss))(params)
     assert float(jnp.abs(g.where.W).max()) > 0
@@ -361,7 +364,7 @@ def test_glimpses_look_somewhere_each_step_and_decide_at_the_end():
 
 def test_attention_none_and_None_build_the_same_model():
     a, b = _init(3, attention="none"), _init(3, attention=None)
-    assert a.attention is None and "none" in Tp.ATTENTIONS
+    assert a.attention is None and "none" in topologies.ATTENTIONS
     assert jax.tree.structure(a) == jax.tree.structure(b)
     _close(a, b, rtol=0, atol=0)
 
@@ -369,25 +372,27 @@ def test_attention_none_and_None_build_the_same_model():
 def test_bad_input_is_named():
     params, src, tgt_in = _seq2seq(None, "vanilla", False)
     with pytest.raises(UserError, match="'dot'"):
-        Tp.encoder_decoder_init(
+        topologies.encoder_decoder_init(
             jax.random.key(0), src_vocab=3, tgt_vocab=3, embed_size=2, hidden_size=2, attention="dot"
         )
     with pytest.raises(UserError, match="'rnn'"):
-        Tp.encoder_decoder_init(jax.random.key(0), src_vocab=3, tgt_vocab=3, embed_size=2, hidden_size=2, cell="rnn")
+        topologies.encoder_decoder_init(
+            jax.random.key(0), src_vocab=3, tgt_vocab=3, embed_size=2, hidden_size=2, cell="rnn"
+        )
     with pytest.raises(UserError, match="source length of 0"):
-        Tp.encoder_decoder_apply(params, src, jnp.array([3, 0, 2]), tgt_in)
+        topologies.encoder_decoder_apply(params, src, jnp.array([3, 0, 2]), tgt_in)
     with pytest.raises(UserError, match="PRNG key"):
-        Tp.encoder_decoder_apply(params, src, SRC_LEN, tgt_in, teacher_forcing=0.5)
+        topologies.encoder_decoder_apply(params, src, SRC_LEN, tgt_in, teacher_forcing=0.5)
     with pytest.raises(UserError, match="1.5"):
-        Tp.encoder_decoder_apply(params, src, SRC_LEN, tgt_in, teacher_forcing=1.5, key=jax.random.key(0))
+        topologies.encoder_decoder_apply(params, src, SRC_LEN, tgt_in, teacher_forcing=1.5, key=jax.random.key(0))
     with pytest.raises(ValueError, match=r"\(2,\)"):
-        Tp.encoder_decoder_apply(params, src, SRC_LEN[:2], tgt_in)
+        topologies.encoder_decoder_apply(params, src, SRC_LEN[:2], tgt_in)
     with pytest.raises(UserError, match="steps >= 1, got 0"):
-        Tp.one_to_many(R.gru_cell, R.gru_init(jax.random.key(0), I, H), None, jnp.zeros((I,)), steps=0)
+        topologies.one_to_many(R.gru_cell, R.gru_init(jax.random.key(0), I, H), None, jnp.zeros((I,)), steps=0)
     with pytest.raises(UserError, match="'max'"):
-        Tp.many_to_one(R.gru_cell, R.gru_init(jax.random.key(0), I, H), None, jnp.zeros((T, I)), pool="max")
+        topologies.many_to_one(R.gru_cell, R.gru_init(jax.random.key(0), I, H), None, jnp.zeros((T, I)), pool="max")
     with pytest.raises(UserError, match="3x3"):
-        Tp.image_patches(jnp.zeros((8, 8)), 3)
+        topologies.image_patches(jnp.zeros((8, 8)), 3)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -407,7 +412,7 @@ def _values_and_grads(fn, params):
 
 
 def _seq2seq_fn(src, tgt_in, **options):
-    return lambda p: Tp.encoder_decoder_apply(p, src, SRC_LEN, tgt_in, **options)
+    return lambda p: topologies.encoder_decoder_apply(p, src, SRC_LEN, tgt_in, **options)
 
 
 @pytest.fixture(scope="module")
@@ -418,13 +423,13 @@ def option_cases():
     xs = jax.random.normal(jax.random.key(12), (B, T, I))
     gru = R.gru_init(jax.random.key(13), I, H)
     vanilla = R.vanilla_init(jax.random.key(14), I, H, I)
-    glimpse = Tp.glimpse_init(jax.random.key(15), n_parts=4, part_size=4, hidden_size=H, n_classes=3)
+    glimpse = topologies.glimpse_init(jax.random.key(15), n_parts=4, part_size=4, hidden_size=H, n_classes=3)
     parts = jax.random.normal(jax.random.key(16), (B, 4, 4))
     cases = [
         (params, lambda **o: _seq2seq_fn(src, tgt_in, **o)),
-        (gru, lambda **o: lambda p: Tp.many_to_one(R.gru_cell, p, None, xs, lengths=jnp.array([7, 3, 1]), **o)),
-        (vanilla, lambda **o: lambda p: Tp.one_to_many(R.vanilla_cell, p, None, xs[:, 0], steps=4, **o)),
-        (glimpse, lambda **o: lambda p: Tp.glimpse_apply(p, parts, steps=3, **o)),
+        (gru, lambda **o: lambda p: topologies.many_to_one(R.gru_cell, p, None, xs, lengths=jnp.array([7, 3, 1]), **o)),
+        (vanilla, lambda **o: lambda p: topologies.one_to_many(R.vanilla_cell, p, None, xs[:, 0], steps=4, **o)),
+        (glimpse, lambda **o: lambda p: topologies.glimpse_apply(p, parts, steps=3, **o)),
     ]
     return [(p, make, _values_and_grads(make(), p)) for p, make in cases]
 
@@ -442,7 +447,7 @@ def test_run_options_give_the_default_values_and_gradients(options, option_cases
 
 
 def test_step_impl_runs_plain_function_steps_on_the_scan():
-    assert [Tp.step_impl(i) for i in IMPLS] == ["auto"] + ["scan"] * (len(IMPLS) - 1)
+    assert [topologies.step_impl(i) for i in IMPLS] == ["auto"] + ["scan"] * (len(IMPLS) - 1)
 
 
 def _has_pallas(fn, *args) -> bool:
@@ -450,7 +455,7 @@ def _has_pallas(fn, *args) -> bool:
 
 
 def _summary(xs, p, *, impl):
-    return Tp.many_to_one(R.lstm_cell, p, None, xs, lengths=SRC_LEN, impl=impl)
+    return topologies.many_to_one(R.lstm_cell, p, None, xs, lengths=SRC_LEN, impl=impl)
 
 
 @pytest.mark.slow
@@ -469,5 +474,5 @@ def test_pallas_runs_the_encoder_and_many_to_one_and_the_plain_steps_on_the_scan
     assert _has_pallas(summary["pallas"], lstm)
     _close(_values_and_grads(summary["pallas"], lstm), _values_and_grads(summary["scan"], lstm), rtol=1e-5, atol=1e-5)
     vanilla = R.vanilla_init(jax.random.key(20), I, H, I)
-    fed = Tp.one_to_many(R.vanilla_cell, vanilla, None, xs[:, 0], steps=3, impl="pallas")
-    _close(fed, Tp.one_to_many(R.vanilla_cell, vanilla, None, xs[:, 0], steps=3, impl="scan"))
+    fed = topologies.one_to_many(R.vanilla_cell, vanilla, None, xs[:, 0], steps=3, impl="pallas")
+    _close(fed, topologies.one_to_many(R.vanilla_cell, vanilla, None, xs[:, 0], steps=3, impl="scan"))

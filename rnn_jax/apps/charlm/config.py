@@ -6,7 +6,7 @@ from __future__ import annotations
 import dataclasses
 
 from rnn_jax import harness
-from rnn_jax.cells import CELLS, Cell, import_path, resolve_cell
+from rnn_jax.cells import CELLS, Cell, resolve_cell
 from rnn_jax.data import text as textdata
 from rnn_jax.errors import UserError
 from rnn_jax.harness import field, shared_field
@@ -20,8 +20,6 @@ __all__ = [
     "SampleConfig",
     "check_config",
     "model_cell",
-    "cell_record",
-    "stored_cell_spec",
     "is_vanilla",
 ]
 
@@ -131,19 +129,6 @@ def model_cell(cfg: CharLMConfig) -> Cell:
             f"Cell(..., init=fn(key, in_size, hidden_size, dtype) -> params)"
         )
     return cell
-
-
-def cell_record(cell: Cell) -> dict:
-    """What a checkpoint says about its cell: the name, and for a user's cell where to import it from."""
-    builtin = CELLS.get(cell.name) is cell
-    return {"name": cell.name, "builtin": builtin, "import_path": None if builtin else import_path(cell),
-            "module": getattr(cell.step, "__module__", None)}  # fmt: skip
-
-
-def stored_cell_spec(cell: Cell) -> str:
-    """``cell`` as the stored config spells it: a built-in's name, else its import path, else its name."""
-    record = cell_record(cell)
-    return record["name"] if record["builtin"] else record["import_path"] or record["name"]
 
 
 def is_vanilla(cfg: CharLMConfig) -> bool:

@@ -10,10 +10,10 @@ from typing import NamedTuple
 import numpy as np
 
 from rnn_jax import harness
-from rnn_jax.apps.charlm.config import DATA_FIELDS, KIND, MODEL_FIELDS, CharLMConfig, stored_cell_spec
-from rnn_jax.cells import resolve_cell
+from rnn_jax.apps.charlm.config import DATA_FIELDS, KIND, MODEL_FIELDS, CharLMConfig
 from rnn_jax.data import text as textdata
 from rnn_jax.errors import UserError
+from rnn_jax.harness.usercells import stored_cell_spec
 
 __all__ = ["Data", "load_data", "make_batcher", "val_windows", "text_hash"]
 
@@ -45,7 +45,7 @@ def load_data(cfg: CharLMConfig) -> Data:
     digest = text_hash(ids)
     if meta is not None:
         stored = harness.stored_config(CharLMConfig, meta)
-        spelled = dataclasses.replace(cfg, cell=stored_cell_spec(resolve_cell(cfg.cell)))  # as stored
+        spelled = dataclasses.replace(cfg, cell=stored_cell_spec(cfg.cell))  # as stored
         harness.check_resumable(stored, spelled, MODEL_FIELDS + DATA_FIELDS, cfg.out)
         if meta.get("text_sha256") not in (None, digest):
             raise UserError(f"the checkpoint in {cfg.out} was trained on another text; resume on the same text")

@@ -14,12 +14,13 @@ import jax
 import numpy as np
 
 from rnn_jax import checkpoint, distributed, harness
-from rnn_jax.apps.charlm.config import KIND, CharLMConfig, cell_record, check_config, stored_cell_spec
+from rnn_jax.apps.charlm.config import KIND, CharLMConfig, check_config
 from rnn_jax.apps.charlm.data import Data, load_data, make_batcher, val_windows
 from rnn_jax.apps.charlm.evaluation import make_evaluate
 from rnn_jax.apps.charlm.model import LMParams, build_state, loss_fn, model_cfg
 from rnn_jax.cells import resolve_cell
 from rnn_jax.data import text as textdata
+from rnn_jax.harness.usercells import cell_record, stored_cell_spec
 from rnn_jax.train import make_mesh, make_train_step, set_total_steps
 
 __all__ = ["TrainResult", "train"]

@@ -195,7 +195,7 @@ def record(meta: dict, item: Timed, flops: float | None) -> dict:
     ms = statistics.median(item.wall) * 1e3
     rec = dict(meta)
     rec.update(
-        ms=round(ms, 4),
+        ms=round(ms, 6),  # nanoseconds: a native step of a tiny layer takes a few microseconds
         us_per_step=round(ms * 1e3 / meta["T"], 3),
         cpu_ms=round(statistics.median(item.cpu) * 1e3, 4),
         gflops=None if flops is None else float(f"{flops / ms / 1e6:.4g}"),
