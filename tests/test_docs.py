@@ -17,6 +17,7 @@ def blocks(page: str) -> list[str]:
     return re.findall(r"^```python\n(.*?)^```", (DOCS / page).read_text(encoding="utf-8"), flags=re.M | re.S)
 
 
+@pytest.mark.slow  # end-to-end: the pages train small models
 @pytest.mark.parametrize("page", PAGES)
 def test_every_python_block_of_the_page_runs_in_order(page, tmp_path, monkeypatch, capsys):
     found = blocks(page)

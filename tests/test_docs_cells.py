@@ -12,7 +12,7 @@ import pytest
 import rnn_jax as R
 
 # Its module-scoped fixtures train or compile once: under pytest-xdist the file stays on one worker.
-pytestmark = pytest.mark.xdist_group("docs_cells")
+pytestmark = [pytest.mark.xdist_group("docs_cells"), pytest.mark.slow]  # the page trains a char-LM
 
 PAGE = Path(__file__).resolve().parents[1] / "docs" / "cells.md"
 

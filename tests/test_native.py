@@ -147,6 +147,7 @@ def test_two_calls_at_once_finish():
 
 
 @needs_native
+@pytest.mark.slow  # a second build of the library, in a fresh process
 @pytest.mark.skipif("avx512f" not in native._cpu_flags(), reason="this CPU runs the AVX2 build already")
 def test_native_avx2_build_on_an_avx512_cpu():
     """The AVX2 build (8-lane vectors, 6 x 16 microkernel) against the scan, on a CPU that would get the
