@@ -1,17 +1,16 @@
-// The sequential part of the vanilla, LSTM and GRU layers on CPU, forward and backward, as XLA FFI handlers.
+// The vanilla, LSTM and GRU layers on CPU, forward and backward, as XLA FFI handlers.
 //
-// Forward, for t in loop order:  A_t = U_t + h_{t-1} W_h  (U from XLA: the input projection),
-//   the gate math fused into the epilogue of the GEMM tile, writing h_t (c_t) and, when differentiated,
-//   the gate activations the backward needs.
+// Forward, for t in loop order:  A_t = [x_t, h_{t-1}] [W_x; W_h] + b  (or U_t + h_{t-1} W_h + b when XLA
+//   projected the input with a cell's own projection), the gate math fused into the epilogue of the GEMM
+//   tile, writing h_t (c_t) and, when differentiated, the gate activations the backward needs.
 // Backward, for t in the opposite order: the gate gradients dU_t (dR_t for the GRU's recurrent part) from
-//   dh, dc and the saved activations; dh_{t-1} = direct + dR_t W_h^T.  The weight gradients are large
-//   matmuls in XLA afterwards.
+//   dh, dc and the saved activations; dh_{t-1} = direct + dR_t W_h^T; and, while dU_t is in cache,
+//   dW_h += h_{t-1}^T dR_t, dW_x += x_t^T dU_t, db += sum dU_t.
 //
-// The step GEMM is small ([N, H] x [H, G*H]); it runs on a hand-written FMA microkernel (AVX-512: up to
-// 12 rows x 32 columns; AVX2: 6 x 16) over W_h packed once per call into panels of kNR columns. Columns
-// are ordered by unit block then gate, so the thread that owns a block of kNR hidden units computes all
-// gates of those units and their gate math without waiting for anyone; threads meet at one barrier per
-// step (h_t is read whole by the next step).
+// Every GEMM runs on a hand-written FMA microkernel (AVX-512: up to 12 rows x 32 columns; AVX2: 6 x 16)
+// over weights packed once per call into panels of kNR columns, ordered by unit block then gate, so the
+// work of one block of kNR hidden units (all its gates and their gate math) is one item of a phase-ordered
+// queue that the calling thread and helpers from XLA's pool drain (see "Threads" below).
 #include <immintrin.h>
 #include <sched.h>
 
@@ -21,7 +20,6 @@
 #include <cmath>
 #include <cstdint>
 #include <cstdlib>
-#include <cstring>
 #include <functional>
 #include <memory>
 #include <thread>
