@@ -39,7 +39,7 @@ import numpy as np
 from jax.extend.core import Primitive
 from jax.interpreters import ad, batching, mlir
 
-from rnn_jax.cells import LSTMState, gru_cell, lstm_cell, vanilla_cell
+from rnn_jax.cells import CELLS, LSTMState
 from rnn_jax.errors import UserError
 from rnn_jax.kernels import kernel_cell_name, recurrent_weight
 
@@ -50,7 +50,6 @@ FLAGS = ("-O3", "-mavx2", "-mfma", "-std=c++17", "-shared", "-fPIC", "-pthread",
 AVX512_FLAGS = ("-mavx512f",)
 """Added where the CPU has AVX-512F: the microkernel and gate math then run on 16-lane registers."""
 _CELL_CODES = {"vanilla": 0, "lstm": 1, "gru": 2}
-_GATES = {"vanilla": 1, "lstm": 4, "gru": 3}
 _FORWARD, _BACKWARD = "rnn_jax_native_forward", "rnn_jax_native_backward"
 
 
@@ -156,8 +155,7 @@ def available() -> str | None:
 def _input_weight_and_bias(name, cell, params):
     """``(W_x, b)`` when ``cell`` projects its input with the built-in ``x W_x + b`` (the kernel then fuses
     it into the step's GEMM), else ``None`` (a projection of the user's own: XLA computes it)."""
-    known = {"vanilla": vanilla_cell, "lstm": lstm_cell, "gru": gru_cell}[name]
-    if cell.project is not known.project:
+    if cell.project is not CELLS[name].project:
         return None
     return (params.W_xh, params.b_h) if name == "vanilla" else (params.W_x, params.b)
 
@@ -283,8 +281,6 @@ def _layer_bwd(name, reverse, res, cts):
     )  # fmt: skip
     # the input's gradient: one large matmul in XLA, dropped by XLA when nobody asks for it
     dx = jnp.einsum("tng,ig->tni", du, Wx) if fused else du
-    if name != "gru":
-        dextra = jnp.zeros_like(dextra)
     return dx, dWx, dWh, db, dextra, dh0, dc0, None
 
 

@@ -259,8 +259,7 @@ struct AlignedBuf {
 // block). Items are claimed in order from one counter; an item of phase p starts once every item of phase
 // p-1 is done (one monotonic counter). Nobody waits for a particular thread: a helper that starts late, or
 // never, only means fewer hands, so the call cannot deadlock when XLA runs it on a pool thread. Helpers come
-// from XLA's pool rather than threads of our own: its workers spin for a while after each parallel op, and
-// threads of our own beside them ran the step 1.7x slower (measured after a projection GEMM).
+// from XLA's pool where it has enough workers, so a call adds no threads beside XLA's own on the same cores.
 // ---------------------------------------------------------------------------------------------------
 
 // Wait until `counter >= target`: spin for up to 1 ms, then yield (a shared machine: do not burn a core
@@ -324,9 +323,8 @@ int team_size(int64_t N, int64_t H, int G, int64_t blocks) {
   return flops < 1.0e6 ? 1 : static_cast<int>(cap);
 }
 
-// Run every item of q on this thread and up to `threads - 1` helpers (XLA's pool where it has one, else
-// threads of our own); returns when all items are done and every helper has left.
-// The queue is shared with the helpers: one still waiting in XLA's pool when every item is done (its workers
+// Run every item on this thread and up to `threads - 1` helpers (XLA's pool where it has one, else threads
+// of our own, joined at the end); returns when every item is done. The queue is shared with the helpers: one still waiting in XLA's pool when every item is done (its workers
 // were all busy, say with the other direction of a bidirectional layer, each waiting the same way) runs
 // later, finds nothing to claim and leaves; so the call waits for the items, never for the helpers.
 template <class E, class F>
